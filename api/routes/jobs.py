@@ -1,0 +1,167 @@
+"""Jobs: submit, list, inspect, fetch the result."""
+
+from __future__ import annotations
+
+import logging
+from datetime import datetime
+from typing import Annotated, Any
+
+from fastapi import APIRouter, Body, Query, Response, status
+
+from api.deps import SessionDep, SettingsDep, TenantDep
+from api.schemas import JobOut, JobPage, Problem
+from core import storage
+from core.errors import ConflictError, NotFoundError, TooManyRequestsError, ValidationAppError
+from core.queue import enqueue_job
+from core.services import jobs as job_service
+from core.services.specs import check_job_spec
+from core.spec import EXAMPLE_SPEC, JobSpec
+
+router = APIRouter(prefix="/v1/jobs", tags=["jobs"])
+logger = logging.getLogger("softlabel.api")
+
+PROBLEMS: dict[int | str, dict[str, Any]] = {
+    401: {"model": Problem, "description": "Missing or invalid API key"},
+    422: {"model": Problem, "description": "Invalid request"},
+}
+NOT_FOUND: dict[int | str, dict[str, Any]] = {404: {"model": Problem, "description": "No such job"}}
+
+
+def enqueue_committed(session: SessionDep, job_ids: list[str]) -> None:
+    """Hand committed jobs to the broker; if it is down, the reconciler does it later."""
+    sent = []
+    for job_id in job_ids:
+        try:
+            enqueue_job(job_id)
+            sent.append(job_id)
+        except Exception as exc:  # noqa: BLE001 - the job is stored; the reconciler retries
+            logger.warning(
+                "enqueue failed, reconciler will retry", extra={"job_id": job_id, "error": str(exc)}
+            )
+    job_service.mark_enqueued(session, job_ids=sent)
+    session.commit()
+
+
+@router.post(
+    "",
+    status_code=status.HTTP_202_ACCEPTED,
+    response_model=JobOut,
+    responses={**PROBLEMS, 429: {"model": Problem, "description": "Too many active jobs"}},
+)
+def submit_job(
+    spec: Annotated[JobSpec, Body(openapi_examples={"digits": {"value": EXAMPLE_SPEC}})],
+    session: SessionDep,
+    tenant: TenantDep,
+    settings: SettingsDep,
+    response: Response,
+) -> JobOut:
+    """Validate the spec, store the job as queued, enqueue it after commit."""
+    resolved, dataset_id = check_job_spec(session, tenant_id=tenant.id, spec=spec)
+    active = job_service.count_active_jobs(session, tenant_id=tenant.id)
+    if active >= settings.max_active_jobs_per_tenant:
+        raise TooManyRequestsError(
+            f"{active} jobs are queued or running (limit {settings.max_active_jobs_per_tenant}); "
+            "wait for some to finish",
+            retry_after=30,
+        )
+    job = job_service.create_job(
+        session,
+        tenant_id=tenant.id,
+        spec=resolved,
+        max_attempts=settings.max_attempts,
+        dataset_id=dataset_id,
+    )
+    session.commit()
+    enqueue_committed(session, [job.id])
+    response.headers["Location"] = f"/v1/jobs/{job.id}"
+    return JobOut.from_job(job)
+
+
+@router.get("", response_model=JobPage, responses=PROBLEMS)
+def list_jobs(
+    session: SessionDep,
+    tenant: TenantDep,
+    limit: Annotated[int, Query(ge=1, le=200)] = 50,
+    cursor: Annotated[str | None, Query(max_length=500)] = None,
+    status_: Annotated[
+        str | None, Query(alias="status", pattern="^(queued|running|succeeded|failed|canceled)$")
+    ] = None,
+    tag: Annotated[str | None, Query(max_length=400, description="key:value")] = None,
+    created_after: datetime | None = None,
+    created_before: datetime | None = None,
+    sweep_id: Annotated[str | None, Query(max_length=64)] = None,
+) -> JobPage:
+    """The tenant's jobs, newest first, cursor-paginated."""
+    tag_pair = None
+    if tag is not None:
+        key, sep, value = tag.partition(":")
+        if not sep or not key:
+            raise ValidationAppError("tag must look like key:value, e.g. team:vision")
+        tag_pair = (key, value)
+    filters = job_service.JobFilter(
+        status=status_,
+        tag=tag_pair,
+        created_after=created_after,
+        created_before=created_before,
+        sweep_id=sweep_id,
+    )
+    rows, next_cursor = job_service.list_jobs(
+        session, tenant_id=tenant.id, limit=limit, cursor=cursor, filters=filters
+    )
+    return JobPage(items=[JobOut.from_job(j) for j in rows], next_cursor=next_cursor)
+
+
+@router.get("/{job_id}", response_model=JobOut, responses={**PROBLEMS, **NOT_FOUND})
+def get_job(job_id: str, session: SessionDep, tenant: TenantDep) -> JobOut:
+    """Status, progress, attempt, timestamps and failure reason of one job."""
+    return JobOut.from_job(job_service.get_job(session, tenant_id=tenant.id, job_id=job_id))
+
+
+@router.get(
+    "/{job_id}/result",
+    responses={
+        **PROBLEMS,
+        **NOT_FOUND,
+        409: {"model": Problem, "description": "Not succeeded (yet)"},
+    },
+)
+def get_result(job_id: str, session: SessionDep, tenant: TenantDep) -> dict[str, Any]:
+    """The result document of a succeeded job."""
+    job = job_service.get_job(session, tenant_id=tenant.id, job_id=job_id)
+    if job.status != "succeeded" or job.result is None:
+        detail = f"Job {job_id} is {job.status}; the result exists once it has succeeded"
+        if job.failure_reason:
+            detail += f" (failure: {job.failure_reason}: {job.failure_message})"
+        raise ConflictError(detail, extra={"job_status": job.status})
+    return job.result
+
+
+@router.get(
+    "/{job_id}/artifacts/{name}",
+    responses={
+        **PROBLEMS,
+        **NOT_FOUND,
+        200: {
+            "content": {"image/png": {}, "application/octet-stream": {}, "application/json": {}},
+            "description": "The artifact's bytes",
+        },
+    },
+    response_class=Response,
+)
+def get_artifact(job_id: str, name: str, session: SessionDep, tenant: TenantDep) -> Response:
+    """Download one of a job's artifacts (model.safetensors, reliability.png, ...)."""
+    job_service.get_job(session, tenant_id=tenant.id, job_id=job_id)
+    found = None
+    if name in storage.PUBLIC_JOB_ARTIFACTS:
+        found = storage.get_artifact(session, key=storage.job_artifact_key(job_id, name))
+    if found is None:
+        raise NotFoundError(
+            f"Job {job_id} has no artifact {name!r}; available once the job has "
+            f"succeeded: {', '.join(storage.PUBLIC_JOB_ARTIFACTS)}"
+        )
+    row, data = found
+    return Response(
+        content=data,
+        media_type=row.content_type,
+        headers={"Content-Disposition": f'attachment; filename="{name}"'},
+    )

@@ -1,0 +1,82 @@
+"""Settings: one class, prefix SOFTLABEL_, embedded defaults when nothing is configured."""
+
+from __future__ import annotations
+
+from functools import lru_cache
+from pathlib import Path
+
+from pydantic import Field
+from pydantic_settings import BaseSettings, SettingsConfigDict
+
+
+class Settings(BaseSettings):
+    """All configuration of the API, the workers and the CLI."""
+
+    model_config = SettingsConfigDict(env_prefix="SOFTLABEL_", extra="ignore")
+
+    database_url: str = Field(
+        default="", description="SQLAlchemy URL; empty = embedded SQLite under var_dir"
+    )
+    broker_url: str = Field(
+        default="", description="Celery broker URL; empty = embedded filesystem broker"
+    )
+    artifact_dir: Path = Field(
+        default=Path("var/artifacts"), description="Artifact directory (embedded mode)"
+    )
+    var_dir: Path = Field(default=Path("var"), description="Where embedded mode keeps its state")
+
+    api_url: str = Field(default="http://127.0.0.1:8000", description="Client: the API base URL")
+    api_key: str = Field(default="", description="Client: the API key")
+
+    auth_disabled: bool = Field(
+        default=False, description="Local development only: accept requests without a key"
+    )
+    max_attempts: int = Field(default=3, ge=1, description="Attempts before worker_lost")
+    lease_seconds: float = Field(default=30.0, gt=0, description="Lease length of a running job")
+    heartbeat_seconds: float = Field(default=2.0, gt=0, description="Lease renewal period")
+    queued_grace_seconds: float = Field(
+        default=60.0, gt=0, description="Reconciler: re-enqueue jobs queued longer than this"
+    )
+    reconcile_interval_seconds: float = Field(default=10.0, gt=0)
+    task_soft_time_limit: int = Field(default=3600, ge=1, description="Seconds (job timeout)")
+    task_time_limit: int = Field(default=3660, ge=1, description="Hard limit, seconds")
+    max_active_jobs_per_tenant: int = Field(default=100, ge=1)
+    max_request_bytes: int = Field(default=1_000_000, ge=1024, description="JSON body limit")
+    max_upload_bytes: int = Field(default=50_000_000, ge=1024, description="Dataset upload limit")
+    max_dataset_rows: int = Field(default=1_000_000, ge=1)
+    max_dataset_columns: int = Field(default=10_000, ge=1)
+    max_dataset_classes: int = Field(default=1000, ge=2)
+    max_sweep_trials: int = Field(default=64, ge=1)
+    idempotency_ttl_hours: float = Field(default=24.0, gt=0)
+    webhook_allow_private: bool = Field(
+        default=False, description="Allow webhook URLs on private/loopback addresses"
+    )
+    log_json: bool = Field(default=True)
+
+    @property
+    def embedded(self) -> bool:
+        """True when running on the embedded defaults (SQLite)."""
+        return self.resolved_database_url.startswith("sqlite")
+
+    @property
+    def resolved_database_url(self) -> str:
+        """The database URL, defaulting to SQLite under var_dir."""
+        if self.database_url:
+            return self.database_url
+        return f"sqlite:///{(self.var_dir / 'softlabel.db').resolve()}"
+
+    @property
+    def resolved_broker_url(self) -> str:
+        """The broker URL, defaulting to kombu's filesystem transport."""
+        return self.broker_url or "filesystem://"
+
+    @property
+    def broker_folder(self) -> Path:
+        """Folder of the embedded filesystem broker."""
+        return (self.var_dir / "broker").resolve()
+
+
+@lru_cache
+def get_settings() -> Settings:
+    """The process-wide settings, read once from the environment."""
+    return Settings()

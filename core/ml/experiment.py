@@ -1,0 +1,241 @@
+"""One experiment end to end: the function the Celery worker calls.
+
+`run_experiment(spec)` loads and prepares the data, builds and trains the model, and
+returns the result document's ML blocks (dataset, test, temperature_scaled, history,
+best_epoch, stopped_early, projection, timing, environment) plus artifacts as bytes.
+It touches no database or broker: progress, cancellation and checkpoints go through
+`TrainHooks`.
+"""
+
+from __future__ import annotations
+
+import io
+import json
+import math
+from dataclasses import dataclass, field
+from typing import Any
+
+import numpy as np
+import torch
+from safetensors.torch import save as safetensors_save
+
+from core.ml import calibration
+from core.ml.data import class_names_for, load_dataset, prepare_data, to_view, view_for_arch
+from core.ml.nets import build_model, model_config
+from core.ml.train import TrainConfig, TrainHooks, evaluate, fit
+from core.ml.upload import SpecError
+
+__all__ = ["ExperimentOutput", "TrainHooks", "json_safe", "run_experiment"]
+
+MAX_PROJECTION_POINTS = 500
+
+
+@dataclass
+class ExperimentOutput:
+    """The result document's ML part and the artifacts (name -> bytes)."""
+
+    result: dict[str, Any]
+    artifacts: dict[str, bytes] = field(default_factory=dict)
+
+
+def json_safe(obj: Any) -> Any:
+    """Recursively turn tensors/numpy into Python values and NaN/inf into None."""
+    if isinstance(obj, dict):
+        return {str(k): json_safe(v) for k, v in obj.items()}
+    if isinstance(obj, list | tuple):
+        return [json_safe(v) for v in obj]
+    if isinstance(obj, torch.Tensor):
+        return json_safe(obj.tolist() if obj.ndim else obj.item())
+    if isinstance(obj, np.ndarray):
+        return json_safe(obj.tolist())
+    if isinstance(obj, np.generic):
+        return json_safe(obj.item())
+    if isinstance(obj, float) and not math.isfinite(obj):
+        return None
+    return obj
+
+
+def _plane_projection(features: torch.Tensor, templates: torch.Tensor
+                      ) -> tuple[torch.Tensor, torch.Tensor]:
+    """Orthonormal basis (2, D) of the plane through 3 templates and 2-D coords of the features."""
+    origin = templates[0]
+    basis, _ = torch.linalg.qr((templates[1:] - origin).T.double())
+    basis = basis.T.float()
+    return basis, (features - origin) @ basis.T
+
+
+def _projection(features: torch.Tensor, labels: torch.Tensor, templates: torch.Tensor,
+                classes: list[int]) -> tuple[np.ndarray, np.ndarray]:
+    """Project the penultimate activations of `classes` onto their templates' plane."""
+    mask = torch.isin(labels, torch.tensor(classes))
+    feats, labs = features[mask][:MAX_PROJECTION_POINTS], labels[mask][:MAX_PROJECTION_POINTS]
+    project = getattr(calibration, "penultimate_projection", None) or _plane_projection
+    _, coords = project(feats, templates[classes])
+    coords_np = coords.detach().cpu().numpy() if isinstance(coords, torch.Tensor) \
+        else np.asarray(coords)
+    return coords_np.astype(np.float64), labs.numpy()
+
+
+def _fallback_png(title: str, draw: Any) -> bytes:
+    """Render a small matplotlib figure to PNG bytes (used when core.ml.plots is unavailable)."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    fig, ax = plt.subplots(figsize=(4.5, 4.5), dpi=100)
+    draw(ax)
+    ax.set_title(title, fontsize=9)
+    buf = io.BytesIO()
+    fig.savefig(buf, format="png", bbox_inches="tight")
+    plt.close(fig)
+    return buf.getvalue()
+
+
+def _reliability_png(report: dict[str, Any], probs: torch.Tensor, labels: torch.Tensor,
+                     n_bins: int, title: str) -> bytes:
+    """Reliability diagram via core.ml.plots, or a minimal local drawing."""
+    try:
+        from core.ml import plots
+
+        return plots.reliability_diagram_png(report, title=title)
+    except (ImportError, AttributeError):
+        conf, pred = probs.max(1)
+        idx = torch.clamp(torch.ceil(conf.double() * n_bins).long() - 1, 0, n_bins - 1)
+        cnt = torch.bincount(idx, minlength=n_bins).double()
+        acc = torch.bincount(idx, weights=(pred == labels).double(), minlength=n_bins)
+        acc = (acc / cnt.clamp_min(1)).numpy()
+        centers = (np.arange(n_bins) + 0.5) / n_bins
+
+        def draw(ax: Any) -> None:
+            ax.bar(centers, acc, width=1 / n_bins, edgecolor="k", label="accuracy")
+            ax.plot([0, 1], [0, 1], "r--", label="perfect calibration")
+            ax.set_xlabel("confidence")
+            ax.set_ylabel("accuracy")
+            ax.legend(loc="upper left")
+
+        return _fallback_png(title, draw)
+
+
+def _projection_png(coords: np.ndarray, labels: np.ndarray, names: list[str], title: str
+                    ) -> bytes:
+    """Penultimate-layer projection plot via core.ml.plots, or a minimal local drawing."""
+    try:
+        from core.ml import plots
+
+        return plots.penultimate_projection_png(coords, labels, names, title=title)
+    except (ImportError, AttributeError):
+        def draw(ax: Any) -> None:
+            for k in np.unique(labels):
+                m = labels == k
+                ax.scatter(coords[m, 0], coords[m, 1], s=8, label=names[int(k)])
+            ax.legend()
+
+        return _fallback_png(title, draw)
+
+
+def run_experiment(
+    spec: dict[str, Any],
+    *,
+    arrays: tuple[np.ndarray, np.ndarray] | None = None,
+    hooks: TrainHooks | None = None,
+    class_names: list[str] | None = None,
+) -> ExperimentOutput:
+    """Train and evaluate one resolved job spec; deterministic for a given spec on CPU.
+
+    `arrays` are the (X, y) of an uploaded dataset (spec dataset.source == "upload");
+    `class_names` optionally names its classes. The caller's global torch RNG is left as it was.
+    """
+    cfg = TrainConfig.from_spec(spec)
+    ds_spec, split = spec.get("dataset", {}), spec.get("split", {})
+    model_spec = spec.get("model", {"arch": "mlp", "hidden": [256, 256], "dropout": 0.0})
+    cal = spec.get("calibration", {})
+
+    X, y, image_shape = load_dataset(ds_spec, arrays=arrays)
+    data = prepare_data(X, y, image_shape, val=float(split.get("val", 0.15)),
+                        test=float(split.get("test", 0.15)), split_seed=int(split.get("seed", 0)),
+                        label_noise=float(spec.get("label_noise", 0.0)))
+    k = data.n_classes
+    names = list(class_names) if class_names else class_names_for(ds_spec, k)
+    if len(names) != k:
+        names = [str(i) for i in range(k)]
+    if cfg.prior is not None and len(cfg.prior) != k:
+        raise SpecError(f"loss.prior has {len(cfg.prior)} entries but the dataset has {k} "
+                        f"classes; give one probability per class")
+    mcfg = model_config(model_spec, X.shape[1], k, image_shape, cfg.variant)
+    view = view_for_arch(mcfg["arch"])
+
+    def tensors(Xs: np.ndarray, ys: np.ndarray) -> tuple[torch.Tensor, torch.Tensor]:
+        return torch.from_numpy(to_view(Xs, view, image_shape)), torch.from_numpy(ys)
+
+    Xtr, ytr = tensors(data.X_train, data.y_train)
+    Xva, yva = tensors(data.X_val, data.y_val)
+    Xte, yte = tensors(data.X_test, data.y_test)
+
+    with torch.random.fork_rng(devices=[]):
+        torch.manual_seed(cfg.seed)
+        model = build_model(model_spec, X.shape[1], k, image_shape, cfg.variant)
+        fitted = fit(model, Xtr, ytr, Xva, yva, cfg, hooks, image_shape=image_shape,
+                     fingerprint={"model": mcfg, "sha256": data.sha256, "split": split,
+                                  "label_noise": spec.get("label_noise", 0.0)})
+
+    device = next(model.parameters()).device
+    val_logits, val_labels, _ = evaluate(model, Xva.to(device), yva)
+    test_logits, test_labels, test_feats = evaluate(model, Xte.to(device), yte)
+    test_probs = torch.softmax(test_logits.double(), dim=1).float()
+    n_bins = cfg.n_bins
+    test_report = calibration.calibration_report(test_probs, test_labels, n_bins,
+                                                 logits=test_logits, alpha=cfg.alpha)
+    scaled: dict[str, Any] | None = None
+    if cal.get("temperature_scaling", True):
+        T = float(calibration.fit_temperature(val_logits, val_labels))
+        scaled_logits = test_logits / T
+        scaled = {"temperature": T, "test": calibration.calibration_report(
+            torch.softmax(scaled_logits.double(), dim=1).float(), test_labels, n_bins,
+            logits=scaled_logits, alpha=cfg.alpha)}
+
+    artifacts: dict[str, bytes] = {}
+    title = f"{ds_spec.get('name', ds_spec.get('source'))} {mcfg['arch']} alpha={cfg.alpha:g}"
+    artifacts["reliability.png"] = _reliability_png(test_report, test_probs, test_labels,
+                                                    n_bins, f"reliability: {title}")
+    projection: dict[str, Any] | None = None
+    if k >= 3 and cfg.variant != "binary":
+        classes = [int(c) for c in (cal.get("projection_classes") or [0, 1, 2])]
+        if len(classes) != 3 or len(set(classes)) != 3 or not all(0 <= c < k for c in classes):
+            raise SpecError(f"calibration.projection_classes={classes} must be 3 distinct class "
+                            f"ids in 0..{k - 1}")
+        templates = model.head.weight.detach().float().cpu()  # type: ignore[union-attr]
+        coords, labs = _projection(test_feats, test_labels, templates, classes)
+        projection = {"classes": classes, "class_names": [names[c] for c in classes],
+                      "points": [[round(float(a), 5), round(float(b), 5), int(c)]
+                                 for (a, b), c in zip(coords, labs, strict=True)]}
+        artifacts["penultimate.png"] = _projection_png(
+            coords, labs, names, f"penultimate layer: {title}")
+
+    state = {k_: v.detach().cpu().contiguous() for k_, v in model.state_dict().items()}
+    model_doc = {"model": mcfg, "class_names": names,
+                 "standardize": {"mean": data.mean.tolist(), "std": data.std.tolist()},
+                 "loss": spec.get("loss", {}), "best_epoch": fitted.best_epoch}
+    artifacts["model.safetensors"] = safetensors_save(
+        state, metadata={"format": "pt", "model_config": json.dumps(mcfg)})
+    artifacts["model.json"] = json.dumps(json_safe(model_doc), indent=1).encode()
+
+    result = {
+        "dataset": {
+            "n_train": len(data.y_train), "n_val": len(data.y_val), "n_test": len(data.y_test),
+            "n_classes": k, "n_features": int(X.shape[1]), "sha256": data.sha256,
+            "label_noise_changed": data.label_noise_changed, "class_names": names,
+            "image_shape": list(image_shape) if image_shape else None,
+        },
+        "test": test_report,
+        "temperature_scaled": scaled,
+        "history": fitted.history,
+        "best_epoch": fitted.best_epoch,
+        "stopped_early": fitted.stopped_early,
+        "projection": projection,
+        "timing": {"train_s": round(fitted.train_s, 4),
+                   "samples_per_s": round(fitted.samples_per_s, 1),
+                   "resumed_from_epoch": fitted.resumed_from_epoch},
+        "environment": {"device": fitted.device, "torch": torch.__version__},
+    }
+    return ExperimentOutput(result=json_safe(result), artifacts=artifacts)

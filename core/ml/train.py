@@ -1,0 +1,408 @@
+"""The training loop: config, one epoch, evaluation, early stopping, checkpoints and resume.
+
+Reproducibility contract (CPU): the same config, data and seed give bit-identical results,
+and a run interrupted after epoch k and resumed from its checkpoint ends exactly like an
+uninterrupted one. Randomness comes from three sources, all saved in every checkpoint:
+the global torch RNG (model init before `fit`, dropout), the data-order generator
+(seed) and the augmentation generator (seed + 1). Progress leaves only through hooks.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import io
+import json
+import math
+import time
+from collections.abc import Callable
+from dataclasses import asdict, dataclass, field
+from typing import Any
+
+import torch
+import torch.nn.functional as F
+from torch import Tensor, nn
+
+from core.ml import calibration, losses
+from core.ml.data import shift_augment
+from core.ml.upload import SpecError
+
+__all__ = [
+    "CHECKPOINT_FORMAT",
+    "DeviceUnavailableError",
+    "FitResult",
+    "TrainConfig",
+    "TrainHooks",
+    "TrainingDivergedError",
+    "TrainingStopped",
+    "class_logits",
+    "evaluate",
+    "fit",
+    "load_checkpoint",
+    "make_optimizer",
+    "resolve_device",
+    "train_one_epoch",
+    "val_metrics",
+]
+
+CHECKPOINT_FORMAT = 1
+METRICS = {"val_nll": "min", "val_ece": "min", "val_accuracy": "max"}
+
+
+class DeviceUnavailableError(RuntimeError):
+    """The requested device (e.g. "cuda") is not available on this worker."""
+
+
+class TrainingDivergedError(RuntimeError):
+    """The loss became NaN or inf; `epoch` says when."""
+
+    def __init__(self, epoch: int) -> None:
+        super().__init__(
+            f"training diverged in epoch {epoch}: the loss became NaN or inf; lower "
+            f"optimizer.lr or add weight decay"
+        )
+        self.epoch = epoch
+
+
+class TrainingStopped(Exception):  # noqa: N818 - a control-flow signal, not an error
+    """Training was stopped from outside (hooks.should_stop); `reason` says why."""
+
+    def __init__(self, reason: str) -> None:
+        super().__init__(f"training stopped: {reason}")
+        self.reason = reason
+
+
+@dataclass
+class TrainHooks:
+    """Callbacks between the training loop and its caller (the worker)."""
+
+    on_epoch: Callable[[dict], None] | None = None
+    should_stop: Callable[[], str | None] | None = None
+    load_checkpoint: Callable[[], bytes | None] | None = None
+    save_checkpoint: Callable[[bytes], None] | None = None
+
+
+@dataclass
+class TrainConfig:
+    """Everything the loop needs besides the model and the data (plain values, JSON-safe)."""
+
+    epochs: int = 30
+    batch_size: int = 128
+    seed: int = 0
+    device: str = "auto"
+    augment: bool = False
+    optimizer: str = "adamw"
+    lr: float = 1e-3
+    weight_decay: float = 0.0
+    momentum: float = 0.9
+    alpha: float = 0.1
+    variant: str = "uniform"
+    prior: list[float] | None = None
+    form: str = "ce"
+    early_stopping_metric: str | None = "val_nll"
+    patience: int = 5
+    n_bins: int = 15
+    eval_batch_size: int = 2048
+
+    @classmethod
+    def from_spec(cls, spec: dict[str, Any]) -> TrainConfig:
+        """Read the resolved job spec (training, optimizer, loss, calibration blocks)."""
+        tr, opt = spec.get("training", {}), spec.get("optimizer", {})
+        loss, cal = spec.get("loss", {}), spec.get("calibration", {})
+        es = tr.get("early_stopping", {"metric": "val_nll", "patience": 5})
+        prior = loss.get("prior")
+        cfg = cls(
+            epochs=int(tr.get("epochs", 30)),
+            batch_size=int(tr.get("batch_size", 128)),
+            seed=int(tr.get("seed", 0)),
+            device=str(tr.get("device", "auto")),
+            augment=bool(tr.get("augment", False)),
+            optimizer=str(opt.get("name", "adamw")),
+            lr=float(opt.get("lr", 1e-3)),
+            weight_decay=float(opt.get("weight_decay", 0.0)),
+            momentum=float(opt.get("momentum", 0.9)),
+            alpha=float(loss.get("alpha", 0.1)),
+            variant=str(loss.get("variant", "uniform")),
+            prior=[float(p) for p in prior] if prior is not None else None,
+            form=str(loss.get("form", "ce")),
+            early_stopping_metric=str(es["metric"]) if es else None,
+            patience=int(es.get("patience", 5)) if es else 0,
+            n_bins=int(cal.get("n_bins", 15)),
+        )
+        if cfg.optimizer not in ("sgd", "adam", "adamw"):
+            raise SpecError(f"optimizer.name={cfg.optimizer!r}; use sgd, adam or adamw")
+        if cfg.early_stopping_metric is not None and cfg.early_stopping_metric not in METRICS:
+            raise SpecError(
+                f"training.early_stopping.metric={cfg.early_stopping_metric!r}; use one of "
+                f"{', '.join(METRICS)}"
+            )
+        if cfg.epochs < 1 or cfg.batch_size < 1:
+            raise SpecError("training.epochs and training.batch_size must be >= 1")
+        return cfg
+
+
+@dataclass
+class FitResult:
+    """What `fit` returns; the model holds the selected (best or last) weights."""
+
+    history: list[dict[str, Any]]
+    best_epoch: int
+    stopped_early: bool
+    train_s: float
+    samples_per_s: float
+    device: str
+    resumed_from_epoch: int | None = None
+    extra: dict[str, Any] = field(default_factory=dict)
+
+
+# --------------------------------------------------------------------------- building blocks
+
+
+def resolve_device(name: str) -> torch.device:
+    """"auto" -> cuda if available else cpu; "cuda" without a GPU raises DeviceUnavailableError."""
+    if name == "auto":
+        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
+    if name == "cuda" and not torch.cuda.is_available():
+        raise DeviceUnavailableError(
+            "training.device='cuda' but no CUDA GPU is available on this worker; use 'auto' "
+            "or 'cpu'"
+        )
+    if name not in ("cpu", "cuda"):
+        raise SpecError(f"training.device={name!r}; use auto, cpu or cuda")
+    return torch.device(name)
+
+
+def make_optimizer(model: nn.Module, cfg: TrainConfig) -> torch.optim.Optimizer:
+    """SGD (with momentum), Adam or AdamW, all with cfg.weight_decay."""
+    params = model.parameters()
+    if cfg.optimizer == "sgd":
+        return torch.optim.SGD(params, lr=cfg.lr, momentum=cfg.momentum,
+                               weight_decay=cfg.weight_decay)
+    if cfg.optimizer == "adam":
+        return torch.optim.Adam(params, lr=cfg.lr, weight_decay=cfg.weight_decay)
+    return torch.optim.AdamW(params, lr=cfg.lr, weight_decay=cfg.weight_decay)
+
+
+def _autocast(device: torch.device) -> contextlib.AbstractContextManager:
+    """bf16 autocast on CUDA, nothing on CPU."""
+    if device.type == "cuda":
+        return torch.autocast("cuda", dtype=torch.bfloat16)
+    return contextlib.nullcontext()
+
+
+def class_logits(raw: Tensor) -> Tensor:
+    """K-class logits for metrics: unchanged, or [0, z] for a one-output (binary) head."""
+    raw = raw.float()
+    return torch.cat([torch.zeros_like(raw), raw], dim=1) if raw.shape[1] == 1 else raw
+
+
+def compute_loss(raw: Tensor, y: Tensor, cfg: TrainConfig, prior: Tensor | None) -> Tensor:
+    """The label-smoothed loss of core.ml.losses for one batch (binary: one logit per row)."""
+    logits = raw.float().squeeze(1) if cfg.variant == "binary" else raw.float()
+    return losses.label_smoothed_cross_entropy(logits, y, cfg.alpha, cfg.variant,
+                                               prior=prior, form=cfg.form)
+
+
+def train_one_epoch(
+    model: nn.Module,
+    optimizer: torch.optim.Optimizer,
+    X: Tensor,
+    y: Tensor,
+    cfg: TrainConfig,
+    *,
+    order: torch.Generator,
+    aug: torch.Generator | None = None,
+    image_shape: tuple[int, int] | None = None,
+    prior: Tensor | None = None,
+    should_stop: Callable[[], str | None] | None = None,
+) -> float:
+    """One pass over (X, y) in a seeded random order; returns the mean training loss."""
+    model.train()
+    device = X.device
+    n = len(X)
+    perm = torch.randperm(n, generator=order).to(device)
+    total = torch.zeros((), device=device, dtype=torch.float64)
+    for start in range(0, n, cfg.batch_size):
+        idx = perm[start:start + cfg.batch_size]
+        xb, yb = X[idx], y[idx]
+        if aug is not None and image_shape is not None:
+            xb = shift_augment(xb, image_shape, aug)
+        with _autocast(device):
+            raw = model(xb)
+        loss = compute_loss(raw, yb, cfg, prior)
+        optimizer.zero_grad(set_to_none=True)
+        loss.backward()
+        optimizer.step()
+        total += loss.detach().double() * len(idx)
+        if should_stop is not None and (reason := should_stop()):
+            raise TrainingStopped(reason)
+    return float(total / n)
+
+
+@torch.no_grad()
+def evaluate(
+    model: nn.Module, X: Tensor, y: Tensor, *, batch_size: int = 2048
+) -> tuple[Tensor, Tensor, Tensor]:
+    """Return (class logits (N,K) float32 CPU, labels (N,) CPU, penultimate features (N,D) CPU)."""
+    model.eval()
+    head: nn.Linear = model.head  # type: ignore[assignment]
+    logits, feats = [], []
+    for start in range(0, len(X), batch_size):
+        with _autocast(X.device):
+            f = model.features(X[start:start + batch_size])  # type: ignore[operator]
+            raw = head(f)
+        logits.append(class_logits(raw).cpu())
+        feats.append(f.float().cpu())
+    return torch.cat(logits), y.cpu(), torch.cat(feats)
+
+
+def val_metrics(logits: Tensor, labels: Tensor, n_bins: int = 15) -> dict[str, float]:
+    """Validation NLL, accuracy and ECE from class logits."""
+    logp = F.log_softmax(logits.double(), dim=1)
+    return {
+        "val_nll": float(F.nll_loss(logp, labels)),
+        "val_accuracy": float((logits.argmax(1) == labels).double().mean()),
+        "val_ece": float(calibration.expected_calibration_error(logp.exp().float(), labels,
+                                                                n_bins)),
+    }
+
+
+# --------------------------------------------------------------------------- checkpoints
+
+
+def _cpu_state(model: nn.Module) -> dict[str, Tensor]:
+    """A detached CPU copy of the model's state dict."""
+    return {k: v.detach().cpu().clone() for k, v in model.state_dict().items()}
+
+
+def _rng_state(order: torch.Generator, aug: torch.Generator, device: torch.device) -> dict:
+    """All RNG states the loop depends on."""
+    return {
+        "torch": torch.get_rng_state(),
+        "order": order.get_state(),
+        "augment": aug.get_state(),
+        "cuda": torch.cuda.get_rng_state_all() if device.type == "cuda" else None,
+    }
+
+
+def load_checkpoint(blob: bytes) -> dict[str, Any]:
+    """Read checkpoint bytes written by `fit` (torch.load with weights_only=True: no pickle code)."""
+    ckpt = torch.load(io.BytesIO(blob), map_location="cpu", weights_only=True)
+    if not isinstance(ckpt, dict) or ckpt.get("format") != CHECKPOINT_FORMAT:
+        raise ValueError("not a Softlabel training checkpoint (unknown format)")
+    return ckpt
+
+
+def _improved(value: float, best: float | None, metric: str) -> bool:
+    """Strict improvement of an early-stopping metric in its direction."""
+    if best is None:
+        return True
+    return value < best if METRICS[metric] == "min" else value > best
+
+
+# --------------------------------------------------------------------------- the loop
+
+
+def fit(
+    model: nn.Module,
+    X_train: Tensor,
+    y_train: Tensor,
+    X_val: Tensor,
+    y_val: Tensor,
+    cfg: TrainConfig,
+    hooks: TrainHooks | None = None,
+    *,
+    image_shape: tuple[int, int] | None = None,
+    fingerprint: dict[str, Any] | None = None,
+) -> FitResult:
+    """Train `model` (already built and seeded) with early stopping, checkpoints and resume.
+
+    Tensors may live on the CPU; they are moved to the resolved device. `fingerprint`
+    (JSON-safe, e.g. the model config and dataset hash) is stored in checkpoints: a
+    checkpoint whose config or fingerprint differs is ignored and training starts over.
+    Raises TrainingStopped, TrainingDivergedError, DeviceUnavailableError.
+    """
+    hooks = hooks or TrainHooks()
+    device = resolve_device(cfg.device)
+    if cfg.augment and image_shape is None:
+        raise SpecError("training.augment shifts images and needs image-shaped data; set it "
+                        "to false for this dataset")
+    model.to(device)
+    X_train, y_train = X_train.to(device), y_train.to(device)
+    X_val, y_val = X_val.to(device), y_val.to(device)
+    prior = torch.tensor(cfg.prior, dtype=torch.float32, device=device) if cfg.prior else None
+    optimizer = make_optimizer(model, cfg)
+    order = torch.Generator().manual_seed(cfg.seed)
+    aug = torch.Generator().manual_seed(cfg.seed + 1)
+    config_json = json.dumps({"train": asdict(cfg), "fingerprint": fingerprint}, sort_keys=True)
+    metric = cfg.early_stopping_metric
+
+    # state carried across epochs (and through checkpoints)
+    epoch, history = 0, []
+    best_value: float | None = None
+    best_epoch, best_state, bad_epochs, stopped_early = 0, None, 0, False
+    resumed_from: int | None = None
+
+    blob = hooks.load_checkpoint() if hooks.load_checkpoint else None
+    if blob:
+        ckpt = load_checkpoint(blob)
+        if ckpt["config"] == config_json:
+            model.load_state_dict(ckpt["model"])
+            optimizer.load_state_dict(ckpt["optimizer"])
+            torch.set_rng_state(ckpt["rng"]["torch"])
+            order.set_state(ckpt["rng"]["order"])
+            aug.set_state(ckpt["rng"]["augment"])
+            if device.type == "cuda" and ckpt["rng"]["cuda"] is not None:
+                torch.cuda.set_rng_state_all(ckpt["rng"]["cuda"])
+            epoch, history = ckpt["epoch"], list(ckpt["history"])
+            best_value, best_epoch = ckpt["best_value"], ckpt["best_epoch"]
+            best_state, bad_epochs = ckpt["best_state"], ckpt["bad_epochs"]
+            stopped_early = ckpt["stopped_early"]
+            resumed_from = epoch
+
+    t0 = time.perf_counter()
+    epochs_run = 0
+    while epoch < cfg.epochs and not stopped_early:
+        epoch += 1
+        train_loss = train_one_epoch(
+            model, optimizer, X_train, y_train, cfg, order=order,
+            aug=aug if cfg.augment else None, image_shape=image_shape, prior=prior,
+            should_stop=hooks.should_stop,
+        )
+        logits, labels, _ = evaluate(model, X_val, y_val, batch_size=cfg.eval_batch_size)
+        row = {"epoch": epoch, "train_loss": train_loss,
+               **val_metrics(logits, labels, cfg.n_bins)}
+        if not all(math.isfinite(v) for v in row.values()):
+            raise TrainingDivergedError(epoch)
+        history.append(row)
+        epochs_run += 1
+
+        if metric is None:
+            best_epoch = epoch
+        elif _improved(row[metric], best_value, metric):
+            best_value, best_epoch, best_state, bad_epochs = row[metric], epoch, \
+                _cpu_state(model), 0
+        else:
+            bad_epochs += 1
+            stopped_early = bad_epochs >= cfg.patience
+
+        if hooks.save_checkpoint:
+            buf = io.BytesIO()
+            torch.save({
+                "format": CHECKPOINT_FORMAT, "config": config_json, "epoch": epoch,
+                "model": _cpu_state(model), "optimizer": optimizer.state_dict(),
+                "rng": _rng_state(order, aug, device), "history": history,
+                "best_value": best_value, "best_epoch": best_epoch, "best_state": best_state,
+                "bad_epochs": bad_epochs, "stopped_early": stopped_early,
+            }, buf)
+            hooks.save_checkpoint(buf.getvalue())
+        if hooks.on_epoch:
+            hooks.on_epoch(dict(row))
+
+    if best_state is not None:  # early stopping keeps the best epoch's weights
+        model.load_state_dict(best_state)
+    train_s = time.perf_counter() - t0
+    return FitResult(
+        history=history, best_epoch=best_epoch, stopped_early=stopped_early, train_s=train_s,
+        samples_per_s=len(X_train) * epochs_run / train_s if train_s > 0 else 0.0,
+        device=str(device), resumed_from_epoch=resumed_from,
+    )

@@ -1,0 +1,88 @@
+"""The Celery app shared by the API (to enqueue) and the workers (to run)."""
+
+from __future__ import annotations
+
+from functools import lru_cache
+from typing import Any
+
+from celery import Celery
+
+from core.config import Settings, get_settings
+
+TASK_RUN_JOB = "softlabel.run_job"
+TASK_RECONCILE = "softlabel.reconcile"
+TASK_DELIVER_WEBHOOK = "softlabel.deliver_webhook"
+QUEUE_TRAINING = "training"
+QUEUE_CONTROL = "control"
+
+
+def broker_transport_options(settings: Settings) -> dict[str, Any]:
+    """Transport options; visibility_timeout is above the hard time limit (SPEC §7)."""
+    options: dict[str, Any] = {"visibility_timeout": settings.task_time_limit + 600}
+    if settings.resolved_broker_url.startswith("filesystem"):
+        folder = settings.broker_folder
+        for sub in ("out", "processed"):
+            (folder / sub).mkdir(parents=True, exist_ok=True)
+        options.update(
+            data_folder_in=str(folder / "out"),
+            data_folder_out=str(folder / "out"),
+            processed_folder=str(folder / "processed"),
+            store_processed=False,
+            polling_interval=0.05,
+        )
+    return options
+
+
+def make_celery(settings: Settings) -> Celery:
+    """Build the Celery app from settings (JSON only, late acks, prefetch 1)."""
+    app = Celery("softlabel", broker=settings.resolved_broker_url)
+    transport = broker_transport_options(settings)
+    app.conf.update(
+        task_serializer="json",
+        result_serializer="json",
+        accept_content=["json"],
+        task_ignore_result=True,
+        task_acks_late=True,
+        task_reject_on_worker_lost=True,
+        worker_prefetch_multiplier=1,
+        worker_concurrency=1,
+        task_soft_time_limit=settings.task_soft_time_limit,
+        task_time_limit=settings.task_time_limit,
+        broker_transport_options=transport,
+        result_backend_transport_options=transport,
+        visibility_timeout=transport["visibility_timeout"],
+        broker_connection_retry=True,
+        broker_connection_retry_on_startup=True,
+        broker_connection_max_retries=None,
+        worker_cancel_long_running_tasks_on_connection_loss=True,
+        task_default_queue=QUEUE_TRAINING,
+        task_routes={
+            TASK_RUN_JOB: {"queue": QUEUE_TRAINING},
+            TASK_RECONCILE: {"queue": QUEUE_CONTROL},
+            TASK_DELIVER_WEBHOOK: {"queue": QUEUE_CONTROL},
+        },
+        worker_hijack_root_logger=False,
+        broker_heartbeat=10,
+    )
+    return app
+
+
+@lru_cache
+def get_celery() -> Celery:
+    """The process-wide Celery app."""
+    return make_celery(get_settings())
+
+
+def enqueue_job(job_id: str) -> None:
+    """Send the training task for a committed job (the id only, never the row)."""
+    get_celery().send_task(TASK_RUN_JOB, args=[job_id], queue=QUEUE_TRAINING)
+
+
+def broker_reachable(timeout: float = 2.0) -> bool:
+    """True when a broker connection can be opened."""
+    try:
+        with get_celery().connection_for_write() as conn:
+            conn.ensure_connection(max_retries=1, timeout=timeout)
+        return True
+    except Exception:  # noqa: BLE001 - any failure means "not reachable"
+        return False

@@ -1,0 +1,176 @@
+"""The job spec (v1): the contract between the API and the workers."""
+
+from __future__ import annotations
+
+import math
+from typing import Annotated, Any, Literal
+
+from pydantic import BaseModel, ConfigDict, Field, field_validator, model_validator
+
+BUILTIN_NAMES = ("digits", "iris", "wine", "breast_cancer")
+ARCHS = ("linear", "mlp", "cnn", "gru", "transformer")
+VARIANTS = ("uniform", "off_target", "prior", "binary")
+FORMS = ("ce", "kl")
+OPTIMIZERS = ("sgd", "adam", "adamw")
+EARLY_STOPPING_METRICS = ("val_nll", "val_ece", "val_accuracy")
+DEVICES = ("auto", "cpu", "cuda")
+
+
+class Strict(BaseModel):
+    """Base of every request model: unknown fields are an error."""
+
+    model_config = ConfigDict(extra="forbid")
+
+
+class BuiltinDataset(Strict):
+    """A scikit-learn bundled dataset."""
+
+    source: Literal["builtin"] = "builtin"
+    name: Literal["digits", "iris", "wine", "breast_cancer"] = "digits"
+
+
+class SyntheticDataset(Strict):
+    """A seeded synthetic classification problem."""
+
+    source: Literal["synthetic"]
+    classes: int = Field(default=3, ge=2, le=100)
+    features: int = Field(default=20, ge=2, le=1000)
+    samples: int = Field(default=1000, ge=30, le=200_000)
+    separation: float = Field(default=1.0, gt=0, le=100)
+    seed: int = Field(default=0, ge=0, le=2**31 - 1)
+
+
+class UploadDataset(Strict):
+    """A dataset uploaded through POST /v1/datasets."""
+
+    source: Literal["upload"]
+    id: str = Field(min_length=1, max_length=64)
+
+
+DatasetSpec = Annotated[
+    BuiltinDataset | SyntheticDataset | UploadDataset, Field(discriminator="source")
+]
+
+
+class SplitSpec(Strict):
+    """Stratified train/validation/test split."""
+
+    val: float = Field(default=0.15, gt=0, lt=0.5)
+    test: float = Field(default=0.15, gt=0, lt=0.5)
+    seed: int = Field(default=0, ge=0, le=2**31 - 1)
+
+
+class ModelSpec(Strict):
+    """The architecture; `hidden` is read per architecture (see the catalog)."""
+
+    arch: Literal["linear", "mlp", "cnn", "gru", "transformer"] = "mlp"
+    hidden: list[Annotated[int, Field(ge=1, le=4096)]] = Field(
+        default_factory=lambda: [256, 256], max_length=8
+    )
+    dropout: float = Field(default=0.0, ge=0, lt=1)
+
+    @model_validator(mode="after")
+    def _check_hidden(self) -> ModelSpec:
+        if self.arch != "linear" and not self.hidden:
+            raise ValueError(f"model.hidden must name at least one width for arch {self.arch!r}")
+        if self.arch == "transformer" and self.hidden and self.hidden[0] % 4 != 0:
+            raise ValueError(
+                f"model.hidden[0] is the transformer width and must be divisible by 4 "
+                f"(4 attention heads), but got {self.hidden[0]}"
+            )
+        return self
+
+
+class LossSpec(Strict):
+    """The label-smoothed loss: α, the smoothing variant and the form."""
+
+    alpha: float = Field(default=0.1, ge=0, lt=1)
+    variant: Literal["uniform", "off_target", "prior", "binary"] = "uniform"
+    prior: list[Annotated[float, Field(ge=0)]] | None = Field(default=None, max_length=1000)
+    form: Literal["ce", "kl"] = "ce"
+
+    @model_validator(mode="after")
+    def _check_prior(self) -> LossSpec:
+        if self.variant == "prior":
+            if not self.prior:
+                raise ValueError("loss.prior is required when loss.variant is 'prior'")
+            total = math.fsum(self.prior)
+            if abs(total - 1.0) > 1e-6:
+                raise ValueError(f"loss.prior must sum to 1, but sums to {total:.6g}")
+        elif self.prior is not None:
+            raise ValueError("loss.prior is only allowed with loss.variant 'prior'")
+        return self
+
+
+class OptimizerSpec(Strict):
+    """Optimiser and its hyper-parameters."""
+
+    name: Literal["sgd", "adam", "adamw"] = "adamw"
+    lr: float = Field(default=0.001, gt=0, le=10)
+    weight_decay: float = Field(default=0.0, ge=0, le=1)
+    momentum: float = Field(default=0.9, ge=0, lt=1)
+
+
+class EarlyStoppingSpec(Strict):
+    """Stop when a validation metric has not improved for `patience` epochs."""
+
+    metric: Literal["val_nll", "val_ece", "val_accuracy"] = "val_nll"
+    patience: int = Field(default=5, ge=1, le=1000)
+
+
+class TrainingSpec(Strict):
+    """The training loop."""
+
+    epochs: int = Field(default=30, ge=1, le=1000)
+    batch_size: int = Field(default=128, ge=1, le=65536)
+    seed: int = Field(default=0, ge=0, le=2**31 - 1)
+    device: Literal["auto", "cpu", "cuda"] = "auto"
+    augment: bool = False
+    early_stopping: EarlyStoppingSpec | None = Field(default_factory=EarlyStoppingSpec)
+
+
+class CalibrationSpec(Strict):
+    """How calibration is measured."""
+
+    n_bins: int = Field(default=15, ge=1, le=1000)
+    temperature_scaling: bool = True
+    projection_classes: list[Annotated[int, Field(ge=0)]] | None = Field(
+        default=None, min_length=3, max_length=3
+    )
+
+
+class JobSpec(Strict):
+    """A complete job spec; every omitted field takes the documented default."""
+
+    dataset: DatasetSpec = Field(default_factory=BuiltinDataset)
+    label_noise: float = Field(default=0.0, ge=0, lt=1)
+    split: SplitSpec = Field(default_factory=SplitSpec)
+    model: ModelSpec = Field(default_factory=ModelSpec)
+    loss: LossSpec = Field(default_factory=LossSpec)
+    optimizer: OptimizerSpec = Field(default_factory=OptimizerSpec)
+    training: TrainingSpec = Field(default_factory=TrainingSpec)
+    calibration: CalibrationSpec = Field(default_factory=CalibrationSpec)
+    tags: dict[Annotated[str, Field(max_length=64)], Annotated[str, Field(max_length=256)]] = Field(
+        default_factory=dict, max_length=32
+    )
+    webhook_url: str | None = Field(default=None, max_length=2000)
+
+    @field_validator("webhook_url")
+    @classmethod
+    def _check_webhook_scheme(cls, value: str | None) -> str | None:
+        if value is not None and not value.startswith(("http://", "https://")):
+            raise ValueError("webhook_url must be an http:// or https:// URL")
+        return value
+
+    def resolved(self) -> dict[str, Any]:
+        """The fully resolved spec as a JSON-ready dict."""
+        return self.model_dump(mode="json")
+
+
+EXAMPLE_SPEC: dict[str, Any] = {
+    "dataset": {"source": "builtin", "name": "digits"},
+    "model": {"arch": "mlp", "hidden": [128]},
+    "loss": {"alpha": 0.1},
+    "training": {"epochs": 20},
+    "tags": {"team": "vision"},
+}

@@ -1,0 +1,66 @@
+"""Server-side commands: migrate, api, worker, beat, reconcile, keys."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+from core.config import get_settings
+
+ROOT = Path(__file__).resolve().parents[1]
+
+
+def migrate(revision: str = "head") -> None:
+    """Upgrade the configured database to `revision` with Alembic."""
+    from alembic import command
+    from alembic.config import Config
+
+    settings = get_settings()
+    if settings.embedded:
+        settings.var_dir.mkdir(parents=True, exist_ok=True)
+    config = Config(str(ROOT / "alembic.ini"))
+    config.set_main_option("script_location", str(ROOT / "migrations"))
+    config.set_main_option("sqlalchemy.url", settings.resolved_database_url)
+    command.upgrade(config, revision)
+
+
+def run_api(host: str, port: int) -> None:
+    """Serve the HTTP API with uvicorn."""
+    import uvicorn
+
+    uvicorn.run("api.main:create_app", factory=True, host=host, port=port, log_level="warning")
+
+
+def run_worker(queues: str, concurrency: int, loglevel: str) -> None:
+    """Run a Celery worker (prefork: time limits and lost-worker detection need it)."""
+    from worker.app import celery_app
+
+    celery_app.worker_main(
+        [
+            "worker",
+            f"--loglevel={loglevel}",
+            f"--queues={queues}",
+            f"--concurrency={concurrency}",
+            "--pool=prefork",
+            "--without-gossip",
+            "--without-mingle",
+        ]
+    )
+
+
+def run_beat(loglevel: str) -> None:
+    """Run Celery beat (schedules the reconciler)."""
+    from worker.app import celery_app
+
+    settings = get_settings()
+    settings.var_dir.mkdir(parents=True, exist_ok=True)
+    celery_app.start(
+        ["beat", f"--loglevel={loglevel}", f"--schedule={settings.var_dir / 'celerybeat-schedule'}"]
+    )
+
+
+def reconcile() -> dict[str, list[str]]:
+    """Run one reconciler pass now."""
+    from core.services.reconcile import reconcile_once
+
+    report = reconcile_once(get_settings())
+    return {"requeued": report.requeued, "failed": report.failed, "reenqueued": report.reenqueue}

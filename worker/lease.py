@@ -1,0 +1,58 @@
+"""The lease keeper: a thread that renews a running job's lease and watches for cancel."""
+
+from __future__ import annotations
+
+import logging
+import threading
+
+from core.config import Settings
+from core.db import session_scope
+from core.services import jobs as job_service
+
+logger = logging.getLogger("softlabel.worker")
+
+
+class LeaseKeeper:
+    """Renews the lease every heartbeat period; `stop_reason` tells the trainer to stop."""
+
+    def __init__(self, *, job_id: str, owner: str, settings: Settings) -> None:
+        self.job_id = job_id
+        self.owner = owner
+        self.settings = settings
+        self.stop_reason: str | None = None
+        self._halt = threading.Event()
+        self._thread = threading.Thread(target=self._run, name=f"lease-{job_id}", daemon=True)
+
+    def __enter__(self) -> LeaseKeeper:
+        self._thread.start()
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self._halt.set()
+        self._thread.join(timeout=10)
+
+    def request_stop(self, reason: str) -> None:
+        """Ask the trainer to stop at the next batch (e.g. worker shutdown)."""
+        self.stop_reason = self.stop_reason or reason
+
+    def renew_once(self) -> None:
+        """Renew the lease now and update `stop_reason` from the answer."""
+        try:
+            with session_scope() as session:
+                state = job_service.renew_lease(
+                    session,
+                    job_id=self.job_id,
+                    owner=self.owner,
+                    lease_seconds=self.settings.lease_seconds,
+                )
+        except Exception as exc:  # noqa: BLE001 - DB blips: retry at the next beat
+            logger.warning("lease renewal failed: %s", exc, extra={"job_id": self.job_id})
+            return
+        if state == "cancel":
+            self.request_stop("canceled")
+        elif state == "lost":
+            self.request_stop("lease_lost")
+
+    def _run(self) -> None:
+        while not self._halt.wait(self.settings.heartbeat_seconds):
+            self.renew_once()
