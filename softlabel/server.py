@@ -30,7 +30,7 @@ def run_api(host: str, port: int) -> None:
     uvicorn.run("api.main:create_app", factory=True, host=host, port=port, log_level="warning")
 
 
-def run_worker(queues: str, concurrency: int, loglevel: str) -> None:
+def run_worker(queues: str, concurrency: int, loglevel: str, hostname: str = "") -> None:
     """Run a Celery worker (prefork: time limits and lost-worker detection need it)."""
     from worker.app import celery_app
 

@@ -73,7 +73,9 @@ def _check_n_bins(n_bins: Any) -> int:
 
 def _check_binning(binning: Any) -> str:
     if binning not in _BINNINGS:
-        raise ValueError(f"Expected argument `binning` to be one of {_BINNINGS}, but got {binning!r}")
+        raise ValueError(
+            f"Expected argument `binning` to be one of {_BINNINGS}, but got {binning!r}"
+        )
     return str(binning)
 
 
@@ -81,7 +83,9 @@ def _check_alpha(alpha: Any) -> float | None:
     if alpha is None:
         return None
     if isinstance(alpha, bool) or not isinstance(alpha, int | float | np.floating | np.integer):
-        raise ValueError(f"Expected argument `alpha` to be a float in [0, 1) or None, but got {alpha!r}")
+        raise ValueError(
+            f"Expected argument `alpha` to be a float in [0, 1) or None, but got {alpha!r}"
+        )
     if not 0.0 <= float(alpha) < 1.0:
         raise ValueError(f"Expected argument `alpha` to be in [0, 1), but got {alpha}")
     return float(alpha)
@@ -89,13 +93,20 @@ def _check_alpha(alpha: Any) -> float | None:
 
 def _check_tensor(x: Any, name: str) -> Tensor:
     if not isinstance(x, Tensor):
-        raise ValueError(f"Expected argument `{name}` to be a torch.Tensor, but got {type(x).__name__}")
+        raise ValueError(
+            f"Expected argument `{name}` to be a torch.Tensor, but got {type(x).__name__}"
+        )
     return x
 
 
 def _check_labels(labels: Any, n: int, num_classes: int, name: str = "probs") -> Tensor:
     labels = _check_tensor(labels, "labels")
-    if labels.ndim != 1 or labels.dtype == torch.bool or labels.is_floating_point() or labels.is_complex():
+    if (
+        labels.ndim != 1
+        or labels.dtype == torch.bool
+        or labels.is_floating_point()
+        or labels.is_complex()
+    ):
         raise ValueError(
             "Expected argument `labels` to be a 1D integer tensor of shape (N,), but got "
             f"shape {tuple(labels.shape)} and dtype {labels.dtype}"
@@ -122,9 +133,13 @@ def _check_matrix(x: Any, name: str) -> Tensor:
             f"Expected argument `{name}` to be a 2D tensor of shape (N, K), but got shape {tuple(x.shape)}"
         )
     if not x.is_floating_point():
-        raise ValueError(f"Expected argument `{name}` to be a floating point tensor, but got {x.dtype}")
+        raise ValueError(
+            f"Expected argument `{name}` to be a floating point tensor, but got {x.dtype}"
+        )
     if x.shape[1] < 1:
-        raise ValueError(f"Expected argument `{name}` to have at least one class, but got shape {tuple(x.shape)}")
+        raise ValueError(
+            f"Expected argument `{name}` to have at least one class, but got shape {tuple(x.shape)}"
+        )
     return x
 
 
@@ -175,11 +190,15 @@ def _confidence_and_correct(p: Tensor, y: Tensor) -> tuple[Tensor, Tensor, Tenso
     conf = p.amax(dim=1)
     p_true = p.gather(1, y.unsqueeze(1)).squeeze(1)
     correct = p_true == conf
-    # the true class attains the maximum; it is the prediction unless an earlier class ties
-    n_max = (p == conf.unsqueeze(1)).sum(dim=1)
-    tie_rows = (correct & (n_max > 1)).nonzero().squeeze(1)
-    if tie_rows.numel():
-        correct[tie_rows] = p[tie_rows].argmax(dim=1) == y[tie_rows]
+    # The true class attains the maximum; it is the prediction unless an earlier class ties.
+    # Two entries equal to c need 2c <= row sum <= 1 + tol, so only such rows are re-checked.
+    cand = (correct & (conf <= (1.0 + _SUM_TOL) / 2)).nonzero().squeeze(1)
+    if cand.numel():
+        sub = p[cand]
+        tie = (sub == conf[cand].unsqueeze(1)).sum(dim=1) > 1
+        rows = cand[tie]
+        if rows.numel():
+            correct[rows] = sub[tie].argmax(dim=1) == y[rows]
     return conf, correct, p_true
 
 
@@ -294,13 +313,15 @@ class _State:
         self.n_correct += int(correct.sum())
         self.sum_conf += float(conf.sum(dtype=torch.float64))
         if self.keep:
-            self.confs.append(conf.clone())
+            self.confs.append(conf)
             self.corrects.append(correct)
         if self.extras:
             self.nll -= float(p_true.double().clamp_min(_NLL_CLAMP).log().sum())
-            sq = torch.linalg.vector_norm(p, dim=1, dtype=torch.float64).square_()
+            sq = torch.linalg.vector_norm(p, dim=1).double().square_()
             self.brier += float((sq - 2.0 * p_true.double() + 1.0).sum())
-            self.entropy -= float(torch.special.xlogy(p, p).sum(dtype=torch.float64))
+            flat = p.reshape(-1)
+            tiny = torch.finfo(p.dtype).tiny  # 0 * log(tiny) = 0 implements 0 log 0 = 0
+            self.entropy -= float(torch.dot(flat, flat.clamp_min(tiny).log_()))
         if self.classwise:
             # entries <= e_1 all fall in bin 0 and are handled through the column sums; only the
             # few larger ones (at most ~M per row) are binned one by one
@@ -310,7 +331,7 @@ class _State:
             key = (pos % k) * m + _bin_index(vals, m)
             self.cw_count += torch.bincount(key, minlength=k * m)
             self.cw_sum += torch.bincount(key, weights=vals.double(), minlength=k * m)
-            self.col_sum += p.sum(dim=0, dtype=torch.float64)
+            self.col_sum += p.sum(dim=0).double()
             self.cw_acc += torch.bincount(y * m + _bin_index(p_true, m), minlength=k * m)
 
     # ---- results ----------------------------------------------------------------------------
@@ -456,7 +477,9 @@ def maximum_calibration_error(probs: Tensor, labels: Tensor, n_bins: int = 15) -
 
 def classwise_calibration_error(probs: Tensor, labels: Tensor, n_bins: int = 15) -> float:
     """Mean over classes of the equal-width ECE of p_k against [y == k], over all N x K entries."""
-    return _one_shot(probs, labels, n_bins, classwise=True, extras=False, keep=False).classwise_ece()
+    return _one_shot(
+        probs, labels, n_bins, classwise=True, extras=False, keep=False
+    ).classwise_ece()
 
 
 def brier_score(probs: Tensor, labels: Tensor) -> float:
@@ -481,15 +504,23 @@ def optimal_logit_gap(alpha: float, num_classes: int) -> float:
     a = _check_alpha(alpha)
     if a is None:
         raise ValueError("Expected argument `alpha` to be a float in [0, 1), but got None")
-    if isinstance(num_classes, bool) or not isinstance(num_classes, int | np.integer) or num_classes < 2:
-        raise ValueError(f"Expected argument `num_classes` to be an integer larger than 1, but got {num_classes!r}")
+    if (
+        isinstance(num_classes, bool)
+        or not isinstance(num_classes, int | np.integer)
+        or num_classes < 2
+    ):
+        raise ValueError(
+            f"Expected argument `num_classes` to be an integer larger than 1, but got {num_classes!r}"
+        )
     if a == 0.0:
         return math.inf
     off = a / int(num_classes)
     return math.log((1.0 - a + off) / off)
 
 
-def logit_gap(logits: Tensor, labels: Tensor, alpha: float | None = None) -> dict[str, float | None]:
+def logit_gap(
+    logits: Tensor, labels: Tensor, alpha: float | None = None
+) -> dict[str, float | None]:
     """Mean and median of z_y - mean_{k != y} z_k, and the optimum under smoothing `alpha`."""
     alpha = _check_alpha(alpha)
     logits = _check_matrix(logits, "logits")
@@ -553,7 +584,9 @@ def fit_temperature(logits: Tensor, labels: Tensor, *, log_t_range: float = 5.0)
     n, k = logits.shape
     if n == 0 or k < 2:
         if _check_tensor(labels, "labels").shape[0] != n:
-            raise ValueError(f"Expected argument `labels` to have shape ({n},), but got {tuple(labels.shape)}")
+            raise ValueError(
+                f"Expected argument `labels` to have shape ({n},), but got {tuple(labels.shape)}"
+            )
         return 1.0
     labels = _check_labels(labels, n, k, name="logits")
     z = logits.double()
@@ -602,7 +635,11 @@ def penultimate_projection(features: Tensor, templates: Tensor) -> tuple[Tensor,
             "Expected argument `templates` to be a floating point tensor of shape (3, D), but got "
             f"shape {tuple(templates.shape)}"
         )
-    if features.ndim != 2 or features.shape[1] != templates.shape[1] or not features.is_floating_point():
+    if (
+        features.ndim != 2
+        or features.shape[1] != templates.shape[1]
+        or not features.is_floating_point()
+    ):
         raise ValueError(
             f"Expected argument `features` to be a floating point tensor of shape (N, {templates.shape[1]}), "
             f"but got shape {tuple(features.shape)}"
@@ -613,13 +650,17 @@ def penultimate_projection(features: Tensor, templates: Tensor) -> tuple[Tensor,
     nu = torch.linalg.vector_norm(u)
     scale = float(torch.linalg.vector_norm(t, dim=1).max()) or 1.0
     if float(nu) <= 1e-12 * scale:
-        raise ValueError("Expected argument `templates` to span a plane, but the first two coincide")
+        raise ValueError(
+            "Expected argument `templates` to span a plane, but the first two coincide"
+        )
     e1 = u / nu
     w = w - (w @ e1) * e1
     w = w - (w @ e1) * e1  # second Gram-Schmidt pass for numerical orthogonality
     nw = torch.linalg.vector_norm(w)
     if float(nw) <= 1e-12 * scale:
-        raise ValueError("Expected argument `templates` to span a plane, but the three are collinear")
+        raise ValueError(
+            "Expected argument `templates` to span a plane, but the three are collinear"
+        )
     basis = torch.stack([e1, w / nw])
     coords = (features.double() - t[0]) @ basis.T
     dtype = torch.promote_types(features.dtype, templates.dtype)

@@ -369,10 +369,10 @@ def fit(
             should_stop=hooks.should_stop,
         )
         logits, labels, _ = evaluate(model, X_val, y_val, batch_size=cfg.eval_batch_size)
+        if not (math.isfinite(train_loss) and bool(torch.isfinite(logits).all())):
+            raise TrainingDivergedError(epoch)
         row = {"epoch": epoch, "train_loss": train_loss,
                **val_metrics(logits, labels, cfg.n_bins)}
-        if not all(math.isfinite(v) for v in row.values()):
-            raise TrainingDivergedError(epoch)
         history.append(row)
         epochs_run += 1
 

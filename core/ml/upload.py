@@ -109,8 +109,16 @@ def dataset_sha256(X: np.ndarray, y: np.ndarray) -> str:
     return h.hexdigest()
 
 
-def to_npz_bytes(X: np.ndarray, y: np.ndarray) -> bytes:
-    """Serialise (X float32, y int64) as a byte-deterministic NPZ (fixed zip timestamps, no pickle)."""
+def to_npz_bytes(
+    X: np.ndarray, y: np.ndarray, image_shape: tuple[int, int] | list[int] | None = None
+) -> bytes:
+    """Serialise (X float32, y int64) as a byte-deterministic NPZ (fixed zip timestamps, no pickle).
+
+    With `image_shape` (H, W) X is stored as (N, H, W), so loading it back keeps the image
+    shape (load_dataset reads a 3-D X as images).
+    """
+    if image_shape is not None:
+        X = np.asarray(X).reshape(len(X), int(image_shape[0]), int(image_shape[1]))
     buf = io.BytesIO()
     with zipfile.ZipFile(buf, "w", compression=zipfile.ZIP_DEFLATED) as zf:
         for name, arr in (
