@@ -32,10 +32,13 @@ def api(host: str = "127.0.0.1", port: int = 8000) -> None:
 
 @app.command()
 def worker(
-    queues: str = "training,control", concurrency: int = 1, loglevel: str = "warning"
+    queues: str = "training,control",
+    concurrency: int = 1,
+    loglevel: str = "warning",
+    hostname: str = typer.Option("", help="Celery node name, e.g. gpu0@%h"),
 ) -> None:
     """Run a training worker."""
-    server.run_worker(queues, concurrency, loglevel)
+    server.run_worker(queues, concurrency, loglevel, hostname)
 
 
 @app.command()

@@ -43,6 +43,7 @@ def run_worker(queues: str, concurrency: int, loglevel: str, hostname: str = "")
             "--pool=prefork",
             "--without-gossip",
             "--without-mingle",
+            *([f"--hostname={hostname}"] if hostname else []),
         ]
     )
 

@@ -121,7 +121,8 @@ def _check_labels(labels: Any, n: int, num_classes: int, name: str = "probs") ->
     lo, hi = (int(v) for v in torch.aminmax(labels))
     if lo < 0 or hi >= num_classes:
         raise ValueError(
-            f"Expected argument `labels` to be in [0, {num_classes - 1}], but got values in [{lo}, {hi}]"
+            f"Expected argument `labels` to be in [0, {num_classes - 1}], "
+            f"but got values in [{lo}, {hi}]"
         )
     return labels.long()
 
@@ -130,7 +131,8 @@ def _check_matrix(x: Any, name: str) -> Tensor:
     x = _check_tensor(x, name)
     if x.ndim != 2:
         raise ValueError(
-            f"Expected argument `{name}` to be a 2D tensor of shape (N, K), but got shape {tuple(x.shape)}"
+            f"Expected argument `{name}` to be a 2D tensor of shape (N, K), "
+            f"but got shape {tuple(x.shape)}"
         )
     if not x.is_floating_point():
         raise ValueError(
@@ -146,6 +148,8 @@ def _check_matrix(x: Any, name: str) -> Tensor:
 def _check_inputs(probs: Any, labels: Any) -> tuple[Tensor, Tensor]:
     probs = _check_matrix(probs, "probs")
     labels = _check_labels(labels, probs.shape[0], probs.shape[1])
+    if probs.dtype not in (torch.float32, torch.float64):
+        probs = probs.float()  # half precision is binned and summed in float32
     return probs.contiguous(), labels
 
 
@@ -160,8 +164,8 @@ def _check_distribution(p: Tensor) -> None:
     worst = float((p.sum(dim=1) - 1.0).abs_().max())
     if not worst <= _SUM_TOL:
         raise ValueError(
-            f"Expected argument `probs` to have rows summing to 1 (within {_SUM_TOL}), but got a row "
-            f"off by {worst}"
+            f"Expected argument `probs` to have rows summing to 1 (within {_SUM_TOL}), "
+            f"but got a row off by {worst}"
         )
 
 
@@ -172,17 +176,22 @@ def _check_distribution(p: Tensor) -> None:
 
 @lru_cache(maxsize=64)
 def _edges(n_bins: int, dtype: torch.dtype) -> Tensor:
-    """Bin edges b/M rounded once to `dtype` (via float64; double rounding is innocuous here)."""
-    return torch.tensor([b / n_bins for b in range(n_bins + 1)], dtype=torch.float64).to(dtype)
+    """Bin edges b/M computed by one division in `dtype` (the same operation `_bin_index` uses)."""
+    return torch.arange(n_bins + 1, dtype=dtype) / n_bins
 
 
 def _bin_index(x: Tensor, n_bins: int) -> Tensor:
-    """Equal-width bin (0-based) of each value: e_{b} < x <= e_{b+1}; 0 goes to bin 0."""
-    edges = _edges(n_bins, x.dtype)
-    idx = torch.ceil(x * n_bins).clamp_(1, n_bins).long().sub_(1)
-    # ceil(x*M) can be off by one next to an edge because x*M is rounded: compare with the edges
-    idx += (x > edges[idx + 1]).long() - (x <= edges[idx]).long()
-    return idx.clamp_(0, n_bins - 1)
+    """Equal-width bin (0-based) of each value: e_b < x <= e_{b+1} with e_b = b/M in x's dtype.
+
+    ceil(x*M) - 1 can be off by one next to an edge because x*M is rounded, so the candidate is
+    corrected by comparing x with its two edges, computed as idx/M in the same dtype as `_edges`.
+    All float arithmetic, no gathers.
+    """
+    idx = torch.ceil(x * n_bins).clamp_(1, n_bins).sub_(1)
+    lo = idx / n_bins
+    hi = (idx + 1) / n_bins
+    idx += (x > hi).to(x.dtype) - (x <= lo).to(x.dtype)
+    return idx.clamp_(0, n_bins - 1).long()
 
 
 def _confidence_and_correct(p: Tensor, y: Tensor) -> tuple[Tensor, Tensor, Tensor]:
@@ -262,15 +271,15 @@ class _State:
         k = probs.shape[1]
         if self.num_classes is not None and k != self.num_classes:
             raise ValueError(
-                f"Expected argument `probs` to have {self.num_classes} classes like earlier batches, "
-                f"but got {k}"
+                f"Expected argument `probs` to have {self.num_classes} classes "
+                f"like earlier batches, but got {k}"
             )
         if logits is not None:
             logits = _check_matrix(logits, "logits")
             if logits.shape != probs.shape:
                 raise ValueError(
-                    f"Expected argument `logits` to have the shape of `probs` {tuple(probs.shape)}, "
-                    f"but got {tuple(logits.shape)}"
+                    f"Expected argument `logits` to have the shape of `probs` "
+                    f"{tuple(probs.shape)}, but got {tuple(logits.shape)}"
                 )
         if self.has_logits is not None and self.has_logits != (logits is not None):
             raise ValueError("Expected argument `logits` to be given for every batch or for none")
@@ -368,7 +377,7 @@ class _State:
 
     def classwise_ece(self) -> float:
         self._require()
-        k, m = self.num_classes, self.n_bins
+        k, m = int(self.num_classes or 0), self.n_bins
         s = self.cw_sum.view(k, m).clone()
         s[:, 0] = self.col_sum - s[:, 1:].sum(dim=1)
         per_class = (self.cw_acc.view(k, m).double() - s).abs().sum(dim=1) / self.n
@@ -435,8 +444,10 @@ def _gap_per_sample(logits: Tensor, labels: Tensor) -> Tensor:
     return (k * z_y - total) / (k - 1)
 
 
-def _one_shot(probs: Any, labels: Any, n_bins: Any, **flags: bool) -> _State:
-    state = _State(_check_n_bins(n_bins), **flags)
+def _one_shot(
+    probs: Any, labels: Any, n_bins: Any, *, classwise: bool, extras: bool, keep: bool
+) -> _State:
+    state = _State(_check_n_bins(n_bins), classwise=classwise, extras=extras, keep=keep)
     state.update(probs, labels)
     return state
 
@@ -510,7 +521,8 @@ def optimal_logit_gap(alpha: float, num_classes: int) -> float:
         or num_classes < 2
     ):
         raise ValueError(
-            f"Expected argument `num_classes` to be an integer larger than 1, but got {num_classes!r}"
+            "Expected argument `num_classes` to be an integer larger than 1, "
+            f"but got {num_classes!r}"
         )
     if a == 0.0:
         return math.inf
@@ -531,10 +543,10 @@ def logit_gap(
 
 
 class CalibrationMetrics:
-    """Streaming calibration metrics: update(probs, labels, logits=None) per batch, then compute()."""
+    """Streaming calibration metrics: update(probs, labels, logits) per batch, then compute()."""
 
     def __init__(self, n_bins: int = 15, alpha: float | None = None) -> None:
-        """Create an empty accumulator with `n_bins` bins and smoothing `alpha` (for the optimum gap)."""
+        """Create an empty accumulator; `alpha` is the smoothing used for the optimum gap."""
         self.n_bins = _check_n_bins(n_bins)
         self.alpha = _check_alpha(alpha)
         self._state = _State(self.n_bins)
@@ -544,7 +556,7 @@ class CalibrationMetrics:
         self._state.update(probs, labels, logits)
 
     def compute(self) -> dict[str, Any]:
-        """Return the same dict as `calibration_report` over every batch seen since the last reset."""
+        """Return the `calibration_report` dict over every batch since the last reset."""
         return self._state.report(self.alpha)
 
     def reset(self) -> None:
@@ -578,8 +590,8 @@ def fit_temperature(logits: Tensor, labels: Tensor, *, log_t_range: float = 5.0)
     logits = _check_tensor(logits, "logits")
     if logits.ndim != 2 or not logits.is_floating_point():
         raise ValueError(
-            f"Expected argument `logits` to be a 2D floating point tensor, but got shape {tuple(logits.shape)} "
-            f"and dtype {logits.dtype}"
+            "Expected argument `logits` to be a 2D floating point tensor, "
+            f"but got shape {tuple(logits.shape)} and dtype {logits.dtype}"
         )
     n, k = logits.shape
     if n == 0 or k < 2:
@@ -627,7 +639,7 @@ def fit_temperature(logits: Tensor, labels: Tensor, *, log_t_range: float = 5.0)
 
 
 def penultimate_projection(features: Tensor, templates: Tensor) -> tuple[Tensor, Tensor]:
-    """Project features (N, D) onto the plane through 3 class templates (3, D): (basis (2, D), coords (N, 2))."""
+    """Project features (N, D) on the plane of 3 templates (3, D): basis (2, D), coords (N, 2)."""
     features = _check_tensor(features, "features")
     templates = _check_tensor(templates, "templates")
     if templates.ndim != 2 or templates.shape[0] != 3 or not templates.is_floating_point():
@@ -641,8 +653,8 @@ def penultimate_projection(features: Tensor, templates: Tensor) -> tuple[Tensor,
         or not features.is_floating_point()
     ):
         raise ValueError(
-            f"Expected argument `features` to be a floating point tensor of shape (N, {templates.shape[1]}), "
-            f"but got shape {tuple(features.shape)}"
+            "Expected argument `features` to be a floating point tensor of shape "
+            f"(N, {templates.shape[1]}), but got shape {tuple(features.shape)}"
         )
     t = templates.double()
     u = t[1] - t[0]
@@ -673,7 +685,7 @@ def penultimate_projection(features: Tensor, templates: Tensor) -> tuple[Tensor,
 
 
 def to_jsonable(x: Any) -> Any:
-    """Convert tensors, numpy values, tuples and nested containers to JSON-safe Python; NaN/inf -> None."""
+    """Convert tensors, numpy values and nested containers to JSON-safe Python; NaN/inf -> None."""
     if isinstance(x, Tensor):
         x = x.detach().cpu().tolist()
     elif isinstance(x, np.ndarray):

@@ -177,7 +177,7 @@ def split_indices(
 def standardize(
     X_train: np.ndarray, *others: np.ndarray
 ) -> tuple[np.ndarray, np.ndarray, list[np.ndarray]]:
-    """Fit per-feature mean/std on X_train only (std 0 -> 1); return (mean, std, [scaled arrays])."""
+    """Fit per-feature mean/std on X_train only (std 0 -> 1); return (mean, std, [scaled])."""
     mean = X_train.mean(axis=0, dtype=np.float64)
     std = X_train.std(axis=0, dtype=np.float64)
     std[std < 1e-12] = 1.0
@@ -263,12 +263,12 @@ def prepare_data(
 
 
 def view_for_arch(arch: str) -> str:
-    """The input view an architecture consumes: flat (linear, mlp), image (cnn), sequence (gru, transformer)."""
+    """The input view of an arch: flat (linear, mlp), image (cnn), sequence (gru, transformer)."""
     return {"cnn": "image", "gru": "sequence", "transformer": "sequence"}.get(arch, "flat")
 
 
 def to_view(X: np.ndarray, view: str, image_shape: tuple[int, int] | None) -> np.ndarray:
-    """Reshape flat (N, F) data: flat (N, F), image (N, 1, H, W), sequence (N, H, W) rows as steps."""
+    """Reshape flat (N, F) data: flat (N, F), image (N, 1, H, W), sequence (N, H, W) (rows)."""
     if view == "flat":
         return X
     if image_shape is None:

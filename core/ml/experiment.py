@@ -9,11 +9,12 @@ It touches no database or broker: progress, cancellation and checkpoints go thro
 
 from __future__ import annotations
 
+import importlib
 import io
 import json
 import math
 from dataclasses import dataclass, field
-from typing import Any
+from typing import Any, cast
 
 import numpy as np
 import torch
@@ -23,7 +24,7 @@ from core.ml import calibration
 from core.ml.data import class_names_for, load_dataset, prepare_data, to_view, view_for_arch
 from core.ml.nets import build_model, model_config
 from core.ml.train import TrainConfig, TrainHooks, evaluate, fit
-from core.ml.upload import SpecError
+from core.ml.upload import SpecError, arch_incompatibility
 
 __all__ = ["ExperimentOutput", "TrainHooks", "json_safe", "run_experiment"]
 
@@ -76,6 +77,11 @@ def _projection(features: torch.Tensor, labels: torch.Tensor, templates: torch.T
     return coords_np.astype(np.float64), labs.numpy()
 
 
+def _plots() -> Any:
+    """The plotting module core.ml.plots (ImportError while it is not installed)."""
+    return importlib.import_module("core.ml.plots")
+
+
 def _fallback_png(title: str, draw: Any) -> bytes:
     """Render a small matplotlib figure to PNG bytes (used when core.ml.plots is unavailable)."""
     import matplotlib
@@ -96,19 +102,17 @@ def _reliability_png(report: dict[str, Any], probs: torch.Tensor, labels: torch.
                      n_bins: int, title: str) -> bytes:
     """Reliability diagram via core.ml.plots, or a minimal local drawing."""
     try:
-        from core.ml import plots
-
-        return plots.reliability_diagram_png(report, title=title)
+        return _plots().reliability_diagram_png(report, title=title)
     except (ImportError, AttributeError):
         conf, pred = probs.max(1)
         idx = torch.clamp(torch.ceil(conf.double() * n_bins).long() - 1, 0, n_bins - 1)
         cnt = torch.bincount(idx, minlength=n_bins).double()
         acc = torch.bincount(idx, weights=(pred == labels).double(), minlength=n_bins)
-        acc = (acc / cnt.clamp_min(1)).numpy()
+        acc_np = (acc / cnt.clamp_min(1)).numpy()
         centers = (np.arange(n_bins) + 0.5) / n_bins
 
         def draw(ax: Any) -> None:
-            ax.bar(centers, acc, width=1 / n_bins, edgecolor="k", label="accuracy")
+            ax.bar(centers, acc_np, width=1 / n_bins, edgecolor="k", label="accuracy")
             ax.plot([0, 1], [0, 1], "r--", label="perfect calibration")
             ax.set_xlabel("confidence")
             ax.set_ylabel("accuracy")
@@ -121,9 +125,7 @@ def _projection_png(coords: np.ndarray, labels: np.ndarray, names: list[str], ti
                     ) -> bytes:
     """Penultimate-layer projection plot via core.ml.plots, or a minimal local drawing."""
     try:
-        from core.ml import plots
-
-        return plots.penultimate_projection_png(coords, labels, names, title=title)
+        return _plots().penultimate_projection_png(coords, labels, names, title=title)
     except (ImportError, AttributeError):
         def draw(ax: Any) -> None:
             for k in np.unique(labels):
@@ -163,6 +165,9 @@ def run_experiment(
         raise SpecError(f"loss.prior has {len(cfg.prior)} entries but the dataset has {k} "
                         f"classes; give one probability per class")
     mcfg = model_config(model_spec, X.shape[1], k, image_shape, cfg.variant)
+    reason = arch_incompatibility(mcfg["arch"], X.shape[1], image_shape)
+    if reason:
+        raise SpecError(reason)
     view = view_for_arch(mcfg["arch"])
 
     def tensors(Xs: np.ndarray, ys: np.ndarray) -> tuple[torch.Tensor, torch.Tensor]:
@@ -204,7 +209,7 @@ def run_experiment(
         if len(classes) != 3 or len(set(classes)) != 3 or not all(0 <= c < k for c in classes):
             raise SpecError(f"calibration.projection_classes={classes} must be 3 distinct class "
                             f"ids in 0..{k - 1}")
-        templates = model.head.weight.detach().float().cpu()  # type: ignore[union-attr]
+        templates = cast(torch.nn.Linear, model.head).weight.detach().float().cpu()
         coords, labs = _projection(test_feats, test_labels, templates, classes)
         projection = {"classes": classes, "class_names": [names[c] for c in classes],
                       "points": [[round(float(a), 5), round(float(b), 5), int(c)]
@@ -217,7 +222,7 @@ def run_experiment(
                  "standardize": {"mean": data.mean.tolist(), "std": data.std.tolist()},
                  "loss": spec.get("loss", {}), "best_epoch": fitted.best_epoch}
     artifacts["model.safetensors"] = safetensors_save(
-        state, metadata={"format": "pt", "model_config": json.dumps(mcfg)})
+        state, metadata={"model_config": json.dumps(mcfg, sort_keys=True)})  # one key: stable bytes
     artifacts["model.json"] = json.dumps(json_safe(model_doc), indent=1).encode()
 
     result = {

@@ -153,7 +153,7 @@ def model_config(
     image_shape: tuple[int, int] | None,
     variant: str,
 ) -> dict[str, Any]:
-    """The JSON-safe description of a built model (stored in model.json and safetensors metadata)."""
+    """JSON-safe description of a built model (stored in model.json and safetensors metadata)."""
     arch = str(model_spec.get("arch", "mlp"))
     return {
         "arch": arch,
@@ -176,7 +176,7 @@ def build_model(
     image_shape: tuple[int, int] | None,
     variant: str = "uniform",
 ) -> nn.Module:
-    """Build the net for spec["model"] (arch, hidden, dropout); raises SpecError if it does not fit."""
+    """Build the net for spec["model"] (arch, hidden, dropout); SpecError if it does not fit."""
     cfg = model_config(model_spec, n_features, n_classes, image_shape, variant)
     arch, hidden, dropout = cfg["arch"], cfg["hidden"], cfg["dropout"]
     reason = arch_incompatibility(arch, n_features, image_shape)

@@ -12,6 +12,7 @@ from __future__ import annotations
 import contextlib
 import io
 import json
+import logging
 import math
 import time
 from collections.abc import Callable
@@ -45,6 +46,7 @@ __all__ = [
 ]
 
 CHECKPOINT_FORMAT = 1
+logger = logging.getLogger(__name__)
 METRICS = {"val_nll": "min", "val_ece": "min", "val_accuracy": "max"}
 
 
@@ -285,7 +287,7 @@ def _rng_state(order: torch.Generator, aug: torch.Generator, device: torch.devic
 
 
 def load_checkpoint(blob: bytes) -> dict[str, Any]:
-    """Read checkpoint bytes written by `fit` (torch.load with weights_only=True: no pickle code)."""
+    """Read checkpoint bytes written by `fit` (torch.load weights_only=True: no pickle code)."""
     ckpt = torch.load(io.BytesIO(blob), map_location="cpu", weights_only=True)
     if not isinstance(ckpt, dict) or ckpt.get("format") != CHECKPOINT_FORMAT:
         raise ValueError("not a Softlabel training checkpoint (unknown format)")
@@ -343,9 +345,16 @@ def fit(
     resumed_from: int | None = None
 
     blob = hooks.load_checkpoint() if hooks.load_checkpoint else None
+    ckpt: dict[str, Any] | None = None
     if blob:
-        ckpt = load_checkpoint(blob)
-        if ckpt["config"] == config_json:
+        try:
+            ckpt = load_checkpoint(blob)
+        except Exception:  # unreadable or foreign bytes: training starts over, still correct
+            logger.warning("ignoring an unreadable checkpoint (%d bytes)", len(blob))
+        if ckpt is not None and ckpt["config"] != config_json:
+            logger.warning("ignoring a checkpoint written for another config")
+            ckpt = None
+        if ckpt is not None:
             model.load_state_dict(ckpt["model"])
             optimizer.load_state_dict(ckpt["optimizer"])
             torch.set_rng_state(ckpt["rng"]["torch"])

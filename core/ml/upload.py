@@ -91,7 +91,7 @@ def arch_incompatibility(
 
 
 def compatible_archs(n_features: int, image_shape: tuple[int, int] | None) -> list[str]:
-    """List the architectures that fit the data: linear/mlp always; cnn/gru/transformer need an image shape."""
+    """Architectures that fit: linear/mlp always; cnn/gru/transformer need an image shape."""
     return [a for a in ARCHITECTURES if arch_incompatibility(a, n_features, image_shape) is None]
 
 
@@ -99,7 +99,7 @@ def compatible_archs(n_features: int, image_shape: tuple[int, int] | None) -> li
 
 
 def dataset_sha256(X: np.ndarray, y: np.ndarray) -> str:
-    """SHA-256 of the canonical bytes: a JSON header (shapes) + X as float32 LE C-order + y as int64 LE."""
+    """SHA-256 of canonical bytes: JSON header (shapes) + X float32 LE C-order + y int64 LE."""
     x = np.ascontiguousarray(X, dtype="<f4")
     t = np.ascontiguousarray(y, dtype="<i8")
     h = hashlib.sha256()

@@ -112,7 +112,8 @@ def _interrupted_then_resumed(spec: dict, stop_after: int) -> tuple[dict, int]:
     {"model__hidden": [64, 64], "model__dropout": 0.3},
     {"model__arch": "cnn", "model__hidden": [8, 8], "model__dropout": 0.2,
      "training__augment": True},
-], ids=["mlp-dropout", "cnn-augment-dropout"])
+    {"model__arch": "transformer", "model__hidden": [16], "model__dropout": 0.1},
+], ids=["mlp-dropout", "cnn-augment-dropout", "transformer-dropout"])
 def test_resume_equals_uninterrupted(over):
     spec = make_spec(training__epochs=4, training__early_stopping=None, **over)
     full = run_experiment(spec).result
@@ -147,7 +148,7 @@ def test_upload_arrays_with_image_shape_run_a_cnn():
     y = np.arange(60) % 3
     X[y == 1, 0, :] += 3.0
     blob = np.load(__import__("io").BytesIO(to_npz_bytes(X.reshape(60, -1), y, (4, 4))))
-    spec = make_spec(dataset={"source": "upload", "id": "ds_test"}, training__epochs=2,
+    spec = make_spec(dataset={"source": "upload", "id": "ds_test"}, training__epochs=3,
                      model={"arch": "cnn", "hidden": [4], "dropout": 0.0})
     r = run_experiment(spec, arrays=(blob["X"], blob["y"]), class_names=["a", "b", "c"]).result
     assert r["dataset"]["image_shape"] == [4, 4] and r["dataset"]["class_names"] == ["a", "b", "c"]
@@ -157,11 +158,23 @@ def test_upload_arrays_with_image_shape_run_a_cnn():
 def test_binary_variant_on_breast_cancer():
     spec = make_spec(dataset={"source": "builtin", "name": "breast_cancer"},
                      loss={"alpha": 0.1, "variant": "binary", "prior": None, "form": "ce"},
-                     model__hidden=[16], training__epochs=5)
+                     model__hidden=[16], training__epochs=20)
     out = run_experiment(spec)
     assert out.result["test"]["accuracy"] > 0.9 and out.result["projection"] is None
     assert set(out.artifacts) == {"model.safetensors", "model.json", "reliability.png"}
     assert safetensors_load(out.artifacts["model.safetensors"])["head.weight"].shape == (1, 16)
+
+
+def test_prior_variant_and_gru_on_digits():
+    prior = [0.1] * 10
+    spec = make_spec(loss={"alpha": 0.2, "variant": "prior", "prior": prior, "form": "kl"},
+                     model={"arch": "gru", "hidden": [16], "dropout": 0.0}, training__epochs=3,
+                     optimizer__lr=0.01)
+    r = run_experiment(spec).result
+    assert r["test"]["accuracy"] > 0.5 and len(r["history"]) == 3
+    with pytest.raises(SpecError, match="prior"):
+        run_experiment(make_spec(loss={"alpha": 0.1, "variant": "prior", "prior": [0.5, 0.5],
+                                       "form": "ce"}))
 
 
 def test_spec_errors():

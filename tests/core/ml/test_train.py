@@ -114,10 +114,14 @@ def test_checkpoint_every_epoch_and_should_stop(data):
 
 def test_checkpoint_with_other_config_is_ignored(data):
     saved: list[bytes] = []
-    fit(_model(), *data, TrainConfig(epochs=1, device="cpu"), TrainHooks(save_checkpoint=saved.append))
+    fit(_model(), *data, TrainConfig(epochs=1, device="cpu"),
+        TrainHooks(save_checkpoint=saved.append))
     res = fit(_model(), *data, TrainConfig(epochs=2, lr=5e-3, device="cpu"),
               TrainHooks(load_checkpoint=lambda: saved[0]))
     assert res.resumed_from_epoch is None and len(res.history) == 2
+    res = fit(_model(), *data, TrainConfig(epochs=1, device="cpu"),
+              TrainHooks(load_checkpoint=lambda: b"garbage"))
+    assert res.resumed_from_epoch is None and len(res.history) == 1
 
 
 def test_divergence_raises_with_epoch(data):

@@ -1,4 +1,4 @@
-"""Upload parsing, validation, canonical bytes and architecture compatibility (torch-free module)."""
+"""Upload parsing, validation, canonical bytes and architecture compatibility (torch-free)."""
 
 from __future__ import annotations
 
