@@ -5,7 +5,7 @@ from __future__ import annotations
 from fastapi import FastAPI
 
 from api.errors import install_error_handlers
-from api.routes import health, jobs
+from api.routes import catalog, datasets, health, jobs
 
 API_DESCRIPTION = (
     "Softlabel trains classifiers with label-smoothed cross-entropy and reports how well "
@@ -20,4 +20,6 @@ def create_app() -> FastAPI:
     install_error_handlers(app)
     app.include_router(health.router)
     app.include_router(jobs.router)
+    app.include_router(datasets.router)
+    app.include_router(catalog.router)
     return app

@@ -107,7 +107,8 @@ def summarize(rows: list[dict[str, Any]]) -> list[dict[str, Any]]:
 def markdown_table(summary: list[dict[str, Any]]) -> str:
     """The per-alpha summary as a Markdown table."""
     lines = [
-        "| alpha | seeds | test accuracy (mean ± sd) | test ECE (mean ± sd) | test NLL (mean ± sd) |",
+        "| alpha | seeds | test accuracy (mean ± sd) | test ECE (mean ± sd) "
+        "| test NLL (mean ± sd) |",
         "|---|---|---|---|---|",
     ]
     for s in summary:

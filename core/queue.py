@@ -16,9 +16,16 @@ QUEUE_TRAINING = "training"
 QUEUE_CONTROL = "control"
 
 
+def visibility_timeout(settings: Settings) -> int:
+    """Seconds before Redis redelivers an unacked message: above the hard time limit."""
+    return settings.task_time_limit + 600
+
+
 def broker_transport_options(settings: Settings) -> dict[str, Any]:
     """Transport options; visibility_timeout is above the hard time limit (SPEC §7)."""
-    options: dict[str, Any] = {"visibility_timeout": settings.task_time_limit + 600}
+    options: dict[str, Any] = {"visibility_timeout": visibility_timeout(settings)}
+    if settings.resolved_broker_url.startswith("redis"):
+        options["socket_connect_timeout"] = 5
     if settings.resolved_broker_url.startswith("filesystem"):
         folder = settings.broker_folder
         for sub in ("out", "processed"):
@@ -43,6 +50,7 @@ def make_celery(settings: Settings) -> Celery:
         accept_content=["json"],
         task_ignore_result=True,
         task_acks_late=True,
+        task_acks_on_failure_or_timeout=True,
         task_reject_on_worker_lost=True,
         worker_prefetch_multiplier=1,
         worker_concurrency=1,
@@ -73,9 +81,16 @@ def get_celery() -> Celery:
     return make_celery(get_settings())
 
 
+# A publish to a broker that is down fails within about a second: the job is already
+# committed in Postgres and the reconciler sends it later.
+PUBLISH_RETRY = {"max_retries": 2, "interval_start": 0, "interval_step": 0.2, "interval_max": 0.5}
+
+
 def enqueue_job(job_id: str) -> None:
     """Send the training task for a committed job (the id only, never the row)."""
-    get_celery().send_task(TASK_RUN_JOB, args=[job_id], queue=QUEUE_TRAINING)
+    get_celery().send_task(
+        TASK_RUN_JOB, args=[job_id], queue=QUEUE_TRAINING, retry=True, retry_policy=PUBLISH_RETRY
+    )
 
 
 def broker_reachable(timeout: float = 2.0) -> bool:

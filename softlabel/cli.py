@@ -48,8 +48,13 @@ def beat(loglevel: str = "warning") -> None:
 
 
 @app.command()
-def reconcile() -> None:
-    """Run one reconciler pass and print what it did."""
+def reconcile(
+    every: float = typer.Option(0.0, help="Run a pass every N seconds until stopped (0: once)"),
+) -> None:
+    """Run one reconciler pass and print what it did (or keep running with --every)."""
+    if every > 0:
+        server.reconcile_loop(every)
+        return
     typer.echo(json.dumps(server.reconcile()))
 
 

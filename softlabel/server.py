@@ -64,4 +64,24 @@ def reconcile() -> dict[str, list[str]]:
     from core.services.reconcile import reconcile_once
 
     report = reconcile_once(get_settings())
-    return {"requeued": report.requeued, "failed": report.failed, "reenqueued": report.reenqueue}
+    return {
+        "requeued": report.requeued,
+        "failed": report.failed,
+        "timed_out": report.timed_out,
+        "reenqueued": report.reenqueue,
+    }
+
+
+def reconcile_loop(every_s: float) -> None:
+    """Run the reconciler every `every_s` seconds until SIGTERM/SIGINT (beat not needed)."""
+    import logging
+    import signal
+    import threading
+
+    from core.services.reconcile import reconcile_forever
+
+    logging.basicConfig(level=logging.INFO, format="%(asctime)s %(name)s %(message)s")
+    stop = threading.Event()
+    for sig in (signal.SIGTERM, signal.SIGINT):
+        signal.signal(sig, lambda *_: stop.set())
+    reconcile_forever(get_settings(), every_s=every_s, stop=stop)

@@ -3,13 +3,19 @@
 from __future__ import annotations
 
 import logging
+import os
+import signal
 import threading
+from types import FrameType
 
 from core.config import Settings
 from core.db import session_scope
 from core.services import jobs as job_service
 
 logger = logging.getLogger("softlabel.worker")
+SHUTDOWN = "shutdown"
+_ACTIVE: set[LeaseKeeper] = set()
+_ACTIVE_LOCK = threading.Lock()
 
 
 class LeaseKeeper:
@@ -24,10 +30,14 @@ class LeaseKeeper:
         self._thread = threading.Thread(target=self._run, name=f"lease-{job_id}", daemon=True)
 
     def __enter__(self) -> LeaseKeeper:
+        with _ACTIVE_LOCK:
+            _ACTIVE.add(self)
         self._thread.start()
         return self
 
     def __exit__(self, *exc: object) -> None:
+        with _ACTIVE_LOCK:
+            _ACTIVE.discard(self)
         self._halt.set()
         self._thread.join(timeout=10)
 
@@ -56,3 +66,26 @@ class LeaseKeeper:
     def _run(self) -> None:
         while not self._halt.wait(self.settings.heartbeat_seconds):
             self.renew_once()
+
+
+def request_shutdown() -> int:
+    """Ask every running job of this process to stop for a shutdown; returns how many."""
+    with _ACTIVE_LOCK:
+        keepers = [k for k in _ACTIVE if k.stop_reason != SHUTDOWN]
+    for keeper in keepers:
+        keeper.request_stop(SHUTDOWN)
+    return len(keepers)
+
+
+def _on_sigterm(signum: int, _frame: FrameType | None) -> None:
+    """First SIGTERM: soft shutdown of the running job; idle or second time: die."""
+    if request_shutdown():
+        logger.warning("SIGTERM: stopping the running job and returning it to the queue")
+        return
+    signal.signal(signum, signal.SIG_DFL)
+    os.kill(os.getpid(), signum)
+
+
+def install_soft_shutdown() -> None:
+    """Install the SIGTERM handler of a pool child (call in worker_process_init)."""
+    signal.signal(signal.SIGTERM, _on_sigterm)

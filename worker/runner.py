@@ -6,23 +6,29 @@ import io
 import logging
 import os
 import socket
+import time
 import uuid
+from collections.abc import Callable
 from dataclasses import dataclass
-from typing import Any
+from typing import Any, TypeVar
 
 import numpy as np
+from sqlalchemy.exc import DBAPIError, InterfaceError, OperationalError
 
 from core import __version__
 from core.config import Settings
 from core.db import session_scope
 from core.ids import utcnow
+from core.models import Job
+from core.queue import enqueue_job
 from core.services import jobs as job_service
 from core.storage import get_artifact, job_artifact_key, put_artifact
 from core.timeutil import as_utc
-from worker.lease import LeaseKeeper
+from worker.lease import SHUTDOWN, LeaseKeeper
 
 logger = logging.getLogger("softlabel.worker")
 CHECKPOINT_NAME = "checkpoint.pt"
+T = TypeVar("T")
 
 
 def worker_identity() -> str:
@@ -40,6 +46,28 @@ class ClaimedJob:
     attempt: int
     dataset_id: str | None
     queued_s: float
+
+
+def is_transient(exc: BaseException) -> bool:
+    """True for database errors that a retry on a fresh connection may cure."""
+    if isinstance(exc, OperationalError | InterfaceError):
+        return True
+    return isinstance(exc, DBAPIError) and bool(exc.connection_invalidated)
+
+
+def with_db_retry(fn: Callable[[], T], *, what: str, deadline_s: float = 60.0) -> T:
+    """Call `fn` (one whole transaction), retrying transient DB errors with backoff."""
+    give_up = time.monotonic() + deadline_s
+    delay = 0.2
+    while True:
+        try:
+            return fn()
+        except Exception as exc:
+            if not is_transient(exc) or time.monotonic() + delay > give_up:
+                raise
+            logger.warning("%s: database unavailable (%s); retrying in %.1f s", what, exc, delay)
+            time.sleep(delay)
+            delay = min(delay * 2, 3.0)
 
 
 def claim(job_id: str, *, owner: str, settings: Settings) -> ClaimedJob | None:
@@ -60,54 +88,120 @@ def claim(job_id: str, *, owner: str, settings: Settings) -> ClaimedJob | None:
 
 
 def _load_upload(dataset_id: str) -> tuple[np.ndarray, np.ndarray]:
-    with session_scope() as session:
-        found = get_artifact(session, key=f"datasets/{dataset_id}.npz")
-    if found is None:
+    def read() -> bytes | None:
+        with session_scope() as session:
+            found = get_artifact(session, key=f"datasets/{dataset_id}.npz")
+        return found[1] if found else None
+
+    blob = with_db_retry(read, what="load dataset")
+    if blob is None:
         raise FileNotFoundError(f"dataset {dataset_id} has no stored data")
-    with np.load(io.BytesIO(found[1]), allow_pickle=False) as npz:
+    with np.load(io.BytesIO(blob), allow_pickle=False) as npz:
         return npz["X"], npz["y"]
 
 
 def _write_checkpoint(job: ClaimedJob, blob: bytes) -> None:
-    with session_scope() as session:
-        put_artifact(
-            session,
-            key=job_artifact_key(job.id, CHECKPOINT_NAME),
-            data=blob,
-            tenant_id=job.tenant_id,
-            job_id=job.id,
-        )
+    def write() -> None:
+        with session_scope() as session:
+            put_artifact(
+                session,
+                key=job_artifact_key(job.id, CHECKPOINT_NAME),
+                data=blob,
+                tenant_id=job.tenant_id,
+                job_id=job.id,
+            )
+
+    with_db_retry(write, what="save checkpoint")
 
 
 def _read_checkpoint(job: ClaimedJob) -> bytes | None:
-    with session_scope() as session:
-        found = get_artifact(session, key=job_artifact_key(job.id, CHECKPOINT_NAME))
-    return found[1] if found else None
+    def read() -> bytes | None:
+        with session_scope() as session:
+            found = get_artifact(session, key=job_artifact_key(job.id, CHECKPOINT_NAME))
+        return found[1] if found else None
+
+    return with_db_retry(read, what="load checkpoint")
 
 
 def _record_progress(job: ClaimedJob, owner: str, epochs: int, row: dict[str, Any]) -> None:
     progress = {"epoch": row.get("epoch"), "epochs": epochs, "latest": row}
-    with session_scope() as session:
-        job_service.record_progress(session, job_id=job.id, owner=owner, progress=progress)
+
+    def write() -> None:
+        with session_scope() as session:
+            job_service.record_progress(session, job_id=job.id, owner=owner, progress=progress)
+
+    try:
+        with_db_retry(write, what="record progress", deadline_s=5.0)
+    except Exception as exc:
+        if not is_transient(exc):
+            raise
+        logger.warning("progress not recorded: %s", exc, extra={"job_id": job.id})
 
 
-def _end(job_id: str, owner: str, status: str, reason: str = "", message: str = "") -> None:
+def _owned_by(job_id: str, owner: str) -> bool:
+    """Whether the job is still running under our lease (after a commit of unknown outcome)."""
     with session_scope() as session:
+        row = session.get(Job, job_id)
+        return row is not None and row.status == "running" and row.lease_owner == owner
+
+
+def _transition(job_id: str, owner: str, what: str, apply: Callable[[Any], bool]) -> bool:
+    """Run an owner-checked transition; a commit whose outcome is unknown is checked first."""
+    give_up = time.monotonic() + 60.0
+    delay = 0.2
+    while True:
+        try:
+            with session_scope() as session:
+                return apply(session)
+        except Exception as exc:
+            if not is_transient(exc) or time.monotonic() + delay > give_up:
+                raise
+            logger.warning("%s: commit failed (%s); checking before retrying", what, exc)
+        time.sleep(delay)
+        delay = min(delay * 2, 3.0)
+        try:
+            if not with_db_retry(lambda: _owned_by(job_id, owner), what=f"{what} check"):
+                return False  # it committed after all, or the lease went to another attempt
+        except Exception as exc:  # noqa: BLE001 - give the transition itself another try
+            logger.warning("%s: check failed (%s)", what, exc)
+
+
+def _end(job_id: str, owner: str, status: str, reason: str = "", message: str = "") -> bool:
+    def apply(session: Any) -> bool:
         if status == "canceled":
-            job_service.finish_canceled(session, job_id=job_id, owner=owner)
-        elif status == "queued":
-            job_service.release_job(session, job_id=job_id, owner=owner)
-        else:
-            job_service.fail_job(
-                session, job_id=job_id, owner=owner, reason=reason, message=message
-            )
+            return job_service.finish_canceled(session, job_id=job_id, owner=owner)
+        if status == "queued":
+            return job_service.release_job(session, job_id=job_id, owner=owner)
+        return job_service.fail_job(
+            session, job_id=job_id, owner=owner, reason=reason, message=message
+        )
+
+    return _transition(job_id, owner, f"end {status}", apply)
+
+
+def _release(job_id: str, owner: str) -> None:
+    """Give the job back to the queue (soft shutdown) and re-enqueue it after the commit."""
+    if not _end(job_id, owner, "queued"):
+        return
+    try:
+        enqueue_job(job_id)
+
+        def mark() -> None:
+            with session_scope() as session:
+                job_service.mark_enqueued(session, job_ids=[job_id])
+
+        with_db_retry(mark, what="mark enqueued", deadline_s=5.0)
+    except Exception as exc:  # noqa: BLE001 - the reconciler re-enqueues it after the grace
+        logger.warning("re-enqueue after release failed: %s", exc, extra={"job_id": job_id})
 
 
 def _store_result(
     job: ClaimedJob, owner: str, result: dict[str, Any], artifacts: dict[str, bytes]
 ) -> bool:
-    links = {}
-    with session_scope() as session:
+    """Artifacts, result, status and finished_at in one transaction (owner-checked)."""
+
+    def apply(session: Any) -> bool:
+        links = {}
         for name, data in artifacts.items():
             put_artifact(
                 session,
@@ -131,9 +225,49 @@ def _store_result(
             session.rollback()  # the lease was lost: another attempt owns the job now
         return stored
 
+    if _transition(job.id, owner, "store result", apply):
+        return True
+
+    def ours() -> bool:
+        with session_scope() as session:
+            row = session.get(Job, job.id)
+            return (
+                row is not None
+                and row.status == "succeeded"
+                and (row.result or {}).get("attempt") == job.attempt
+            )
+
+    return with_db_retry(ours, what="verify result")
+
+
+def _timeout_message(settings: Settings) -> str:
+    return (
+        f"The job exceeded the time limit of {settings.task_soft_time_limit} s; "
+        "use fewer epochs or a smaller model"
+    )
+
 
 def execute_job(job_id: str, *, settings: Settings, owner: str | None = None) -> str:
     """Run a job end to end; returns the outcome ('succeeded', 'failed', 'not_claimed', ...)."""
+    from celery.exceptions import SoftTimeLimitExceeded
+
+    owner = owner or worker_identity()
+    job = claim(job_id, owner=owner, settings=settings)
+    if job is None:
+        logger.info("delivery could not claim the job; nothing to do", extra={"job_id": job_id})
+        return "not_claimed"
+    try:
+        return _train_and_store(job, owner, settings)
+    except SoftTimeLimitExceeded:
+        # The checkpoint of the last finished epoch is stored; the attempt ends here.
+        _end(job.id, owner, "failed", "timeout", _timeout_message(settings))
+        return "failed"
+
+
+def _train_and_store(job: ClaimedJob, owner: str, settings: Settings) -> str:
+    """Train a claimed job under its lease and store the outcome."""
+    from celery.exceptions import SoftTimeLimitExceeded
+
     from core.ml.experiment import run_experiment
     from core.ml.train import (
         DeviceUnavailableError,
@@ -143,11 +277,6 @@ def execute_job(job_id: str, *, settings: Settings, owner: str | None = None) ->
     )
     from core.ml.upload import InvalidDatasetError, SpecError
 
-    owner = owner or worker_identity()
-    job = claim(job_id, owner=owner, settings=settings)
-    if job is None:
-        logger.info("delivery could not claim the job; nothing to do", extra={"job_id": job_id})
-        return "not_claimed"
     epochs = int(job.spec["training"]["epochs"])
     with LeaseKeeper(job_id=job.id, owner=owner, settings=settings) as lease:
         hooks = TrainHooks(
@@ -160,13 +289,7 @@ def execute_job(job_id: str, *, settings: Settings, owner: str | None = None) ->
             arrays = _load_upload(job.dataset_id) if job.dataset_id else None
             output = run_experiment(job.spec, arrays=arrays, hooks=hooks)
         except TrainingStopped as stop:
-            if stop.reason == "canceled":
-                _end(job.id, owner, "canceled")
-                return "canceled"
-            if stop.reason == "shutdown":
-                _end(job.id, owner, "queued")
-                return "released"
-            return "lease_lost"
+            return _stopped(job.id, owner, stop.reason)
         except TrainingDivergedError as exc:
             _end(job.id, owner, "failed", "diverged", str(exc))
             return "failed"
@@ -176,19 +299,25 @@ def execute_job(job_id: str, *, settings: Settings, owner: str | None = None) ->
         except DeviceUnavailableError as exc:
             _end(job.id, owner, "failed", "device_unavailable", str(exc))
             return "failed"
+        except SoftTimeLimitExceeded:
+            raise
         except Exception as exc:
-            if type(exc).__name__ == "SoftTimeLimitExceeded":
-                _end(
-                    job.id,
-                    owner,
-                    "failed",
-                    "timeout",
-                    f"The job exceeded the time limit of {settings.task_soft_time_limit} s; "
-                    "use fewer epochs or a smaller model",
-                )
-                return "failed"
             logger.exception("job failed", extra={"job_id": job.id})
             _end(job.id, owner, "failed", "internal", f"{type(exc).__name__}: {exc}")
             return "failed"
+        lease.renew_once()  # a cancel or a lost lease that came during the last epoch
+        if lease.stop_reason:
+            return _stopped(job.id, owner, lease.stop_reason)
     stored = _store_result(job, owner, output.result, output.artifacts)
     return "succeeded" if stored else "lease_lost"
+
+
+def _stopped(job_id: str, owner: str, reason: str) -> str:
+    """End an attempt that was stopped from outside: cancel, shutdown or a lost lease."""
+    if reason == "canceled":
+        _end(job_id, owner, "canceled")
+        return "canceled"
+    if reason == SHUTDOWN:
+        _release(job_id, owner)
+        return "released"
+    return "lease_lost"  # another attempt owns the job: write nothing

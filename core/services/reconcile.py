@@ -2,8 +2,10 @@
 
 from __future__ import annotations
 
+import logging
+import threading
 from dataclasses import dataclass, field
-from datetime import timedelta
+from datetime import datetime, timedelta
 
 from sqlalchemy import or_, select, update
 from sqlalchemy.orm import Session
@@ -11,9 +13,12 @@ from sqlalchemy.orm import Session
 from core.config import Settings
 from core.db import session_scope
 from core.ids import utcnow
-from core.models import Job
+from core.models import Job, JobEvent
 from core.queue import enqueue_job
 from core.services.jobs import add_event, mark_enqueued
+from core.timeutil import as_utc
+
+logger = logging.getLogger("softlabel.reconcile")
 
 
 @dataclass
@@ -22,11 +27,53 @@ class ReconcileReport:
 
     requeued: list[str] = field(default_factory=list)
     failed: list[str] = field(default_factory=list)
+    timed_out: list[str] = field(default_factory=list)
     reenqueue: list[str] = field(default_factory=list)
 
 
-def reclaim_expired_leases(session: Session, *, limit: int = 500) -> ReconcileReport:
-    """Running jobs whose lease expired go back to queued (attempt + 1) or fail worker_lost."""
+def attempt_started_at(session: Session, job_id: str) -> datetime | None:
+    """When the job's current attempt was claimed (its latest 'running' status event)."""
+    events = session.scalars(
+        select(JobEvent)
+        .where(JobEvent.job_id == job_id, JobEvent.kind == "status")
+        .order_by(JobEvent.id.desc())
+        .limit(20)
+    )
+    for event in events:
+        if (event.data or {}).get("status") == "running":
+            return as_utc(event.created_at)
+    return None
+
+
+def _fail_expired(session: Session, job: Job, *, reason: str, message: str, now: datetime) -> bool:
+    """running (expired lease, same owner) → failed with `reason`."""
+    result = session.execute(
+        update(Job)
+        .where(Job.id == job.id, Job.status == "running", Job.lease_owner == job.lease_owner)
+        .values(
+            status="failed",
+            failure_reason=reason,
+            failure_message=message,
+            finished_at=now,
+            updated_at=now,
+            lease_owner=None,
+            lease_expires_at=None,
+        )
+    )
+    if result.rowcount != 1:  # type: ignore[attr-defined]
+        return False
+    add_event(session, job_id=job.id, kind="status", data={"status": "failed", "reason": reason})
+    return True
+
+
+def reclaim_expired_leases(
+    session: Session, *, limit: int = 500, time_limit_s: float | None = None
+) -> ReconcileReport:
+    """Running jobs whose lease expired go back to queued (attempt + 1) or end failed.
+
+    An attempt that ran longer than the hard time limit (`time_limit_s`) was killed for it:
+    the job ends failed/timeout instead of running again. At max_attempts: worker_lost.
+    """
     report = ReconcileReport()
     now = utcnow()
     expired = list(
@@ -39,32 +86,20 @@ def reclaim_expired_leases(session: Session, *, limit: int = 500) -> ReconcileRe
         )
     )
     for job in expired:
-        if job.attempt >= job.max_attempts:
-            result = session.execute(
-                update(Job)
-                .where(
-                    Job.id == job.id, Job.status == "running", Job.lease_owner == job.lease_owner
-                )
-                .values(
-                    status="failed",
-                    failure_reason="worker_lost",
-                    failure_message=(
-                        f"The worker running this job was lost {job.attempt} "
-                        f"times (max_attempts={job.max_attempts})"
-                    ),
-                    finished_at=now,
-                    updated_at=now,
-                    lease_owner=None,
-                    lease_expires_at=None,
-                )
+        started = attempt_started_at(session, job.id) if time_limit_s else None
+        if time_limit_s and started and (now - started).total_seconds() >= time_limit_s:
+            message = (
+                f"The job exceeded the hard time limit of {time_limit_s:g} s and was stopped; "
+                "use fewer epochs or a smaller model"
             )
-            if result.rowcount == 1:  # type: ignore[attr-defined]
-                add_event(
-                    session,
-                    job_id=job.id,
-                    kind="status",
-                    data={"status": "failed", "reason": "worker_lost"},
-                )
+            if _fail_expired(session, job, reason="timeout", message=message, now=now):
+                report.timed_out.append(job.id)
+        elif job.attempt >= job.max_attempts:
+            message = (
+                f"The worker running this job was lost {job.attempt} "
+                f"times (max_attempts={job.max_attempts})"
+            )
+            if _fail_expired(session, job, reason="worker_lost", message=message, now=now):
                 report.failed.append(job.id)
         else:
             result = session.execute(
@@ -116,9 +151,13 @@ def stale_queued_jobs(session: Session, *, grace_seconds: float, limit: int = 50
 
 
 def reconcile_once(settings: Settings) -> ReconcileReport:
-    """One pass: reclaim expired leases, then (re-)enqueue every job the broker may have lost."""
+    """One pass: reclaim expired leases, then (re-)enqueue every job the broker may have lost.
+
+    Safe to run in several processes at once: expired rows are locked with SKIP LOCKED and
+    every transition is conditional; a job enqueued twice is claimed once.
+    """
     with session_scope() as session:
-        report = reclaim_expired_leases(session)
+        report = reclaim_expired_leases(session, time_limit_s=settings.task_time_limit)
         report.reenqueue = stale_queued_jobs(session, grace_seconds=settings.queued_grace_seconds)
     to_send = list(dict.fromkeys(report.requeued + report.reenqueue))
     sent = []
@@ -131,3 +170,24 @@ def reconcile_once(settings: Settings) -> ReconcileReport:
     with session_scope() as session:
         mark_enqueued(session, job_ids=sent)
     return report
+
+
+def reconcile_forever(
+    settings: Settings, *, every_s: float, stop: threading.Event | None = None
+) -> None:
+    """Run reconciler passes every `every_s` seconds until `stop` is set; errors are logged."""
+    stop = stop or threading.Event()
+    while not stop.is_set():
+        try:
+            report = reconcile_once(settings)
+            if report.requeued or report.failed or report.timed_out or report.reenqueue:
+                logger.info(
+                    "reconciled: requeued=%s failed=%s timed_out=%s reenqueued=%s",
+                    report.requeued,
+                    report.failed,
+                    report.timed_out,
+                    report.reenqueue,
+                )
+        except Exception as exc:  # noqa: BLE001 - database or broker down: next pass
+            logger.warning("reconciler pass failed: %s", exc)
+        stop.wait(every_s)

@@ -66,6 +66,12 @@ def check_job_spec(
     if why is not None:
         fits = ", ".join(compatible_archs(shape.n_features, shape.image_shape))
         raise _invalid("model.arch", f"{why}. Architectures that fit this dataset: {fits}")
+    if spec.training.augment and shape.image_shape is None:
+        raise _invalid(
+            "training.augment",
+            "training.augment shifts images and needs image-shaped data (e.g. digits or an NPZ "
+            "upload whose X is (N, H, W)); set it to false for this dataset",
+        )
     if spec.loss.variant == "binary" and shape.n_classes != 2:
         raise _invalid(
             "loss.variant",

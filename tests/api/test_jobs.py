@@ -48,12 +48,30 @@ def test_submit_stores_queued_job_with_resolved_spec(client: Any) -> None:
         ({"dataset": {"source": "builtin", "name": "mnist"}}, "dataset.builtin.name"),
         ({"training": {"epochs": -1}}, "training.epochs"),
         ({"training": {"epochs": "ten"}}, "training.epochs"),
-        ({"model": {"arch": "cnn"}, "dataset": {"source": "builtin", "name": "iris"}},
-         "model.arch"),
+        (
+            {"model": {"arch": "cnn"}, "dataset": {"source": "builtin", "name": "iris"}},
+            "model.arch",
+        ),
         ({"loss": {"alpha": 0.1, "variant": "binary"}}, "loss.variant"),
         ({"loss": {"variant": "prior", "prior": [0.5, 0.5]}}, "loss.prior"),
         ({"dataset": {"source": "upload", "id": "ds_missing"}}, "dataset.id"),
         ({"webhook_url": "ftp://example.com/hook"}, "webhook_url"),
+        (
+            {"training": {"augment": True}, "dataset": {"source": "builtin", "name": "wine"}},
+            "training.augment",
+        ),
+        ({"model": {"arch": "transformer", "hidden": [30]}}, "model"),
+        ({"calibration": {"n_bins": 0}}, "calibration.n_bins"),
+        (
+            {
+                "calibration": {"projection_classes": [0, 1, 5]},
+                "dataset": {"source": "builtin", "name": "iris"},
+            },
+            "calibration.projection_classes",
+        ),
+        ({"label_noise": 1.0}, "label_noise"),
+        ({"split": {"val": 0.6}}, "split.val"),
+        ({"optimizer": {"name": "rmsprop"}}, "optimizer.name"),
     ],
 )
 def test_bad_spec_is_422_problem_and_stores_nothing(client: Any, spec: dict, field: str) -> None:
@@ -69,14 +87,18 @@ def test_bad_spec_is_422_problem_and_stores_nothing(client: Any, spec: dict, fie
 
 
 def test_arch_mismatch_says_which_architectures_fit(client: Any) -> None:
-    resp = client.post("/v1/jobs", json={"model": {"arch": "gru"},
-                                         "dataset": {"source": "builtin", "name": "wine"}})
+    resp = client.post(
+        "/v1/jobs",
+        json={"model": {"arch": "gru"}, "dataset": {"source": "builtin", "name": "wine"}},
+    )
     assert resp.status_code == 422
     assert "linear, mlp" in resp.json()["detail"]
 
 
 def test_not_json_is_422(client: Any) -> None:
-    resp = client.post("/v1/jobs", content=b"{not json", headers={"content-type": "application/json"})
+    resp = client.post(
+        "/v1/jobs", content=b"{not json", headers={"content-type": "application/json"}
+    )
     assert resp.status_code == 422
     assert resp.headers["content-type"].startswith(PROBLEM)
 

@@ -1,0 +1,160 @@
+"""The catalog: what a client may put in a job spec, built from the spec and dataset metadata.
+
+Torch-free (the API serves it): everything comes from `core.spec` constants and
+`core.ml.upload` metadata, so the catalog cannot drift from what the API validates.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+from core.config import Settings
+from core.ml.upload import BUILTIN_DATASETS, compatible_archs
+from core.models import FAILURE_REASONS
+from core.spec import (
+    ARCHS,
+    DEVICES,
+    EARLY_STOPPING_METRICS,
+    FORMS,
+    OPTIMIZERS,
+    VARIANTS,
+    ModelSpec,
+    OptimizerSpec,
+)
+
+ARCH_INFO: dict[str, dict[str, Any]] = {
+    "linear": {
+        "view": "flat",
+        "needs": "any dataset (flat features)",
+        "hidden": "ignored",
+        "description": "multinomial logistic regression; penultimate = the input features",
+    },
+    "mlp": {
+        "view": "flat",
+        "needs": "any dataset (flat features)",
+        "hidden": "width of each Linear + ReLU + Dropout layer",
+        "description": "multi-layer perceptron; no hidden layers = logistic regression",
+    },
+    "cnn": {
+        "view": "image",
+        "needs": "an image shape (H, W): digits, or an NPZ upload whose X has shape (N, H, W)",
+        "hidden": "channels of each 3x3 conv + ReLU layer, then global average pooling",
+        "description": "convolutional net (locality, translation invariance)",
+    },
+    "gru": {
+        "view": "sequence",
+        "needs": "an image shape (H, W): the H rows are the time steps",
+        "hidden": "hidden[0] = GRU hidden size, len(hidden) = number of layers",
+        "description": "recurrent net over image rows (sequence bias)",
+    },
+    "transformer": {
+        "view": "sequence",
+        "needs": "an image shape (H, W): the H rows are the tokens",
+        "hidden": "hidden[0] = model width (divisible by 4 heads), len(hidden) = encoder layers",
+        "description": "pre-norm transformer encoder with a class token (weak inductive bias)",
+    },
+}
+
+VARIANT_INFO: dict[str, dict[str, str]] = {
+    "uniform": {
+        "target": "(1-alpha)*onehot(y) + alpha/K",
+        "needs": "nothing; equals torch cross_entropy(label_smoothing=alpha)",
+    },
+    "off_target": {
+        "target": "1-alpha on the target, alpha/(K-1) on every other class",
+        "needs": "nothing",
+    },
+    "prior": {
+        "target": "(1-alpha)*onehot(y) + alpha*prior",
+        "needs": "loss.prior: one probability per class, summing to 1",
+    },
+    "binary": {
+        "target": "sigmoid of one logit against y*(1-alpha) + alpha/2",
+        "needs": "exactly 2 classes",
+    },
+}
+
+OPTIMIZER_INFO: dict[str, str] = {
+    "sgd": "SGD with momentum (optimizer.momentum) and weight decay",
+    "adam": "Adam with L2 weight decay",
+    "adamw": "AdamW with decoupled weight decay",
+}
+
+DEVICE_INFO: dict[str, str] = {
+    "auto": "CUDA with bf16 autocast when the worker has a GPU, else CPU",
+    "cpu": "always the CPU",
+    "cuda": "a CUDA GPU; the job fails with device_unavailable on a worker without one",
+}
+
+TEST_METRICS: dict[str, str] = {
+    "accuracy": "fraction of correct top-1 predictions",
+    "nll": "mean negative log-likelihood of the true class",
+    "brier": "mean over samples of sum_k (p_k - [y = k])^2 (not halved)",
+    "ece": "expected calibration error, equal-width bins (Guo et al. 2017)",
+    "ece_adaptive": "ECE with equal-mass bins",
+    "mce": "maximum calibration error over non-empty bins",
+    "classwise_ece": "mean over classes of the ECE of p_k against [y = k]",
+    "mean_confidence": "mean top-label confidence",
+    "overconfidence": "mean confidence minus accuracy",
+    "mean_entropy": "mean entropy of the predicted distribution",
+    "reliability": "per bin: lo, hi, count, confidence, accuracy",
+    "logit_gap": "z_y - mean of the other logits: mean, median and its optimum under smoothing",
+}
+
+HISTORY_METRICS: dict[str, str] = {
+    "train_loss": "mean label-smoothed training loss of the epoch",
+    "val_nll": "validation negative log-likelihood",
+    "val_accuracy": "validation accuracy",
+    "val_ece": "validation ECE",
+}
+
+
+def build_catalog(*, settings: Settings) -> dict[str, Any]:
+    """Datasets, architectures, loss variants, optimisers, metrics and limits, JSON-ready."""
+    model_defaults = ModelSpec().model_dump()
+    optimizer_defaults = OptimizerSpec().model_dump()
+    return {
+        "datasets": [
+            {
+                "name": name,
+                "source": "builtin",
+                "n_samples": info.n_samples,
+                "n_features": info.n_features,
+                "n_classes": info.n_classes,
+                "image_shape": list(info.image_shape) if info.image_shape else None,
+                "description": info.description,
+                "compatible_archs": compatible_archs(info.n_features, info.image_shape),
+            }
+            for name, info in BUILTIN_DATASETS.items()
+        ],
+        "dataset_sources": {
+            "builtin": "a scikit-learn bundled dataset by name (no network)",
+            "synthetic": "seeded Gaussian clusters: classes, features, samples, separation, seed",
+            "upload": "an uploaded dataset by id (POST /v1/datasets)",
+        },
+        "upload": {
+            "formats": ["csv", "parquet", "npz"],
+            "max_bytes": settings.max_upload_bytes,
+            "max_rows": settings.max_dataset_rows,
+            "max_columns": settings.max_dataset_columns,
+            "max_classes": settings.max_dataset_classes,
+            "notes": (
+                "CSV needs a header row; every column but label_column (default 'label') must "
+                "be numeric. NPZ holds arrays X ((N, F), or (N, H, W) images) and y; pickled "
+                "arrays are refused. Each class needs at least 3 rows."
+            ),
+        },
+        "architectures": [{"name": arch, **ARCH_INFO[arch]} for arch in ARCHS],
+        "model_defaults": model_defaults,
+        "loss_variants": [{"name": v, **VARIANT_INFO[v]} for v in VARIANTS],
+        "loss_forms": list(FORMS),
+        "optimizers": [{"name": o, "description": OPTIMIZER_INFO[o]} for o in OPTIMIZERS],
+        "optimizer_defaults": optimizer_defaults,
+        "devices": [{"name": d, "description": DEVICE_INFO[d]} for d in DEVICES],
+        "early_stopping_metrics": list(EARLY_STOPPING_METRICS),
+        "metrics": {
+            "test": [{"name": k, "description": v} for k, v in TEST_METRICS.items()],
+            "history": [{"name": k, "description": v} for k, v in HISTORY_METRICS.items()],
+        },
+        "failure_reasons": list(FAILURE_REASONS),
+    }
