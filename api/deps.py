@@ -6,13 +6,14 @@ from collections.abc import Iterator
 from typing import Annotated
 
 from fastapi import Depends, Request
+from fastapi.security import HTTPAuthorizationCredentials, HTTPBearer
 from sqlalchemy.orm import Session
 
 from core.config import Settings, get_settings
-from core.db import get_sessionmaker
-from core.errors import UnauthorizedError
+from core.db import get_sessionmaker, session_scope
+from core.errors import ConflictError, UnauthorizedError, ValidationAppError
 from core.models import Tenant
-from core.services import tenants
+from core.services import idempotency, tenants
 
 
 def get_db() -> Iterator[Session]:
@@ -29,8 +30,15 @@ SettingsDep = Annotated[Settings, Depends(get_settings)]
 SessionDep = Annotated[Session, Depends(get_db)]
 
 
-def get_tenant(request: Request, session: SessionDep, settings: SettingsDep) -> Tenant:
-    """The tenant of the Bearer key; 401 with WWW-Authenticate otherwise."""
+bearer_scheme = HTTPBearer(
+    auto_error=False,
+    scheme_name="ApiKey",
+    description="An API key from `softlabel keys create --tenant NAME`",
+)
+
+
+def resolve_tenant(request: Request, session: Session, settings: Settings) -> Tenant:
+    """The tenant of the request's Bearer key; 401 with WWW-Authenticate otherwise."""
     header = request.headers.get("authorization", "")
     scheme, _, token = header.partition(" ")
     if scheme.lower() == "bearer" and token.strip():
@@ -46,4 +54,60 @@ def get_tenant(request: Request, session: SessionDep, settings: SettingsDep) -> 
     raise UnauthorizedError("Send an API key as 'Authorization: Bearer <key>'")
 
 
+def get_tenant(
+    request: Request,
+    session: SessionDep,
+    settings: SettingsDep,
+    _credentials: Annotated[HTTPAuthorizationCredentials | None, Depends(bearer_scheme)],
+) -> Tenant:
+    """The tenant of the Bearer key; 401 with WWW-Authenticate otherwise."""
+    return resolve_tenant(request, session, settings)
+
+
 TenantDep = Annotated[Tenant, Depends(get_tenant)]
+
+
+class IdempotentReplay(Exception):  # noqa: N818 - not an error: a remembered answer
+    """Raised by the guard to answer with a stored response."""
+
+    def __init__(self, stored: idempotency.StoredResponse) -> None:
+        super().__init__("idempotent replay")
+        self.stored = stored
+
+
+def idempotency_guard(request: Request, session: SessionDep, settings: SettingsDep) -> None:
+    """Claim the POST's Idempotency-Key, or replay / refuse (422 other body, 409 in flight)."""
+    fingerprint = getattr(request.state, "idempotency_fingerprint", None)
+    key = request.headers.get("idempotency-key")
+    if request.method != "POST" or key is None or fingerprint is None:
+        return
+    if not 1 <= len(key) <= idempotency.MAX_KEY_LENGTH or not key.isprintable():
+        raise ValidationAppError(
+            f"Idempotency-Key must be 1 to {idempotency.MAX_KEY_LENGTH} printable characters",
+            extra={"errors": [{"loc": ["header", "Idempotency-Key"], "msg": "invalid key"}]},
+        )
+    tenant = resolve_tenant(request, session, settings)
+    with session_scope() as own:
+        claim = idempotency.claim_key(
+            own,
+            tenant_id=tenant.id,
+            key=key,
+            method=request.method,
+            path=request.url.path,
+            request_hash=fingerprint,
+            ttl_hours=settings.idempotency_ttl_hours,
+        )
+    if claim.state == "mismatch":
+        raise ValidationAppError(
+            "This Idempotency-Key was used with a different request body or path; "
+            "use a new key for a new request",
+            extra={"errors": [{"loc": ["header", "Idempotency-Key"], "msg": "key reused"}]},
+        )
+    if claim.state == "in_flight":
+        raise ConflictError(
+            "A request with this Idempotency-Key is still being processed; retry shortly"
+        )
+    if claim.state == "replay":
+        assert claim.stored is not None
+        raise IdempotentReplay(claim.stored)
+    request.state.idempotency_claim = (tenant.id, key)

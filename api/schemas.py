@@ -6,7 +6,7 @@ from typing import Any
 
 from pydantic import BaseModel, Field
 
-from core.models import Job
+from core.models import Job, Sweep
 from core.timeutil import iso
 
 
@@ -42,6 +42,7 @@ class JobOut(BaseModel):
 
     id: str = Field(examples=["job_5f0c0e1e9a2b4c7d8e9f00112233aabb"])
     status: str = Field(examples=["running"])
+    cancel_requested: bool = False
     attempt: int
     max_attempts: int
     sweep_id: str | None = None
@@ -67,6 +68,7 @@ class JobOut(BaseModel):
         return cls(
             id=job.id,
             status=job.status,
+            cancel_requested=bool(job.cancel_requested),
             attempt=job.attempt,
             max_attempts=job.max_attempts,
             sweep_id=job.sweep_id,
@@ -96,3 +98,98 @@ class Health(BaseModel):
 
     status: str
     checks: dict[str, bool] = Field(default_factory=dict)
+
+
+class WebhookDeliveryOut(BaseModel):
+    """One logged webhook delivery attempt."""
+
+    id: int
+    event: str = Field(examples=["job.succeeded"])
+    url: str
+    attempt: int
+    status_code: int | None = Field(examples=[200])
+    error: str | None
+    created_at: str
+
+
+class WebhookDeliveryList(BaseModel):
+    """A job's webhook delivery attempts, oldest first."""
+
+    items: list[WebhookDeliveryOut]
+
+
+class WebhookSecret(BaseModel):
+    """The tenant's webhook signing secret (HMAC-SHA256 key)."""
+
+    secret: str
+    signature_header: str = "X-Softlabel-Signature"
+    timestamp_header: str = "X-Softlabel-Timestamp"
+    scheme: str = "sha256=hex(HMAC-SHA256(secret, timestamp + '.' + body))"
+
+
+class SweepProgress(BaseModel):
+    """Trials done (terminal) of the total, and the count per status."""
+
+    done: int
+    total: int
+    by_status: dict[str, int]
+
+
+class SweepLinks(BaseModel):
+    """Where to go next."""
+
+    self: str
+    report: str
+    jobs: str
+    cancel: str
+
+
+class SweepOut(BaseModel):
+    """A sweep's status, progress and request."""
+
+    id: str = Field(examples=["swp_5f0c0e1e9a2b4c7d8e9f00112233aabb"])
+    status: str = Field(examples=["running"])
+    objective: str
+    n_trials: int
+    progress: SweepProgress
+    groups: int | None = None
+    recommended_alpha: float | None = None
+    tags: dict[str, str]
+    request: dict[str, Any]
+    created_at: str
+    finished_at: str | None
+    links: SweepLinks
+
+    @classmethod
+    def from_sweep(
+        cls, sweep: Sweep, *, progress: dict[str, Any], status: str, groups: int | None = None
+    ) -> SweepOut:
+        """Build from the ORM row and its live progress."""
+        base = f"/v1/sweeps/{sweep.id}"
+        recommended = (sweep.report or {}).get("recommended") or {}
+        return cls(
+            id=sweep.id,
+            status=status,
+            objective=str((sweep.request or {}).get("objective", "val_nll")),
+            n_trials=sweep.n_trials,
+            progress=SweepProgress(**progress),
+            groups=groups,
+            recommended_alpha=recommended.get("alpha"),
+            tags=sweep.tags or {},
+            request=sweep.request,
+            created_at=iso(sweep.created_at) or "",
+            finished_at=iso(sweep.finished_at),
+            links=SweepLinks(
+                self=base,
+                report=f"{base}/report",
+                jobs=f"/v1/jobs?sweep_id={sweep.id}",
+                cancel=f"{base}/cancel",
+            ),
+        )
+
+
+class SweepPage(BaseModel):
+    """A page of sweeps, newest first."""
+
+    items: list[SweepOut]
+    next_cursor: str | None

@@ -8,7 +8,7 @@ repetitions, report median times as ratios against torchmetrics' functional
 * our full calibration_report (ECE, adaptive ECE, MCE, classwise ECE over all N x K entries,
   Brier, NLL, entropy, bins)  target <= 2.0x
 
-Usage: python bench/metrics.py [--n 1000000] [--k 100] [--reps 7] [--seed 0]
+Usage: python bench/metrics.py [--n 1000000] [--k 100] [--reps 7] [--seed 0] [--threads 0]
 """
 
 from __future__ import annotations
@@ -56,7 +56,10 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--k", type=int, default=100, help="classes (columns)")
     ap.add_argument("--reps", type=int, default=7, help="interleaved repetitions")
     ap.add_argument("--seed", type=int, default=0)
+    ap.add_argument("--threads", type=int, default=0, help="torch threads (0: torch default)")
     args = ap.parse_args(argv)
+    if args.threads > 0:
+        torch.set_num_threads(args.threads)
 
     from torchmetrics.functional.classification import multiclass_calibration_error
 
@@ -92,7 +95,9 @@ def main(argv: list[str] | None = None) -> int:
         tgt = targets.get(name)
         ok = "" if tgt is None else ("yes" if ratio <= tgt else "NO")
         tgt_s = "anchor" if tgt is None else f"<= {tgt:.1f}x"
-        print(f"{name:20s} {med[name]:10.4f} {min(times[name]):8.4f} {ratio:6.2f}x {tgt_s:>8s}  {ok}")
+        print(
+            f"{name:20s} {med[name]:10.4f} {min(times[name]):8.4f} {ratio:6.2f}x {tgt_s:>8s}  {ok}"
+        )
     report = values["our full report"]
     assert isinstance(report, dict)
     ours, ref = float(values["our ECE"]), float(values["torchmetrics ECE"])  # type: ignore[arg-type]

@@ -51,6 +51,11 @@ class Settings(BaseSettings):
     webhook_allow_private: bool = Field(
         default=False, description="Allow webhook URLs on private/loopback addresses"
     )
+    webhook_max_attempts: int = Field(default=6, ge=1, description="Delivery attempts per event")
+    webhook_backoff_seconds: float = Field(
+        default=5.0, gt=0, description="Delay before the 2nd attempt; doubles each time"
+    )
+    webhook_timeout_seconds: float = Field(default=10.0, gt=0, description="Per-attempt timeout")
     log_json: bool = Field(default=True)
 
     @property

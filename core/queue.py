@@ -10,6 +10,8 @@ from celery import Celery
 from core.config import Settings, get_settings
 
 TASK_RUN_JOB = "softlabel.run_job"
+TASK_RUN_GROUP = "softlabel.run_group"
+TASK_FINALIZE_SWEEP = "softlabel.finalize_sweep"
 TASK_RECONCILE = "softlabel.reconcile"
 TASK_DELIVER_WEBHOOK = "softlabel.deliver_webhook"
 QUEUE_TRAINING = "training"
@@ -66,6 +68,8 @@ def make_celery(settings: Settings) -> Celery:
         task_default_queue=QUEUE_TRAINING,
         task_routes={
             TASK_RUN_JOB: {"queue": QUEUE_TRAINING},
+            TASK_RUN_GROUP: {"queue": QUEUE_TRAINING},
+            TASK_FINALIZE_SWEEP: {"queue": QUEUE_CONTROL},
             TASK_RECONCILE: {"queue": QUEUE_CONTROL},
             TASK_DELIVER_WEBHOOK: {"queue": QUEUE_CONTROL},
         },
@@ -90,6 +94,28 @@ def enqueue_job(job_id: str) -> None:
     """Send the training task for a committed job (the id only, never the row)."""
     get_celery().send_task(
         TASK_RUN_JOB, args=[job_id], queue=QUEUE_TRAINING, retry=True, retry_policy=PUBLISH_RETRY
+    )
+
+
+def enqueue_group(job_ids: list[str]) -> None:
+    """Send one task that trains a group of stackable trial jobs together (ids only)."""
+    get_celery().send_task(
+        TASK_RUN_GROUP,
+        args=[list(job_ids)],
+        queue=QUEUE_TRAINING,
+        retry=True,
+        retry_policy=PUBLISH_RETRY,
+    )
+
+
+def enqueue_finalize_sweep(sweep_id: str) -> None:
+    """Ask a worker to write a sweep's report and plots (e.g. after a cancel)."""
+    get_celery().send_task(
+        TASK_FINALIZE_SWEEP,
+        args=[sweep_id],
+        queue=QUEUE_CONTROL,
+        retry=True,
+        retry_policy=PUBLISH_RETRY,
     )
 
 

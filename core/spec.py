@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 import math
 from typing import Annotated, Any, Literal
 
@@ -174,3 +175,112 @@ EXAMPLE_SPEC: dict[str, Any] = {
     "training": {"epochs": 20},
     "tags": {"team": "vision"},
 }
+
+
+# --- Sweeps (issue 6) ---------------------------------------------------------------------
+
+SWEEP_OBJECTIVES = ("val_nll", "val_ece", "val_accuracy")
+SWEEP_AXES = ("label_noise", "model.arch", "optimizer.weight_decay")
+# Fields that may differ between trials trained together as one stacked model.
+STACK_FREE_FIELDS = (("loss", "alpha"), ("training", "seed"), ("tags",), ("webhook_url",))
+
+
+def _distinct(values: list[Any], name: str) -> list[Any]:
+    if len(set(values)) != len(values):
+        raise ValueError(f"{name} must not repeat a value, but got {values}")
+    return values
+
+
+class SweepAxes(Strict):
+    """Further grid axes besides α and the seed; each value obeys the job spec's rules."""
+
+    label_noise: list[Annotated[float, Field(ge=0, lt=1)]] | None = Field(
+        default=None, min_length=1, max_length=16
+    )
+    model_arch: list[Literal["linear", "mlp", "cnn", "gru", "transformer"]] | None = Field(
+        default=None, alias="model.arch", min_length=1, max_length=5
+    )
+    optimizer_weight_decay: list[Annotated[float, Field(ge=0, le=1)]] | None = Field(
+        default=None, alias="optimizer.weight_decay", min_length=1, max_length=16
+    )
+
+    @field_validator("label_noise", "model_arch", "optimizer_weight_decay")
+    @classmethod
+    def _no_repeats(cls, value: list[Any] | None) -> list[Any] | None:
+        return None if value is None else _distinct(value, "an axis")
+
+    def as_grid(self) -> dict[str, list[Any]]:
+        """The given axes by their spec path, e.g. {"model.arch": ["mlp", "linear"]}."""
+        values = {
+            "label_noise": self.label_noise,
+            "model.arch": self.model_arch,
+            "optimizer.weight_decay": self.optimizer_weight_decay,
+        }
+        return {name: list(v) for name, v in values.items() if v is not None}
+
+
+class SweepSpec(Strict):
+    """A grid of trials: the base job spec × alphas × seeds (× optional axes)."""
+
+    base: JobSpec = Field(default_factory=JobSpec)
+    alphas: list[Annotated[float, Field(ge=0, lt=1)]] = Field(min_length=1, max_length=32)
+    seeds: list[Annotated[int, Field(ge=0, le=2**31 - 1)]] = Field(
+        default_factory=lambda: [0], min_length=1, max_length=10
+    )
+    objective: Literal["val_nll", "val_ece", "val_accuracy"] = "val_nll"
+    axes: SweepAxes | None = None
+
+    @field_validator("base", mode="before")
+    @classmethod
+    def _no_alpha_or_seed_in_base(cls, value: Any) -> Any:
+        if isinstance(value, dict):
+            loss = value.get("loss")
+            if isinstance(loss, dict) and "alpha" in loss:
+                raise ValueError(
+                    "base.loss.alpha must not be given in a sweep: list the α values in `alphas`"
+                )
+            training = value.get("training")
+            if isinstance(training, dict) and "seed" in training:
+                raise ValueError(
+                    "base.training.seed must not be given in a sweep: list the seeds in `seeds`"
+                )
+        return value
+
+    @field_validator("alphas", "seeds")
+    @classmethod
+    def _distinct_values(cls, value: list[Any], info: Any) -> list[Any]:
+        return _distinct(value, info.field_name)
+
+    def grid(self) -> dict[str, list[Any]]:
+        """Every axis of the grid by spec path; α and seed last (they stack)."""
+        axes = self.axes.as_grid() if self.axes else {}
+        return {**axes, "loss.alpha": list(self.alphas), "training.seed": list(self.seeds)}
+
+    def n_trials(self) -> int:
+        """The size of the full grid."""
+        return math.prod(len(v) for v in self.grid().values())
+
+
+def set_path(spec: dict[str, Any], path: str, value: Any) -> None:
+    """Set a dotted field (e.g. "model.arch") of a spec dict in place."""
+    *parents, leaf = path.split(".")
+    node = spec
+    for part in parents:
+        node = node.setdefault(part, {})
+    node[leaf] = value
+
+
+def stack_key(spec: dict[str, Any]) -> str:
+    """Canonical JSON of a resolved spec without α, the training seed, tags and webhook_url.
+
+    Trials with equal keys share architecture, data and optimiser and can be trained
+    together as one stacked model (core.ml.sweep.run_trials). Torch-free: the API uses it.
+    """
+    doc = json.loads(json.dumps(spec))
+    for path in STACK_FREE_FIELDS:
+        node = doc
+        for part in path[:-1]:
+            node = node.get(part) if isinstance(node, dict) else None
+        if isinstance(node, dict):
+            node.pop(path[-1], None)
+    return json.dumps(doc, sort_keys=True, separators=(",", ":"))

@@ -6,7 +6,7 @@ import json
 
 import typer
 
-from softlabel import server
+from softlabel import commands, server
 
 app = typer.Typer(
     help="Softlabel: label-smoothing training with calibration reports.",
@@ -117,6 +117,9 @@ def demo(alphas: str = "0,0.05,0.1,0.2", epochs: int = 30) -> None:
     from softlabel.demo import run_demo
 
     raise typer.Exit(run_demo([float(a) for a in alphas.split(",")], epochs=epochs))
+
+
+commands.register(app)  # submit, sweep, status, result, cancel (the HTTP client)
 
 
 def main() -> None:

@@ -69,8 +69,50 @@ def format_table(rows: list[dict[str, Any]]) -> str:
     return "\n".join(lines)
 
 
+def report_rows(report: dict[str, Any]) -> list[dict[str, Any]]:
+    """The table rows of a sweep report: seed-mean test metrics and temperature per α."""
+    rows = []
+    for r in sorted(report["rows"], key=lambda r: r["alpha"]):
+        test = r["test"]
+        rows.append(
+            {
+                "alpha": r["alpha"],
+                **{k: test[k]["mean"] for k in ("accuracy", "nll", "ece", "mean_confidence")},
+                "temperature": r["temperature_scaled"]["temperature"]["mean"],
+            }
+        )
+    return rows
+
+
+def _wait_sweep(client: httpx.Client, sweep_id: str) -> dict[str, Any]:
+    last = -1
+    while True:
+        sweep = client.get(f"/v1/sweeps/{sweep_id}").json()
+        done, total = sweep["progress"]["done"], sweep["progress"]["total"]
+        if done != last:
+            print(f"  {done}/{total} trials done ({sweep['status']})", flush=True)
+            last = done
+        if sweep["status"] in ("succeeded", "failed", "canceled"):
+            return sweep
+        time.sleep(0.5)
+
+
+def _save_plots(client: httpx.Client, sweep_id: str, report: dict[str, Any], out: Path) -> None:
+    """The sweep's comparison plots, and each α's reliability and projection plots."""
+    for name, link in (report.get("plots") or {}).items():
+        resp = client.get(link)
+        if resp.status_code == 200:
+            (out / name).write_bytes(resp.content)
+    for row in report["rows"]:
+        job_id = row["job_ids"][0]
+        for name in ("reliability.png", "penultimate.png"):
+            art = client.get(f"/v1/jobs/{job_id}/artifacts/{name}")
+            if art.status_code == 200:
+                (out / f"alpha_{row['alpha']:g}_{name}").write_bytes(art.content)
+
+
 def run_demo(alphas: list[float], *, epochs: int = 30) -> int:
-    """Run the demo end to end; returns a process exit code."""
+    """Run the demo end to end (one α sweep over HTTP); returns a process exit code."""
     env = _demo_env()
     DEMO_DIR.mkdir(parents=True, exist_ok=True)
     subprocess.run(_cli("migrate"), env=env, check=True, stdout=subprocess.DEVNULL)
@@ -91,47 +133,43 @@ def run_demo(alphas: list[float], *, epochs: int = 30) -> int:
         _wait_ready(base, api)
         client = httpx.Client(base_url=base, headers={"Authorization": f"Bearer {key}"}, timeout=30)
         print(
-            f"Softlabel demo: API on {base}, worker started; training digits/MLP for "
-            f"alpha in {alphas}"
+            f"Softlabel demo: API on {base}, worker started; one sweep over alpha in {alphas} "
+            f"on digits/MLP ({epochs} epochs), trained together as one stacked model"
         )
-        job_ids = {}
-        for alpha in alphas:
-            spec = {
+        body = {
+            "base": {
                 "dataset": {"source": "builtin", "name": "digits"},
-                "loss": {"alpha": alpha},
                 "training": {"epochs": epochs},
                 "tags": {"demo": "alpha-comparison"},
-            }
-            resp = client.post("/v1/jobs", json=spec)
-            resp.raise_for_status()
-            job_ids[alpha] = resp.json()["id"]
-        rows = []
+            },
+            "alphas": alphas,
+            "seeds": [0],
+            "objective": "val_nll",
+        }
+        resp = client.post("/v1/sweeps", json=body)
+        if resp.status_code != 202:
+            print(f"the sweep was refused: {resp.status_code} {resp.text}")
+            return 1
+        sweep_id = resp.json()["id"]
+        sweep = _wait_sweep(client, sweep_id)
+        if sweep["status"] != "succeeded":
+            print(f"sweep {sweep_id} ended {sweep['status']}: {sweep['progress']}")
+            return 1
+        report = client.get(f"/v1/sweeps/{sweep_id}/report").json()
         out_dir = DEMO_DIR / "out"
         out_dir.mkdir(parents=True, exist_ok=True)
-        for alpha, job_id in job_ids.items():
-            while (job := client.get(f"/v1/jobs/{job_id}").json())["status"] in (
-                "queued",
-                "running",
-            ):
-                time.sleep(0.5)
-            if job["status"] != "succeeded":
-                print(f"alpha={alpha}: job {job_id} ended {job['status']}: {job['failure']}")
-                return 1
-            result = client.get(f"/v1/jobs/{job_id}/result").json()
-            test = result["test"]
-            scaled = result.get("temperature_scaled") or {}
-            rows.append(
-                {
-                    "alpha": alpha,
-                    **{k: test[k] for k in ("accuracy", "nll", "ece", "mean_confidence")},
-                    "temperature": scaled.get("temperature"),
-                }
+        _save_plots(client, sweep_id, report, out_dir)
+        print(format_table(report_rows(report)))
+        rec = report.get("recommended") or {}
+        if rec:
+            print(
+                f"recommended alpha for {rec['objective']}: {rec['alpha']:g} "
+                f"(validation {rec['objective']} {rec['value']:.4f}; chosen on validation "
+                "metrics only)"
             )
-            for name in ("reliability.png", "penultimate.png"):
-                art = client.get(f"/v1/jobs/{job_id}/artifacts/{name}")
-                if art.status_code == 200:
-                    (out_dir / f"alpha_{alpha:g}_{name}").write_bytes(art.content)
-        print(format_table(rows))
+        front = ", ".join(f"{p['alpha']:g}" for p in report.get("pareto_front", []))
+        print(f"Pareto front of (accuracy, ECE): alpha in [{front}]")
+        print(f"Report: {base}/v1/sweeps/{sweep_id}/report")
         print(f"Plots written to {out_dir.resolve()}")
         return 0
     finally:

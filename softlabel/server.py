@@ -32,6 +32,7 @@ def run_api(host: str, port: int) -> None:
 
 def run_worker(queues: str, concurrency: int, loglevel: str, hostname: str = "") -> None:
     """Run a Celery worker (prefork: time limits and lost-worker detection need it)."""
+    import core.ml.experiment  # noqa: F401 - torch loaded once, before the pool forks
     from worker.app import celery_app
 
     celery_app.worker_main(

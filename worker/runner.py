@@ -195,7 +195,7 @@ def _release(job_id: str, owner: str) -> None:
         logger.warning("re-enqueue after release failed: %s", exc, extra={"job_id": job_id})
 
 
-def _store_result(
+def store_result(
     job: ClaimedJob, owner: str, result: dict[str, Any], artifacts: dict[str, bytes]
 ) -> bool:
     """Artifacts, result, status and finished_at in one transaction (owner-checked)."""
@@ -251,6 +251,8 @@ def execute_job(job_id: str, *, settings: Settings, owner: str | None = None) ->
     """Run a job end to end; returns the outcome ('succeeded', 'failed', 'not_claimed', ...)."""
     from celery.exceptions import SoftTimeLimitExceeded
 
+    import core.ml.experiment  # noqa: F401 - load torch before the lease clock starts
+
     owner = owner or worker_identity()
     job = claim(job_id, owner=owner, settings=settings)
     if job is None:
@@ -262,6 +264,10 @@ def execute_job(job_id: str, *, settings: Settings, owner: str | None = None) ->
         # The checkpoint of the last finished epoch is stored; the attempt ends here.
         _end(job.id, owner, "failed", "timeout", _timeout_message(settings))
         return "failed"
+    finally:
+        from worker.group_runner import finalize_sweep_of
+
+        finalize_sweep_of(job.id)  # a sweep trial run alone (e.g. re-enqueued) ends its sweep
 
 
 def _train_and_store(job: ClaimedJob, owner: str, settings: Settings) -> str:
@@ -308,7 +314,7 @@ def _train_and_store(job: ClaimedJob, owner: str, settings: Settings) -> str:
         lease.renew_once()  # a cancel or a lost lease that came during the last epoch
         if lease.stop_reason:
             return _stopped(job.id, owner, lease.stop_reason)
-    stored = _store_result(job, owner, output.result, output.artifacts)
+    stored = store_result(job, owner, output.result, output.artifacts)
     return "succeeded" if stored else "lease_lost"
 
 

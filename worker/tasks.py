@@ -5,11 +5,22 @@ from __future__ import annotations
 import logging
 
 from core.config import get_settings
-from core.queue import TASK_RECONCILE, TASK_RUN_JOB, get_celery
+from core.db import session_scope
+from core.logging import configure_logging, job_id_var
+from core.queue import (
+    TASK_DELIVER_WEBHOOK,
+    TASK_FINALIZE_SWEEP,
+    TASK_RECONCILE,
+    TASK_RUN_GROUP,
+    TASK_RUN_JOB,
+    get_celery,
+)
+from core.services import webhooks
 from core.services.reconcile import reconcile_once
 
 logger = logging.getLogger("softlabel.worker")
 celery_app = get_celery()
+configure_logging(json_logs=get_settings().log_json)
 
 
 @celery_app.task(name=TASK_RUN_JOB, acks_late=True, reject_on_worker_lost=True)
@@ -17,9 +28,33 @@ def run_job(job_id: str) -> str:
     """Train one job by id (a delivery that cannot claim it does nothing)."""
     from worker.runner import execute_job
 
+    job_id_var.set(job_id)
     outcome = execute_job(job_id, settings=get_settings())
     logger.info("job finished: %s", outcome, extra={"job_id": job_id})
+    if outcome in ("succeeded", "failed", "canceled"):
+        webhooks.schedule_terminal(job_id)  # after the terminal transition has committed
     return outcome
+
+
+@celery_app.task(name=TASK_RUN_GROUP, acks_late=True, reject_on_worker_lost=True)
+def run_group(job_ids: list[str]) -> dict[str, str]:
+    """Train a group of stackable sweep trials together (ids only; unclaimable ones skipped)."""
+    from worker.group_runner import execute_group
+
+    outcomes = execute_group(list(job_ids), settings=get_settings())
+    logger.info("trial group finished: %s", outcomes)
+    for job_id, outcome in outcomes.items():
+        if outcome in ("succeeded", "failed", "canceled"):
+            webhooks.schedule_terminal(job_id)  # after the terminal transition has committed
+    return outcomes
+
+
+@celery_app.task(name=TASK_FINALIZE_SWEEP, acks_late=True)
+def finalize_sweep(sweep_id: str) -> bool:
+    """Write a sweep's report and plots once all its trials have ended (idempotent)."""
+    from worker.group_runner import finalize_sweep as finalize
+
+    return finalize(sweep_id)
 
 
 @celery_app.task(name=TASK_RECONCILE, acks_late=False)
@@ -29,5 +64,21 @@ def reconcile() -> dict[str, int]:
     return {
         "requeued": len(report.requeued),
         "failed": len(report.failed),
+        "timed_out": len(report.timed_out),
         "reenqueued": len(report.reenqueue),
     }
+
+
+@celery_app.task(name=TASK_DELIVER_WEBHOOK, acks_late=True)
+def deliver_webhook(job_id: str, event: str, attempt: int) -> str:
+    """One signed webhook attempt; schedules the next one with backoff when it fails."""
+    settings = get_settings()
+    with session_scope() as session:
+        outcome = webhooks.deliver(
+            session, job_id=job_id, event=event, attempt=attempt, settings=settings
+        )
+    if outcome is False:
+        delay = webhooks.backoff_seconds(attempt, settings=settings)
+        webhooks.enqueue_webhook(job_id, event, attempt + 1, countdown=delay)
+        return "retrying"
+    return "delivered" if outcome else "gave_up"

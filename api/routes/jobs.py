@@ -2,20 +2,30 @@
 
 from __future__ import annotations
 
+import json
 import logging
+import time
+from collections.abc import AsyncIterator
 from datetime import datetime
 from typing import Annotated, Any
 
-from fastapi import APIRouter, Body, Query, Response, status
+import anyio
+from anyio import to_thread
+from fastapi import APIRouter, Body, Header, Query, Response, status
+from fastapi.responses import StreamingResponse
 
 from api.deps import SessionDep, SettingsDep, TenantDep
-from api.schemas import JobOut, JobPage, Problem
+from api.schemas import JobOut, JobPage, Problem, WebhookDeliveryList, WebhookDeliveryOut
 from core import storage
+from core.db import session_scope
 from core.errors import ConflictError, NotFoundError, TooManyRequestsError, ValidationAppError
+from core.models import TERMINAL_STATUSES
 from core.queue import enqueue_job
 from core.services import jobs as job_service
+from core.services import webhooks
 from core.services.specs import check_job_spec
 from core.spec import EXAMPLE_SPEC, JobSpec
+from core.timeutil import iso
 
 router = APIRouter(prefix="/v1/jobs", tags=["jobs"])
 logger = logging.getLogger("softlabel.api")
@@ -56,6 +66,7 @@ def submit_job(
     response: Response,
 ) -> JobOut:
     """Validate the spec, store the job as queued, enqueue it after commit."""
+    webhooks.validate_spec_url(spec.webhook_url, settings=settings)
     resolved, dataset_id = check_job_spec(session, tenant_id=tenant.id, spec=spec)
     active = job_service.count_active_jobs(session, tenant_id=tenant.id)
     if active >= settings.max_active_jobs_per_tenant:
@@ -164,4 +175,129 @@ def get_artifact(job_id: str, name: str, session: SessionDep, tenant: TenantDep)
         content=data,
         media_type=row.content_type,
         headers={"Content-Disposition": f'attachment; filename="{name}"'},
+    )
+
+
+@router.post(
+    "/{job_id}/cancel",
+    status_code=status.HTTP_202_ACCEPTED,
+    response_model=JobOut,
+    responses={
+        **PROBLEMS,
+        **NOT_FOUND,
+        409: {"model": Problem, "description": "The job has already finished"},
+    },
+)
+def cancel_job(job_id: str, session: SessionDep, tenant: TenantDep) -> JobOut:
+    """Cancel: a queued job is canceled at once; a running job stops within seconds.
+
+    A running job's worker sees the request at its next heartbeat or batch, stops, keeps
+    its last checkpoint and ends `canceled`; until then the job shows
+    `cancel_requested: true`. Cancelling a finished job is 409.
+    """
+    job = job_service.cancel_job(session, tenant_id=tenant.id, job_id=job_id)
+    session.commit()
+    if job.status == "canceled":
+        webhooks.schedule_terminal(job.id)
+    return JobOut.from_job(job)
+
+
+SSE_POLL_SECONDS = 0.25
+SSE_KEEPALIVE_SECONDS = 15.0
+SSE_EXAMPLE = (
+    'id: 1\nevent: status\ndata: {"job_id": "job_...", "status": "queued", "attempt": 1}\n\n'
+    'id: 2\nevent: status\ndata: {"job_id": "job_...", "status": "running", "attempt": 1}\n\n'
+    'id: 3\nevent: progress\ndata: {"job_id": "job_...", "epoch": 1, "epochs": 3, '
+    '"latest": {"epoch": 1, "val_nll": 0.41}}\n\n'
+    'id: 6\nevent: status\ndata: {"job_id": "job_...", "status": "succeeded"}\n\n'
+)
+
+
+def _read_events(job_id: str, after_id: int) -> tuple[str | None, list[tuple[int, str, str]]]:
+    """The job's status and its events after `after_id` (read in one transaction)."""
+    with session_scope() as session:
+        job = job_service.get_job_by_id(session, job_id=job_id)
+        if job is None:
+            return None, []
+        rows = job_service.events_after(session, job_id=job_id, after_id=after_id)
+        out = []
+        for row in rows:
+            data = {"job_id": job_id, **(row.data or {}), "at": iso(row.created_at)}
+            out.append((row.id, row.kind, json.dumps(data, separators=(",", ":"), default=str)))
+        return job.status, out
+
+
+async def _event_stream(job_id: str, after_id: int) -> AsyncIterator[str]:
+    last_sent = time.monotonic()
+    while True:
+        job_status, events = await to_thread.run_sync(_read_events, job_id, after_id)
+        for event_id, kind, data in events:
+            after_id = event_id
+            yield f"id: {event_id}\nevent: {kind}\ndata: {data}\n\n"
+            last_sent = time.monotonic()
+        if job_status is None or job_status in TERMINAL_STATUSES:
+            return
+        if time.monotonic() - last_sent > SSE_KEEPALIVE_SECONDS:
+            yield ": keep-alive\n\n"
+            last_sent = time.monotonic()
+        await anyio.sleep(SSE_POLL_SECONDS)
+
+
+@router.get(
+    "/{job_id}/events",
+    response_class=StreamingResponse,
+    responses={
+        **PROBLEMS,
+        **NOT_FOUND,
+        200: {
+            "description": "Server-Sent Events: `status` (each transition), `progress` (each "
+            "epoch) and `cancel_requested`; the stream ends after the terminal status event. "
+            "Each event's `id` can be sent back as `Last-Event-ID` to resume.",
+            "content": {
+                "text/event-stream": {"schema": {"type": "string"}, "example": SSE_EXAMPLE}
+            },
+        },
+    },
+)
+def job_events(
+    job_id: str,
+    session: SessionDep,
+    tenant: TenantDep,
+    last_event_id: Annotated[
+        int | None, Header(alias="Last-Event-ID", ge=0, description="Resume after this event")
+    ] = None,
+) -> StreamingResponse:
+    """Status changes and per-epoch progress as Server-Sent Events, until the job ends."""
+    job_service.get_job(session, tenant_id=tenant.id, job_id=job_id)
+    return StreamingResponse(
+        _event_stream(job_id, last_event_id or 0),
+        media_type="text/event-stream",
+        headers={"Cache-Control": "no-cache", "X-Accel-Buffering": "no"},
+    )
+
+
+@router.get(
+    "/{job_id}/webhooks",
+    response_model=WebhookDeliveryList,
+    responses={**PROBLEMS, **NOT_FOUND},
+)
+def list_webhook_deliveries(
+    job_id: str, session: SessionDep, tenant: TenantDep
+) -> WebhookDeliveryList:
+    """Every webhook delivery attempt for the job (URL, attempt, HTTP status, error)."""
+    job_service.get_job(session, tenant_id=tenant.id, job_id=job_id)
+    rows = webhooks.list_deliveries(session, job_id=job_id)
+    return WebhookDeliveryList(
+        items=[
+            WebhookDeliveryOut(
+                id=r.id,
+                event=r.event,
+                url=r.url,
+                attempt=r.attempt,
+                status_code=r.status_code,
+                error=r.error,
+                created_at=iso(r.created_at) or "",
+            )
+            for r in rows
+        ]
     )

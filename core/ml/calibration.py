@@ -56,7 +56,7 @@ __all__ = [
 
 _SUM_TOL = 1e-3  # absolute tolerance on row sums of the probabilities
 _NLL_CLAMP = 1e-12  # p_{i,y_i} is clamped from below before the log
-_CHUNK_ELEMS = 1 << 20  # entries per row chunk of the fused pass (~4 MB of float32)
+_CHUNK_ELEMS = 1 << 22  # entries per row chunk for (N, K)-sized temporaries (16 MB f32)
 _BINNINGS = ("equal_width", "equal_mass")
 
 
@@ -202,12 +202,14 @@ def _confidence_and_correct(p: Tensor, y: Tensor) -> tuple[Tensor, Tensor, Tenso
     # The true class attains the maximum; it is the prediction unless an earlier class ties.
     # Two entries equal to c need 2c <= row sum <= 1 + tol, so only such rows are re-checked.
     cand = (correct & (conf <= (1.0 + _SUM_TOL) / 2)).nonzero().squeeze(1)
-    if cand.numel():
-        sub = p[cand]
-        tie = (sub == conf[cand].unsqueeze(1)).sum(dim=1) > 1
-        rows = cand[tie]
+    step = max(1, _CHUNK_ELEMS // max(1, p.shape[1]))  # bounded, cache-sized copies
+    for s in range(0, cand.numel(), step):
+        idx = cand[s : s + step]
+        sub = p.index_select(0, idx)
+        tie = (sub == conf.index_select(0, idx).unsqueeze(1)).sum(dim=1) > 1
+        rows = idx[tie]
         if rows.numel():
-            correct[rows] = sub[tie].argmax(dim=1) == y[rows]
+            correct[rows] = sub[tie].argmax(dim=1) == y.index_select(0, rows)
     return conf, correct, p_true
 
 
@@ -287,9 +289,7 @@ class _State:
         # so a bad batch changes nothing
         batch = _State(self.n_bins, self.classwise, self.extras, self.keep)
         batch._init(k)
-        rows = max(1, _CHUNK_ELEMS // k)
-        for s in range(0, probs.shape[0], rows):
-            batch._chunk(probs[s : s + rows], labels[s : s + rows])
+        batch._process(probs, labels)
         if logits is not None:
             batch.gaps.append(_gap_per_sample(logits, labels))
         self._merge(batch)
@@ -310,7 +310,13 @@ class _State:
         self.corrects += other.corrects
         self.gaps += other.gaps
 
-    def _chunk(self, p: Tensor, y: Tensor) -> None:
+    def _process(self, p: Tensor, y: Tensor) -> None:
+        """Validate and accumulate one batch.
+
+        Row-wise quantities come from whole-batch reductions (few, large parallel regions); only
+        the work that needs an (N, K)-sized temporary (entropy, classwise binning) runs in row
+        chunks of about `_CHUNK_ELEMS` entries.
+        """
         m, k = self.n_bins, p.shape[1]
         _check_distribution(p)
         conf, correct, p_true = _confidence_and_correct(p, y)
@@ -328,20 +334,26 @@ class _State:
             self.nll -= float(p_true.double().clamp_min(_NLL_CLAMP).log().sum())
             sq = torch.linalg.vector_norm(p, dim=1).double().square_()
             self.brier += float((sq - 2.0 * p_true.double() + 1.0).sum())
-            flat = p.reshape(-1)
-            tiny = torch.finfo(p.dtype).tiny  # 0 * log(tiny) = 0 implements 0 log 0 = 0
-            self.entropy -= float(torch.dot(flat, flat.clamp_min(tiny).log_()))
         if self.classwise:
-            # entries <= e_1 all fall in bin 0 and are handled through the column sums; only the
-            # few larger ones (at most ~M per row) are binned one by one
-            flat = p.reshape(-1)
-            pos = (flat > _edges(m, p.dtype)[1]).nonzero().squeeze(1)
-            vals = flat[pos]
-            key = (pos % k) * m + _bin_index(vals, m)
-            self.cw_count += torch.bincount(key, minlength=k * m)
-            self.cw_sum += torch.bincount(key, weights=vals.double(), minlength=k * m)
             self.col_sum += p.sum(dim=0).double()
             self.cw_acc += torch.bincount(y * m + _bin_index(p_true, m), minlength=k * m)
+        if not (self.extras or self.classwise):
+            return
+        e1 = _edges(m, p.dtype)[1]
+        tiny = torch.finfo(p.dtype).tiny  # 0 * log(tiny) = 0 implements 0 log 0 = 0
+        rows = max(1, _CHUNK_ELEMS // k)
+        for s in range(0, p.shape[0], rows):
+            flat = p[s : s + rows].reshape(-1)
+            if self.extras:
+                self.entropy -= float(torch.dot(flat, flat.clamp_min(tiny).log_()))
+            if self.classwise:
+                # entries <= e_1 all fall in bin 0, which is derived from the column sums; only
+                # the few larger ones (at most about M per row) are binned one by one
+                pos = (flat > e1).nonzero().squeeze(1)
+                vals = flat.index_select(0, pos)
+                key = (pos % k) * m + _bin_index(vals, m)
+                self.cw_count += torch.bincount(key, minlength=k * m)
+                self.cw_sum += torch.bincount(key, weights=vals.double(), minlength=k * m)
 
     # ---- results ----------------------------------------------------------------------------
 

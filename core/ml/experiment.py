@@ -13,7 +13,7 @@ import importlib
 import io
 import json
 import math
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from typing import Any, cast
 
 import numpy as np
@@ -21,14 +21,30 @@ import torch
 from safetensors.torch import save as safetensors_save
 
 from core.ml import calibration
-from core.ml.data import class_names_for, load_dataset, prepare_data, to_view, view_for_arch
+from core.ml.data import (
+    PreparedData,
+    class_names_for,
+    load_dataset,
+    prepare_data,
+    to_view,
+    view_for_arch,
+)
 from core.ml.nets import build_model, model_config
-from core.ml.train import TrainConfig, TrainHooks, evaluate, fit
+from core.ml.train import FitResult, TrainConfig, TrainHooks, evaluate, fit
 from core.ml.upload import SpecError, arch_incompatibility
 
-__all__ = ["ExperimentOutput", "TrainHooks", "json_safe", "run_experiment"]
+__all__ = [
+    "ExperimentOutput",
+    "PreparedExperiment",
+    "TrainHooks",
+    "finish_experiment",
+    "json_safe",
+    "prepare_experiment",
+    "run_experiment",
+]
 
 MAX_PROJECTION_POINTS = 500
+DEFAULT_MODEL: dict[str, Any] = {"arch": "mlp", "hidden": [256, 256], "dropout": 0.0}
 
 
 @dataclass
@@ -136,22 +152,52 @@ def _projection_png(coords: np.ndarray, labels: np.ndarray, names: list[str], ti
         return _fallback_png(title, draw)
 
 
-def run_experiment(
+@dataclass
+class PreparedExperiment:
+    """A resolved spec with its loaded, split and viewed data (what training and finishing need)."""
+
+    spec: dict[str, Any]
+    cfg: TrainConfig
+    data: PreparedData
+    names: list[str]
+    mcfg: dict[str, Any]
+    n_features: int
+    image_shape: tuple[int, int] | None
+    Xtr: torch.Tensor
+    ytr: torch.Tensor
+    Xva: torch.Tensor
+    yva: torch.Tensor
+    Xte: torch.Tensor
+    yte: torch.Tensor
+
+    @property
+    def fingerprint(self) -> dict[str, Any]:
+        """What a checkpoint must match besides the train config (model, data, split, noise)."""
+        return {"model": self.mcfg, "sha256": self.data.sha256,
+                "split": self.spec.get("split", {}),
+                "label_noise": self.spec.get("label_noise", 0.0)}
+
+    def build(self) -> torch.nn.Module:
+        """Build the (unseeded) model of the spec; callers seed the global RNG first."""
+        model_spec = self.spec.get("model", DEFAULT_MODEL)
+        return build_model(model_spec, self.n_features, self.data.n_classes, self.image_shape,
+                           self.cfg.variant)
+
+    def with_spec(self, spec: dict[str, Any]) -> PreparedExperiment:
+        """The same data under another spec that differs only in loss.alpha / training.seed."""
+        return replace(self, spec=spec, cfg=TrainConfig.from_spec(spec))
+
+
+def prepare_experiment(
     spec: dict[str, Any],
     *,
     arrays: tuple[np.ndarray, np.ndarray] | None = None,
-    hooks: TrainHooks | None = None,
     class_names: list[str] | None = None,
-) -> ExperimentOutput:
-    """Train and evaluate one resolved job spec; deterministic for a given spec on CPU.
-
-    `arrays` are the (X, y) of an uploaded dataset (spec dataset.source == "upload");
-    `class_names` optionally names its classes. The caller's global torch RNG is left as it was.
-    """
+) -> PreparedExperiment:
+    """Validate the spec, load, split and standardise the data and make the arch's tensor view."""
     cfg = TrainConfig.from_spec(spec)
     ds_spec, split = spec.get("dataset", {}), spec.get("split", {})
-    model_spec = spec.get("model", {"arch": "mlp", "hidden": [256, 256], "dropout": 0.0})
-    cal = spec.get("calibration", {})
+    model_spec = spec.get("model", DEFAULT_MODEL)
 
     X, y, image_shape = load_dataset(ds_spec, arrays=arrays)
     data = prepare_data(X, y, image_shape, val=float(split.get("val", 0.15)),
@@ -176,13 +222,39 @@ def run_experiment(
     Xtr, ytr = tensors(data.X_train, data.y_train)
     Xva, yva = tensors(data.X_val, data.y_val)
     Xte, yte = tensors(data.X_test, data.y_test)
+    return PreparedExperiment(spec=spec, cfg=cfg, data=data, names=names, mcfg=mcfg,
+                              n_features=int(X.shape[1]), image_shape=image_shape,
+                              Xtr=Xtr, ytr=ytr, Xva=Xva, yva=yva, Xte=Xte, yte=yte)
 
+
+def run_experiment(
+    spec: dict[str, Any],
+    *,
+    arrays: tuple[np.ndarray, np.ndarray] | None = None,
+    hooks: TrainHooks | None = None,
+    class_names: list[str] | None = None,
+) -> ExperimentOutput:
+    """Train and evaluate one resolved job spec; deterministic for a given spec on CPU.
+
+    `arrays` are the (X, y) of an uploaded dataset (spec dataset.source == "upload");
+    `class_names` optionally names its classes. The caller's global torch RNG is left as it was.
+    """
+    prep = prepare_experiment(spec, arrays=arrays, class_names=class_names)
     with torch.random.fork_rng(devices=[]):
-        torch.manual_seed(cfg.seed)
-        model = build_model(model_spec, X.shape[1], k, image_shape, cfg.variant)
-        fitted = fit(model, Xtr, ytr, Xva, yva, cfg, hooks, image_shape=image_shape,
-                     fingerprint={"model": mcfg, "sha256": data.sha256, "split": split,
-                                  "label_noise": spec.get("label_noise", 0.0)})
+        torch.manual_seed(prep.cfg.seed)
+        model = prep.build()
+        fitted = fit(model, prep.Xtr, prep.ytr, prep.Xva, prep.yva, prep.cfg, hooks,
+                     image_shape=prep.image_shape, fingerprint=prep.fingerprint)
+    return finish_experiment(prep, model, fitted)
+
+
+def finish_experiment(prep: PreparedExperiment, model: torch.nn.Module, fitted: FitResult
+                      ) -> ExperimentOutput:
+    """Evaluate the trained model and build the result document and artifacts."""
+    spec, cfg, data, names, mcfg = prep.spec, prep.cfg, prep.data, prep.names, prep.mcfg
+    ds_spec, cal = spec.get("dataset", {}), spec.get("calibration", {})
+    k, image_shape = data.n_classes, prep.image_shape
+    Xva, yva, Xte, yte = prep.Xva, prep.yva, prep.Xte, prep.yte
 
     device = next(model.parameters()).device
     val_logits, val_labels, _ = evaluate(model, Xva.to(device), yva)
@@ -228,7 +300,7 @@ def run_experiment(
     result = {
         "dataset": {
             "n_train": len(data.y_train), "n_val": len(data.y_val), "n_test": len(data.y_test),
-            "n_classes": k, "n_features": int(X.shape[1]), "sha256": data.sha256,
+            "n_classes": k, "n_features": prep.n_features, "sha256": data.sha256,
             "label_noise_changed": data.label_noise_changed, "class_names": names,
             "image_shape": list(image_shape) if image_shape else None,
         },

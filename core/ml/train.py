@@ -15,7 +15,7 @@ import json
 import logging
 import math
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Iterable
 from dataclasses import asdict, dataclass, field
 from typing import Any
 
@@ -173,9 +173,9 @@ def resolve_device(name: str) -> torch.device:
     return torch.device(name)
 
 
-def make_optimizer(model: nn.Module, cfg: TrainConfig) -> torch.optim.Optimizer:
-    """SGD (with momentum), Adam or AdamW, all with cfg.weight_decay."""
-    params = model.parameters()
+def make_optimizer(model: nn.Module | Iterable[Tensor], cfg: TrainConfig) -> torch.optim.Optimizer:
+    """SGD (with momentum), Adam or AdamW, all with cfg.weight_decay (a model or its tensors)."""
+    params = model.parameters() if isinstance(model, nn.Module) else list(model)
     if cfg.optimizer == "sgd":
         return torch.optim.SGD(params, lr=cfg.lr, momentum=cfg.momentum,
                                weight_decay=cfg.weight_decay)

@@ -219,3 +219,17 @@ def stop_all(*procs: Proc | None) -> None:
             if _alive(pid):
                 with contextlib.suppress(ProcessLookupError):
                     os.kill(pid, signal.SIGKILL)
+
+
+def start_worker_with(log: Path, env: dict[str, str], *args: str, timeout: float = 120) -> Proc:
+    """Start a worker with extra CLI arguments and wait until Celery reports it ready."""
+    proc = _spawn(cli("worker", "--loglevel", "info", *args), log, env)
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        if " ready." in proc.log_text():
+            return proc
+        if proc.popen.poll() is not None:
+            raise RuntimeError(f"worker exited during start-up:\n{proc.log_text()[-3000:]}")
+        time.sleep(0.1)
+    stop_all(proc)
+    raise RuntimeError(f"worker not ready in {timeout}s:\n{proc.log_text()[-3000:]}")

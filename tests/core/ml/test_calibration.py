@@ -70,8 +70,12 @@ def test_ece_and_mce_match_torchmetrics(dtype, n_bins):
     k = probs.shape[1]
     ref_ece = multiclass_calibration_error(probs, labels, num_classes=k, n_bins=n_bins, norm="l1")
     ref_mce = multiclass_calibration_error(probs, labels, num_classes=k, n_bins=n_bins, norm="max")
-    assert expected_calibration_error(probs, labels, n_bins) == pytest.approx(float(ref_ece), abs=1e-6)
-    assert maximum_calibration_error(probs, labels, n_bins) == pytest.approx(float(ref_mce), abs=1e-6)
+    assert expected_calibration_error(probs, labels, n_bins) == pytest.approx(
+        float(ref_ece), abs=1e-6
+    )
+    assert maximum_calibration_error(probs, labels, n_bins) == pytest.approx(
+        float(ref_mce), abs=1e-6
+    )
 
 
 def test_brier_and_nll_match_sklearn():
@@ -88,7 +92,9 @@ def test_brier_and_nll_match_sklearn():
 def test_nll_clamps_zero_probability():
     probs = torch.tensor([[1.0, 0.0], [0.5, 0.5]])
     labels = torch.tensor([1, 0])
-    assert negative_log_likelihood(probs, labels) == pytest.approx((-math.log(1e-12) + math.log(2)) / 2)
+    assert negative_log_likelihood(probs, labels) == pytest.approx(
+        (-math.log(1e-12) + math.log(2)) / 2
+    )
 
 
 # ---------------------------------------------------------------- bin edges (hand-computed)
@@ -118,7 +124,6 @@ def test_bin_index_matches_bucketize_on_edges(n_bins):
 
 @pytest.mark.parametrize("dtype", [torch.float32, torch.float64])
 def test_ece_by_hand_at_edges_and_ties(dtype):
-    k = 15
     uniform = [1 / 15] * 15  # c = 1/15 exactly -> first bin; tie, argmax = class 0
     onehot3 = [0.0] * 15
     onehot3[3] = 1.0  # c = 1.0 -> last bin
@@ -127,7 +132,7 @@ def test_ece_by_hand_at_edges_and_ties(dtype):
     two = [2 / 15] * 7 + [1 / 15] + [0.0] * 7  # c = 2/15 -> second bin; 7-way tie, argmax 0
     probs = torch.tensor([uniform, onehot3, onehot2, two, two], dtype=dtype)
     labels = torch.tensor([0, 3, 5, 0, 1])
-    # bin 1: 1 sample, acc 1, conf 1/15; bin 2: 2 samples, acc 1/2, conf 2/15; bin 15: acc 1/2, conf 1
+    # bin 1: 1 sample, acc 1, conf 1/15; bin 2: acc 1/2, conf 2/15; bin 15: acc 1/2, conf 1
     expected = ((1 - 1 / 15) + 2 * (0.5 - 2 / 15) + 2 * 0.5) / 5
     assert expected_calibration_error(probs, labels) == pytest.approx(expected, abs=1e-6)
     assert maximum_calibration_error(probs, labels) == pytest.approx(14 / 15, abs=1e-6)
@@ -279,6 +284,7 @@ def test_fit_temperature_recovers_three_and_reduces_ece():
     before = expected_calibration_error(torch.softmax(hot, dim=1), labels)
     after = expected_calibration_error(torch.softmax(hot / t, dim=1), labels)
     assert after < before
+
     # NLL at the fitted T is a local minimum
     def nll(temp: float) -> float:
         return negative_log_likelihood(torch.softmax(hot / temp, dim=1), labels)
@@ -351,7 +357,10 @@ GOOD_Y = torch.tensor([0, 1])
         ({"probs": torch.tensor([[1.2, -0.2], [0.5, 0.5]])}, "non-negative"),
         ({"probs": torch.tensor([[0.7, 0.7], [0.5, 0.5]])}, "rows summing to 1"),
         ({"probs": torch.tensor([[float("nan"), 1.0], [0.5, 0.5]])}, "no NaN"),
-        ({"labels": torch.tensor([0, 2])}, r"`labels` to be in \[0, 1\], but got values in \[0, 2\]"),
+        (
+            {"labels": torch.tensor([0, 2])},
+            r"`labels` to be in \[0, 1\], but got values in \[0, 2\]",
+        ),
         ({"labels": torch.tensor([-1, 0])}, "`labels` to be in"),
         ({"labels": torch.tensor([0, 1, 1])}, "`labels` to have shape \\(2,\\)"),
         ({"labels": torch.tensor([0.0, 1.0])}, "integer tensor"),

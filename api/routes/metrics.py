@@ -1,0 +1,106 @@
+"""Prometheus metrics: jobs by status, queue depth, job durations, HTTP latency by route."""
+
+from __future__ import annotations
+
+from collections.abc import Iterator
+from typing import Any
+
+from fastapi import APIRouter, Response
+from prometheus_client import REGISTRY, CollectorRegistry, generate_latest
+from prometheus_client.core import GaugeMetricFamily, HistogramMetricFamily, Metric
+from prometheus_client.registry import Collector
+from sqlalchemy import Float, case, cast, func, select
+from sqlalchemy.orm import Session
+
+from api.deps import SessionDep
+from core.models import JOB_STATUSES, TERMINAL_STATUSES, Job
+
+router = APIRouter(tags=["operations"])
+PROMETHEUS_TEXT = "text/plain; version=0.0.4; charset=utf-8"
+DURATION_BUCKETS = (1.0, 2.5, 5.0, 10.0, 30.0, 60.0, 120.0, 300.0, 600.0, 1800.0, 3600.0)
+
+
+def _duration_expr(session: Session) -> Any:
+    """Seconds from started_at to finished_at, per dialect."""
+    if session.get_bind().dialect.name == "sqlite":
+        return (func.julianday(Job.finished_at) - func.julianday(Job.started_at)) * 86400.0
+    return cast(func.extract("epoch", Job.finished_at - Job.started_at), Float)
+
+
+class JobStatsCollector(Collector):
+    """Job gauges and the duration histogram, computed from Postgres at scrape time.
+
+    The database is the source of truth, so every API replica reports the same numbers
+    and nothing is lost when a process restarts.
+    """
+
+    def __init__(self, session: Session) -> None:
+        self.session = session
+
+    def collect(self) -> Iterator[Metric]:
+        """Yield the metric families."""
+        counts = dict.fromkeys(JOB_STATUSES, 0)
+        for job_status, n in self.session.execute(
+            select(Job.status, func.count()).group_by(Job.status)
+        ):
+            counts[job_status] = int(n)
+        jobs = GaugeMetricFamily("softlabel_jobs", "Jobs by status", labels=["status"])
+        for job_status, n in counts.items():
+            jobs.add_metric([job_status], n)
+        yield jobs
+        depth = GaugeMetricFamily(
+            "softlabel_queue_depth", "Jobs waiting for a worker", labels=["queue"]
+        )
+        depth.add_metric(["training"], counts["queued"])
+        yield depth
+        running = GaugeMetricFamily("softlabel_jobs_running", "Jobs being trained now")
+        running.add_metric([], counts["running"])
+        yield running
+
+        duration = _duration_expr(self.session)
+        columns = [func.count(), func.coalesce(func.sum(duration), 0.0)]
+        columns += [func.sum(case((duration <= b, 1), else_=0)) for b in DURATION_BUCKETS]
+        query = (
+            select(Job.status, *columns)
+            .where(
+                Job.status.in_(TERMINAL_STATUSES),
+                Job.started_at.is_not(None),
+                Job.finished_at.is_not(None),
+            )
+            .group_by(Job.status)
+        )
+        hist = HistogramMetricFamily(
+            "softlabel_job_duration_seconds",
+            "Wall time from start to end of finished jobs",
+            labels=["status"],
+        )
+        for row in self.session.execute(query):
+            job_status, total, total_s, *bucket_counts = row
+            pairs = zip(DURATION_BUCKETS, bucket_counts, strict=True)
+            buckets = [(repr(b), int(c or 0)) for b, c in pairs]
+            buckets.append(("+Inf", int(total)))
+            hist.add_metric([job_status], buckets, float(total_s or 0.0))
+        yield hist
+
+
+@router.get(
+    "/metrics",
+    response_class=Response,
+    responses={
+        200: {
+            "description": "Prometheus text exposition format",
+            "content": {
+                "text/plain": {
+                    "schema": {"type": "string"},
+                    "example": 'softlabel_jobs{status="queued"} 3.0\n',
+                }
+            },
+        }
+    },
+)
+def metrics(session: SessionDep) -> Response:
+    """Prometheus metrics (no API key: scrape it from inside your network)."""
+    scrape = CollectorRegistry(auto_describe=False)
+    scrape.register(JobStatsCollector(session))
+    body = generate_latest(REGISTRY) + generate_latest(scrape)
+    return Response(content=body, media_type=PROMETHEUS_TEXT)

@@ -1,0 +1,291 @@
+"""Benchmark (SPEC §10 P4): the service's overhead on one job, and submit→running latency.
+
+Usage: python bench/overhead.py [--embedded] [--reps N] [--latency-jobs N] [--epochs E]
+
+* **End to end vs direct.** One digits/MLP job (the default spec, 30 epochs) submitted through
+  the HTTP API (a real uvicorn process) and trained by a real Celery worker process, timed from
+  the moment the POST is sent to the job's `finished_at` (the result is committed and readable
+  then; the client then polls to see it), against the same spec trained directly in this process
+  by `core.ml.experiment.run_experiment(spec)`. Interleaved, in alternating order, `--reps`
+  times each after one warm-up of each; the ratio of the medians is reported (target ≤ 1.10×).
+* **Submit→running.** With the worker idle, `--latency-jobs` tiny jobs (1 epoch) are submitted
+  one at a time; the latency is the job's `started_at` (set by the worker's claim) minus the
+  moment the POST was sent (target median ≤ 100 ms). The next job is sent once the last one
+  has finished, so the worker is idle each time.
+
+By default it runs against Postgres on 127.0.0.1:5432 and Redis on 127.0.0.1:6379 like the test
+suite (a database `softlabel_bench_<pid>` of its own, created and dropped, and a Redis db number
+of its own, flushed); `--embedded` runs on SQLite and kombu's filesystem broker instead.
+Timings are wall-clock on this machine; only the ratios are meant to be compared.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import shutil
+import statistics
+import sys
+import tempfile
+import time
+from datetime import datetime
+from pathlib import Path
+from typing import Any
+
+ROOT = Path(__file__).resolve().parents[1]
+if str(ROOT) not in sys.path:
+    sys.path.insert(0, str(ROOT))
+
+PG_SERVER = os.environ.get("SOFTLABEL_TEST_PG", "postgresql+psycopg://postgres@127.0.0.1:5432")
+REDIS_SERVER = os.environ.get("SOFTLABEL_TEST_REDIS", "redis://127.0.0.1:6379")
+BENCH_DB = f"softlabel_bench_{os.getpid()}"
+REDIS_DB = 1 + (os.getpid() + 7) % 15
+
+TARGET_RATIO = 1.10
+TARGET_LATENCY_MS = 100.0
+
+
+def configure(embedded: bool, var_dir: Path) -> None:
+    """Set SOFTLABEL_* before anything reads Settings; the subprocesses inherit them."""
+    for name in [k for k in os.environ if k.startswith("SOFTLABEL_")]:
+        if name not in ("SOFTLABEL_TEST_PG", "SOFTLABEL_TEST_REDIS"):
+            del os.environ[name]
+    os.environ.update(
+        {
+            "SOFTLABEL_VAR_DIR": str(var_dir),
+            "SOFTLABEL_ARTIFACT_DIR": str(var_dir / "artifacts"),
+            "SOFTLABEL_LOG_JSON": "false",
+            "MPLBACKEND": "Agg",
+        }
+    )
+    if not embedded:
+        os.environ["SOFTLABEL_DATABASE_URL"] = f"{PG_SERVER}/{BENCH_DB}"
+        os.environ["SOFTLABEL_BROKER_URL"] = f"{REDIS_SERVER}/{REDIS_DB}"
+
+
+def create_database() -> None:
+    from sqlalchemy import create_engine, text
+
+    admin = create_engine(f"{PG_SERVER}/postgres", isolation_level="AUTOCOMMIT")
+    with admin.connect() as conn:
+        conn.execute(text(f'DROP DATABASE IF EXISTS "{BENCH_DB}" WITH (FORCE)'))
+        conn.execute(text(f'CREATE DATABASE "{BENCH_DB}"'))
+    admin.dispose()
+
+
+def drop_database() -> None:
+    from sqlalchemy import create_engine, text
+
+    from core.db import get_engine
+
+    get_engine().dispose()
+    admin = create_engine(f"{PG_SERVER}/postgres", isolation_level="AUTOCOMMIT")
+    with admin.connect() as conn:
+        conn.execute(text(f'DROP DATABASE IF EXISTS "{BENCH_DB}" WITH (FORCE)'))
+    admin.dispose()
+
+
+def flush_redis() -> None:
+    import redis
+
+    client = redis.Redis.from_url(os.environ["SOFTLABEL_BROKER_URL"])
+    client.flushdb()
+    client.close()
+
+
+def make_key() -> str:
+    from core.db import session_scope
+    from core.services.tenants import create_api_key
+
+    with session_scope() as session:
+        _, raw = create_api_key(session, tenant_name="bench")
+    return raw
+
+
+def ts(value: str) -> float:
+    """Epoch seconds of an ISO-8601 timestamp from the API."""
+    return datetime.fromisoformat(value.replace("Z", "+00:00")).timestamp()
+
+
+def job_spec(epochs: int) -> dict[str, Any]:
+    return {
+        "dataset": {"source": "builtin", "name": "digits"},
+        "model": {"arch": "mlp"},
+        "loss": {"alpha": 0.1},
+        "training": {"epochs": epochs, "device": "cpu"},
+    }
+
+
+def submit_and_wait(client: Any, spec: dict[str, Any], poll: float) -> dict[str, Any]:
+    """POST the spec, wait for a terminal status; returns the job plus the send time."""
+    sent = time.time()
+    resp = client.post("/v1/jobs", json=spec)
+    if resp.status_code != 202:
+        raise RuntimeError(f"POST /v1/jobs: {resp.status_code} {resp.text}")
+    job_id = resp.json()["id"]
+    deadline = time.monotonic() + 600
+    while time.monotonic() < deadline:
+        job = client.get(f"/v1/jobs/{job_id}").json()
+        if job["status"] in ("succeeded", "failed", "canceled"):
+            seen = time.time()
+            if job["status"] != "succeeded":
+                raise RuntimeError(f"job {job_id} ended {job['status']}: {job.get('failure')}")
+            return {"job": job, "sent": sent, "seen": seen}
+        time.sleep(poll)
+    raise RuntimeError(f"job {job_id} did not finish in time")
+
+
+def run_direct(spec: dict[str, Any]) -> tuple[float, int]:
+    """Resolve the spec as the API does and train it in this process; (seconds, epochs)."""
+    from core.ml.experiment import run_experiment
+    from core.spec import JobSpec
+
+    resolved = JobSpec.model_validate(spec).resolved()
+    start = time.perf_counter()
+    output = run_experiment(resolved)
+    return time.perf_counter() - start, len(output.result["history"])
+
+
+def median(values: list[float]) -> float:
+    return statistics.median(values)
+
+
+def spread(values: list[float]) -> str:
+    return f"{min(values):.3f}–{max(values):.3f}"
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--embedded", action="store_true", help="SQLite + filesystem broker")
+    parser.add_argument("--reps", type=int, default=3, help="timed repetitions of each side")
+    parser.add_argument("--latency-jobs", type=int, default=20)
+    parser.add_argument("--epochs", type=int, default=30)
+    parser.add_argument("--json", type=Path, help="also write the numbers to this file")
+    args = parser.parse_args(argv)
+
+    var_dir = Path(tempfile.mkdtemp(prefix="softlabel-bench-"))
+    configure(args.embedded, var_dir)
+
+    import httpx
+
+    from softlabel.server import migrate
+    from tests.processes import Proc, start_api, start_worker, stop_process
+
+    procs: list[Proc] = []
+    if not args.embedded:
+        create_database()
+        flush_redis()
+    try:
+        migrate("head")
+        key = make_key()
+        procs.append(start_worker(var_dir / "worker.log"))
+        api = start_api(var_dir / "api.log")
+        procs.append(api)
+        client = httpx.Client(
+            base_url=api.info["url"], headers={"Authorization": f"Bearer {key}"}, timeout=30
+        )
+        spec = job_spec(args.epochs)
+        mode = "embedded (SQLite + filesystem broker)" if args.embedded else "Postgres + Redis"
+        print(f"P4 overhead: digits/MLP, {args.epochs} epochs, {mode}, reps={args.reps}")
+
+        # Warm-up: the worker's first job imports torch and friends; so does this process.
+        submit_and_wait(client, spec, poll=0.1)
+        run_direct(spec)
+
+        e2e: list[float] = []
+        seen: list[float] = []
+        train_in_worker: list[float] = []
+        direct: list[float] = []
+        epochs_api: set[int] = set()
+        epochs_direct: set[int] = set()
+        for rep in range(args.reps):
+            order = ("api", "direct") if rep % 2 == 0 else ("direct", "api")
+            for side in order:
+                if side == "api":
+                    done = submit_and_wait(client, spec, poll=0.1)
+                    job = done["job"]
+                    e2e.append(ts(job["finished_at"]) - done["sent"])
+                    seen.append(done["seen"] - done["sent"])
+                    result = client.get(f"/v1/jobs/{job['id']}/result").json()
+                    train_in_worker.append(float(result["timing"]["train_s"]))
+                    epochs_api.add(len(result["history"]))
+                else:
+                    seconds, n_epochs = run_direct(spec)
+                    direct.append(seconds)
+                    epochs_direct.add(n_epochs)
+
+        # Submit→running with an idle worker.
+        small = job_spec(1)
+        latencies: list[float] = []
+        for _ in range(args.latency_jobs):
+            time.sleep(0.05)  # the worker is idle and waiting on the broker
+            done = submit_and_wait(client, small, poll=0.05)
+            latencies.append((ts(done["job"]["started_at"]) - done["sent"]) * 1000)
+        client.close()
+    finally:
+        for proc in reversed(procs):
+            stop_process(proc)
+        if not args.embedded:
+            flush_redis()
+            drop_database()
+        shutil.rmtree(var_dir, ignore_errors=True)
+
+    ratio = median(e2e) / median(direct)
+    ratio_seen = median(seen) / median(direct)
+    lat_median = median(latencies)
+    lat_p90 = sorted(latencies)[max(0, int(round(0.9 * len(latencies))) - 1)]
+    print(f"epochs trained: api {sorted(epochs_api)}, direct {sorted(epochs_direct)}")
+    print()
+    head = f"{'measure':<44} {'median':>10} {'min–max':>15} {'n':>3}"
+    print(head)
+    print("-" * len(head))
+    rows = [
+        ("direct run_experiment(spec) [s]", direct),
+        ("API+worker: POST sent → finished_at [s]", e2e),
+        ("API+worker: POST sent → client saw it [s]", seen),
+        ("  of which train_s inside the worker [s]", train_in_worker),
+    ]
+    for name, values in rows:
+        print(f"{name:<44} {median(values):>10.3f} {spread(values):>15} {len(values):>3}")
+    print(
+        f"{'submit → running (started_at) [ms]':<44} {lat_median:>10.1f} "
+        f"{f'{min(latencies):.1f}–{max(latencies):.1f}':>15} {len(latencies):>3}"
+    )
+    print()
+    ok_ratio = ratio <= TARGET_RATIO
+    ok_latency = lat_median <= TARGET_LATENCY_MS
+    print(f"{'target':<44} {'value':>10} {'goal':>15}")
+    print(
+        f"{'end to end / direct (finished_at)':<44} {ratio:>9.3f}x {f'<= {TARGET_RATIO:.2f}x':>15}"
+        f"  {'OK' if ok_ratio else 'MISSED'}"
+    )
+    print(f"{'end to end / direct (as the client saw it)':<44} {ratio_seen:>9.3f}x {'(info)':>15}")
+    print(
+        f"{'submit → running median':<44} {lat_median:>8.1f}ms "
+        f"{f'<= {TARGET_LATENCY_MS:.0f}ms':>15}"
+        f"  {'OK' if ok_latency else 'MISSED'}   (p90 {lat_p90:.1f} ms)"
+    )
+    if args.json:
+        args.json.write_text(
+            json.dumps(
+                {
+                    "mode": "embedded" if args.embedded else "services",
+                    "epochs": args.epochs,
+                    "direct_s": direct,
+                    "e2e_s": e2e,
+                    "seen_s": seen,
+                    "train_s_in_worker": train_in_worker,
+                    "ratio": ratio,
+                    "ratio_seen": ratio_seen,
+                    "submit_to_running_ms": latencies,
+                    "submit_to_running_median_ms": lat_median,
+                },
+                indent=1,
+            )
+        )
+    return 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())

@@ -1,0 +1,411 @@
+"""Trials trained together: specs differing only in loss.alpha and training.seed, one stacked model.
+
+`run_trials(specs)` builds every trial's model exactly as its standalone job would (the
+global RNG seeded with the trial's training.seed before `build_model`), stacks the
+parameters (`torch.func.stack_module_state`) and trains them with one `vmap`ped
+`functional_call` per batch: one forward and one backward over the batch for all trials.
+
+Equality with standalone jobs (`run_experiment(specs[i])`), per trial:
+- the same initial weights, the same data order (a `torch.Generator` per training seed,
+  consumed like `fit` does; trials with different seeds gather their own batches), the same
+  augmentation stream (seed + 1), the same loss (`_StackedLoss`: per trial, the batch mean of
+  the cross-entropy against `losses.soft_targets`, the definition the fused
+  `label_smoothed_cross_entropy` implements, computed for all trials in one pass; the sum of
+  the per-trial means leaves every trial's gradient its own), the same optimiser (Adam/AdamW/SGD
+  are element-wise, so one optimiser over stacked tensors is per-trial identical), the same
+  validation metrics, early-stopping rule and best-epoch weights, and the same
+  post-training code (`experiment.finish_experiment`).
+- A trial that stops early (or is canceled) is masked out by compaction: at the epoch
+  boundary its rows are dropped from the stacked parameters and the optimiser state, so
+  its weights and state never change again and it costs nothing further.
+- The batched matmuls are not bit-identical to unbatched ones (different BLAS blocking), so
+  results agree within float tolerance, not bit for bit (tests/core/ml/test_sweep.py
+  measures it).
+
+Not stacked, run one after another through `run_experiment` instead (same results as
+standalone by construction): dropout > 0 (vmap'ed dropout cannot reproduce the standalone
+random stream), architectures outside `STACKABLE_ARCHS`, and models with buffers.
+Checkpoint/resume is not supported for a stacked group: a retried group starts over.
+"""
+
+from __future__ import annotations
+
+import copy
+import json
+import math
+import time
+from collections.abc import Callable
+from dataclasses import dataclass
+from typing import Any
+
+import numpy as np
+import torch
+import torch.nn.functional as F
+from torch import Tensor, nn
+from torch.func import functional_call, stack_module_state, vmap
+
+from core.ml import losses
+from core.ml.data import shift_augment
+from core.ml.experiment import (
+    ExperimentOutput,
+    PreparedExperiment,
+    finish_experiment,
+    prepare_experiment,
+    run_experiment,
+)
+from core.ml.train import (
+    FitResult,
+    TrainConfig,
+    TrainHooks,
+    TrainingDivergedError,
+    TrainingStopped,
+    _autocast,
+    _improved,
+    class_logits,
+    make_optimizer,
+    resolve_device,
+    val_metrics,
+)
+from core.ml.upload import SpecError
+
+__all__ = [
+    "STACKABLE_ARCHS",
+    "TrialDivergedError",
+    "TrialHooks",
+    "can_stack",
+    "run_trials",
+    "stack_key",
+]
+
+STACKABLE_ARCHS = frozenset({"linear", "mlp", "cnn", "transformer"})
+_PREFIX = "net."
+
+
+class TrialDivergedError(TrainingDivergedError):
+    """One trial's loss became NaN or inf; `trial` is its index in the specs, `epoch` when."""
+
+    def __init__(self, trial: int, epoch: int) -> None:
+        super().__init__(epoch)
+        self.args = (f"trial {trial}: {self.args[0]}",)
+        self.trial = trial
+
+
+@dataclass
+class TrialHooks:
+    """Callbacks between a group of stacked trials and its caller (the worker)."""
+
+    on_epoch: Callable[[int, dict], None] | None = None
+    should_stop: Callable[[], str | None] | None = None
+    trial_canceled: Callable[[int], bool] | None = None
+
+
+def stack_key(spec: dict) -> str:
+    """Canonical JSON of the spec with loss.alpha, training.seed, tags and webhook_url removed."""
+    rest = json.loads(json.dumps(spec))
+    rest.pop("tags", None)
+    rest.pop("webhook_url", None)
+    for block, name in (("loss", "alpha"), ("training", "seed")):
+        if isinstance(rest.get(block), dict):
+            rest[block].pop(name, None)
+    return json.dumps(rest, sort_keys=True, separators=(",", ":"))
+
+
+def can_stack(prep: PreparedExperiment) -> bool:
+    """Whether trials of this prepared spec train stacked (else one after another)."""
+    return (prep.mcfg["arch"] in STACKABLE_ARCHS and prep.mcfg["dropout"] == 0.0
+            and not any(True for _ in prep.build().buffers()))
+
+
+def run_trials(
+    specs: list[dict],
+    *,
+    arrays: tuple[np.ndarray, np.ndarray] | None = None,
+    hooks: TrialHooks | None = None,
+    class_names: list[str] | None = None,
+) -> list[ExperimentOutput | None]:
+    """Train trials with equal stack_key together; output i is like run_experiment(specs[i])'s."""
+    if not specs:
+        return []
+    if len({stack_key(s) for s in specs}) > 1:
+        raise ValueError("run_trials needs specs that differ only in loss.alpha, training.seed, "
+                         "tags and webhook_url (equal stack_key)")
+    hooks = hooks or TrialHooks()
+    first = prepare_experiment(specs[0], arrays=arrays, class_names=class_names)
+    preps = [first.with_spec(s) for s in specs]
+    if not can_stack(first):
+        return _run_sequential(specs, arrays, hooks, class_names)
+    return _run_stacked(preps, hooks)
+
+
+# --------------------------------------------------------------------------- fallback
+
+
+def _trial_train_hooks(i: int, hooks: TrialHooks) -> tuple[TrainHooks, list[bool]]:
+    """TrainHooks for trial i run alone; the list's flag turns True once the trial is canceled."""
+    canceled = [False]
+
+    def on_epoch(row: dict) -> None:
+        if hooks.on_epoch:
+            hooks.on_epoch(i, row)
+        canceled[0] = bool(hooks.trial_canceled and hooks.trial_canceled(i))
+
+    def should_stop() -> str | None:
+        if canceled[0]:
+            return "trial canceled"
+        return hooks.should_stop() if hooks.should_stop else None
+
+    return TrainHooks(on_epoch=on_epoch, should_stop=should_stop), canceled
+
+
+def _run_sequential(specs: list[dict], arrays: tuple[np.ndarray, np.ndarray] | None,
+                    hooks: TrialHooks, class_names: list[str] | None
+                    ) -> list[ExperimentOutput | None]:
+    """Run the trials one after another as standalone experiments (unstackable specs)."""
+    outputs: list[ExperimentOutput | None] = []
+    for i, spec in enumerate(specs):
+        if hooks.trial_canceled and hooks.trial_canceled(i):
+            outputs.append(None)
+            continue
+        train_hooks, canceled = _trial_train_hooks(i, hooks)
+        try:
+            outputs.append(run_experiment(spec, arrays=arrays, class_names=class_names,
+                                          hooks=train_hooks))
+        except TrainingStopped:
+            if not canceled[0]:
+                raise
+            outputs.append(None)
+        except TrainingDivergedError as err:
+            raise TrialDivergedError(i, err.epoch) from err
+    return outputs
+
+
+# --------------------------------------------------------------------------- stacked training
+
+
+class _Net(nn.Module):
+    """Wraps a net so that a functional call returns its raw outputs (forward)."""
+
+    def __init__(self, net: nn.Module) -> None:
+        super().__init__()
+        self.net = net
+
+    def forward(self, x: Tensor) -> Tensor:
+        """Raw outputs of the wrapped net."""
+        return self.net(x)
+
+
+@dataclass
+class _Trial:
+    """Per-trial bookkeeping of the epoch loop (mirrors the state `fit` carries)."""
+
+    index: int
+    cfg: TrainConfig
+    seed_slot: int
+    history: list[dict[str, Any]]
+    best_value: float | None = None
+    best_epoch: int = 0
+    best_state: dict[str, Tensor] | None = None
+    final_state: dict[str, Tensor] | None = None
+    bad_epochs: int = 0
+    stopped_early: bool = False
+    canceled: bool = False
+    epochs_run: int = 0
+
+
+def _trial_state(params: dict[str, Tensor], row: int) -> dict[str, Tensor]:
+    """A detached CPU copy of one trial's weights, as the standalone model's state dict."""
+    return {k[len(_PREFIX):]: v[row].detach().cpu().clone() for k, v in params.items()}
+
+
+def _compact(params: dict[str, Tensor], optimizer: torch.optim.Optimizer, keep: list[int],
+             cfg: TrainConfig) -> tuple[dict[str, Tensor], torch.optim.Optimizer]:
+    """Keep only the rows `keep` of the stacked parameters and of the optimiser state."""
+    idx = torch.tensor(keep, device=next(iter(params.values())).device)
+    new = {k: v.detach().index_select(0, idx).requires_grad_(True) for k, v in params.items()}
+    new_opt = make_optimizer(new.values(), cfg)
+    for old_p, new_p in zip(params.values(), new.values(), strict=True):
+        state = optimizer.state.get(old_p)
+        if state:
+            new_opt.state[new_p] = {
+                name: (v.index_select(0, idx) if v.ndim > 0 else v.clone())
+                if isinstance(v, Tensor) else v
+                for name, v in state.items()}
+    return new, new_opt
+
+
+class _StackedLoss:
+    """Every active trial's label-smoothed loss (train.compute_loss) from one stacked pass.
+
+    Each trial's loss is the mean over the batch of -sum_k q_k log softmax(z)_k with its own
+    soft targets q = losses.soft_targets(y, K, alpha_t, variant, prior) (+ H(q) for form
+    "kl"), i.e. the definition the fused `label_smoothed_cross_entropy` implements; summing
+    the per-trial means leaves every trial's gradient equal to its standalone gradient.
+    """
+
+    def __init__(self, cfgs: list[TrainConfig], n_classes: int, device: torch.device) -> None:
+        cfg = cfgs[0]
+        self.binary, self.kl = cfg.variant == "binary", cfg.form == "kl"
+        prior = torch.tensor(cfg.prior, dtype=torch.float64) if cfg.prior else None
+        classes = torch.arange(n_classes)
+        q = torch.stack([losses.soft_targets(classes, n_classes, c.alpha, cfg.variant,
+                                             prior=prior) for c in cfgs])  # (T, K[, K])
+        if self.binary:  # q[t, c] = smoothed P(y=1) for label c
+            ent = -(torch.special.xlogy(q, q) + torch.special.xlogy(1 - q, 1 - q))
+        else:  # q[t, c] = soft target row for label c
+            ent = -torch.special.xlogy(q, q).sum(-1)
+        self.q, self.ent = q.float().to(device), ent.float().to(device)
+
+    def keep(self, rows: list[int]) -> None:
+        """Drop the trials that left the stack."""
+        idx = torch.tensor(rows, device=self.q.device)
+        self.q, self.ent = self.q.index_select(0, idx), self.ent.index_select(0, idx)
+
+    def __call__(self, raw: Tensor, y: Tensor) -> Tensor:
+        """Per-trial mean losses (T,) from raw outputs (T, B, K or 1) and labels (T, B) or (B,)."""
+        y = y.expand(raw.shape[0], -1)
+        t_idx = torch.arange(raw.shape[0], device=raw.device)[:, None]
+        if self.binary:
+            z = raw.float().squeeze(2)
+            rows = F.softplus(z) - self.q[t_idx, y] * z
+        else:
+            rows = -(self.q[t_idx, y] * F.log_softmax(raw.float(), dim=2)).sum(2)
+        if self.kl:
+            rows = rows - self.ent[t_idx, y]
+        return rows.mean(1)
+
+
+def _run_stacked(preps: list[PreparedExperiment], hooks: TrialHooks
+                 ) -> list[ExperimentOutput | None]:
+    """Train all trials as one stacked model, then finish each like a standalone experiment."""
+    p0, cfg0 = preps[0], preps[0].cfg
+    device = resolve_device(cfg0.device)
+    if cfg0.augment and p0.image_shape is None:
+        raise SpecError("training.augment shifts images and needs image-shaped data; set it "
+                        "to false for this dataset")
+    models = []
+    for p in preps:  # the same initial weights as run_experiment: seed, then build
+        with torch.random.fork_rng(devices=[]):
+            torch.manual_seed(p.cfg.seed)
+            models.append(p.build())
+    params, _ = stack_module_state([_Net(m) for m in models])  # type: ignore[arg-type]
+    params = {k: v.detach().to(device).requires_grad_(True) for k, v in params.items()}
+    base = _Net(copy.deepcopy(models[0])).to("meta")
+    optimizer = make_optimizer(params.values(), cfg0)
+
+    seeds = sorted({p.cfg.seed for p in preps})
+    orders = [torch.Generator().manual_seed(s) for s in seeds]
+    augs = [torch.Generator().manual_seed(s + 1) for s in seeds]
+    trials = [_Trial(i, p.cfg, seeds.index(p.cfg.seed), []) for i, p in enumerate(preps)]
+    active = list(trials)  # row r of the stacked tensors is active[r]
+    X, y = p0.Xtr.to(device), p0.ytr.to(device)
+    Xva, yva = p0.Xva.to(device), p0.yva.to(device)
+    loss_fn = _StackedLoss([p.cfg for p in preps], p0.data.n_classes, device)
+    metric, n, bs = cfg0.early_stopping_metric, len(X), cfg0.batch_size
+
+    def call(p: dict[str, Tensor], x: Tensor) -> Tensor:
+        return functional_call(base, p, (x,))
+
+    t0 = time.perf_counter()
+    for epoch in range(1, cfg0.epochs + 1):
+        keep = [r for r, t in enumerate(active)
+                if not (hooks.trial_canceled and hooks.trial_canceled(t.index))]
+        for r, t in enumerate(active):
+            t.canceled = r not in keep
+        if len(keep) < len(active):
+            active = [active[r] for r in keep]
+            if not active:
+                break
+            params, optimizer = _compact(params, optimizer, keep, cfg0)
+            loss_fn.keep(keep)
+
+        # ---- one epoch over the data, all active trials per batch
+        base.train()
+        slots = sorted({t.seed_slot for t in active})
+        perms = {s: torch.randperm(n, generator=orders[s]).to(device) for s in slots}
+        rows_slot = torch.tensor([slots.index(t.seed_slot) for t in active], device=device)
+        totals = torch.zeros(len(active), dtype=torch.float64, device=device)
+        for start in range(0, n, bs):
+            xs, ys = [], []
+            for s in slots:
+                idx = perms[s][start:start + bs]
+                xb = X[idx]
+                if cfg0.augment and p0.image_shape is not None:
+                    xb = shift_augment(xb, p0.image_shape, augs[s])
+                xs.append(xb)
+                ys.append(y[idx])
+            with _autocast(device):
+                if len(slots) == 1:
+                    raw = vmap(call, in_dims=(0, None))(params, xs[0])
+                else:
+                    raw = vmap(call, in_dims=(0, 0))(params, torch.stack(xs)[rows_slot])
+            yb = ys[0] if len(slots) == 1 else torch.stack(ys)[rows_slot]
+            per_trial = loss_fn(raw, yb)
+            optimizer.zero_grad(set_to_none=True)
+            per_trial.sum().backward()
+            optimizer.step()
+            totals += per_trial.detach().double() * yb.shape[-1]
+            if hooks.should_stop is not None and (reason := hooks.should_stop()):
+                raise TrainingStopped(reason)
+        train_losses = (totals / n).tolist()
+
+        # ---- validation, batched over trials
+        base.eval()
+        chunks = []
+        with torch.no_grad():
+            for start in range(0, len(Xva), cfg0.eval_batch_size):
+                with _autocast(device):
+                    chunks.append(vmap(call, in_dims=(0, None))(
+                        params, Xva[start:start + cfg0.eval_batch_size]).float().cpu())
+        val_raw = torch.cat(chunks, dim=1)
+        labels = yva.cpu()
+
+        # ---- per-trial bookkeeping (the rule of `fit`)
+        still: list[int] = []
+        for r, t in enumerate(active):
+            logits = class_logits(val_raw[r])
+            if not (math.isfinite(train_losses[r]) and bool(torch.isfinite(logits).all())):
+                raise TrialDivergedError(t.index, epoch)
+            row = {"epoch": epoch, "train_loss": train_losses[r],
+                   **val_metrics(logits, labels, cfg0.n_bins)}
+            t.history.append(row)
+            t.epochs_run += 1
+            if metric is None:
+                t.best_epoch = epoch
+            elif _improved(row[metric], t.best_value, metric):
+                t.best_value, t.best_epoch, t.bad_epochs = row[metric], epoch, 0
+                t.best_state = _trial_state(params, r)
+            else:
+                t.bad_epochs += 1
+                t.stopped_early = t.bad_epochs >= cfg0.patience
+            if hooks.on_epoch:
+                hooks.on_epoch(t.index, dict(row))
+            if not t.stopped_early:
+                still.append(r)
+        if epoch == cfg0.epochs:
+            for r, t in enumerate(active):
+                t.final_state = _trial_state(params, r)
+        elif len(still) < len(active):
+            active = [active[r] for r in still]
+            if not active:
+                break
+            params, optimizer = _compact(params, optimizer, still, cfg0)
+            loss_fn.keep(still)
+    train_s = time.perf_counter() - t0
+
+    outputs: list[ExperimentOutput | None] = []
+    for t, p, model in zip(trials, preps, models, strict=True):
+        if t.canceled:
+            outputs.append(None)
+            continue
+        state = t.best_state if t.best_state is not None else t.final_state
+        assert state is not None  # every uncanceled trial trained at least one epoch
+        model.load_state_dict(state)
+        model.to(device)
+        fitted = FitResult(
+            history=t.history, best_epoch=t.best_epoch, stopped_early=t.stopped_early,
+            train_s=train_s,
+            samples_per_s=len(X) * t.epochs_run / train_s if train_s > 0 else 0.0,
+            device=str(device), extra={"stacked_trials": len(trials)})
+        outputs.append(finish_experiment(p, model, fitted))
+    return outputs
+

@@ -1,0 +1,471 @@
+"""Sweeps: a grid of trial jobs, their stacked groups, progress, and the final comparison."""
+
+from __future__ import annotations
+
+import contextlib
+import itertools
+import logging
+from collections.abc import Callable
+from dataclasses import dataclass
+from datetime import timedelta
+from typing import Any
+
+from pydantic import ValidationError
+from sqlalchemy import and_, func, or_, select, update
+from sqlalchemy.orm import Session
+
+from core.errors import ConflictError, NotFoundError, TooManyRequestsError, ValidationAppError
+from core.ids import new_id, utcnow
+from core.models import TERMINAL_STATUSES, Job, Sweep
+from core.services import jobs as job_service
+from core.services.specs import check_job_spec
+from core.services.sweep_report import Trial, build_report, context_slug, plot_rows
+from core.spec import JobSpec, SweepSpec, set_path, stack_key
+from core.storage import get_artifact, put_artifact
+from core.timeutil import as_utc
+
+logger = logging.getLogger("softlabel.sweeps")
+ALPHA, SEED = "loss.alpha", "training.seed"
+SHORT_AXIS_NAMES = {
+    "loss.alpha": "alpha",
+    "training.seed": "seed",
+    "label_noise": "label_noise",
+    "model.arch": "arch",
+    "optimizer.weight_decay": "weight_decay",
+}
+# Render the plots of a report: (report rows, trials) -> {artifact name: PNG bytes}.
+PlotRenderer = Callable[[dict[str, Any]], dict[str, bytes]]
+
+
+@dataclass(frozen=True)
+class CreatedSweep:
+    """A stored sweep and its trial jobs grouped for stacked training (job ids per group)."""
+
+    sweep: Sweep
+    groups: list[list[str]]
+
+
+def sweep_artifact_key(sweep_id: str, name: str) -> str:
+    """The storage key of a sweep's artifact (plots, under sweeps/{id}/)."""
+    return f"sweeps/{sweep_id}/{name}"
+
+
+def _axis_error(axis: str, value: Any, message: str) -> ValidationAppError:
+    field = "alphas" if axis == ALPHA else "seeds" if axis == SEED else f"axes.{axis}"
+    detail = f"{field} value {value!r} gives an invalid trial: {message}"
+    return ValidationAppError(
+        detail,
+        extra={
+            "errors": [
+                {
+                    "loc": ["body", *field.split(".", 1)],
+                    "field": field,
+                    "msg": detail,
+                    "type": "value_error",
+                }
+            ]
+        },
+    )
+
+
+def _culprit(point: dict[str, Any], fields: list[str]) -> tuple[str, Any]:
+    """The grid axis behind a trial's error, matched on the offending field's top-level name."""
+    axes = [a for a in point if a not in (ALPHA, SEED)]
+    for field in fields:
+        for axis in axes:
+            if field.split(".")[0] == axis.split(".")[0]:
+                return axis, point[axis]
+    axis = axes[0] if axes else ALPHA
+    return axis, point[axis]
+
+
+def expand_trials(
+    session: Session, *, tenant_id: str, request: SweepSpec
+) -> tuple[list[dict[str, Any]], list[dict[str, Any]], str | None]:
+    """Every trial of the grid as (resolved spec, grid point); each checked like a job spec."""
+    grid = request.grid()
+    base = request.base.resolved()
+    specs, points, dataset_id = [], [], None
+    checked: dict[str, tuple[dict[str, Any], str | None]] = {}
+    for values in itertools.product(*grid.values()):
+        point = dict(zip(grid, values, strict=True))
+        raw = {k: v for k, v in base.items() if k not in ("tags",)}
+        raw = JobSpec.model_validate(raw).resolved()  # a deep copy
+        for path, value in point.items():
+            set_path(raw, path, value)
+        key = stack_key(raw)
+        if key not in checked:  # α and seed never change what check_job_spec decides
+            try:
+                spec = JobSpec.model_validate(raw)
+            except ValidationError as exc:
+                msg = "; ".join(str(e.get("msg")) for e in exc.errors())
+                locs = [".".join(str(p) for p in e.get("loc", ())) for e in exc.errors()]
+                raise _axis_error(*_culprit(point, locs), msg) from exc
+            try:
+                checked[key] = check_job_spec(session, tenant_id=tenant_id, spec=spec)
+            except ValidationAppError as exc:
+                fields = [str(e.get("field", "")) for e in exc.extra.get("errors", [])]
+                raise _axis_error(*_culprit(point, fields), exc.detail) from exc
+        dataset_id = checked[key][1]
+        spec_doc = JobSpec.model_validate(raw).resolved()
+        specs.append(spec_doc)
+        points.append(point)
+    return specs, points, dataset_id
+
+
+def _trial_tags(base_tags: dict[str, str], sweep_id: str, point: dict[str, Any]) -> dict[str, str]:
+    tags = dict(base_tags)
+    tags["sweep_id"] = sweep_id
+    for path, value in point.items():
+        tags[SHORT_AXIS_NAMES.get(path, path)] = (
+            f"{value:g}" if isinstance(value, float) else str(value)
+        )
+    return tags
+
+
+def create_sweep(
+    session: Session,
+    *,
+    tenant_id: str,
+    request: SweepSpec,
+    max_trials: int,
+    max_attempts: int,
+    max_active_jobs: int | None = None,
+) -> CreatedSweep:
+    """Store the sweep and one queued job per trial (the caller commits, then enqueues groups)."""
+    n = request.n_trials()
+    if n > max_trials:
+        sizes = " × ".join(f"{len(v)} {SHORT_AXIS_NAMES[k]}" for k, v in request.grid().items())
+        raise ValidationAppError(
+            f"The sweep has {n} trials ({sizes}), above the limit of {max_trials}; "
+            "use fewer alphas, seeds or axis values",
+            extra={"n_trials": n, "max_trials": max_trials},
+        )
+    if max_active_jobs is not None:
+        active = job_service.count_active_jobs(session, tenant_id=tenant_id)
+        if active + n > max_active_jobs:
+            raise TooManyRequestsError(
+                f"{active} jobs are queued or running and the sweep adds {n} "
+                f"(limit {max_active_jobs}); wait for some to finish",
+                retry_after=30,
+            )
+    specs, points, dataset_id = expand_trials(session, tenant_id=tenant_id, request=request)
+    base = request.base.resolved()
+    base["loss"].pop("alpha", None)
+    base["training"].pop("seed", None)
+    document = {
+        "base": base,
+        "alphas": list(request.alphas),
+        "seeds": list(request.seeds),
+        "objective": request.objective,
+        "axes": request.axes.as_grid() if request.axes else {},
+    }
+    now = utcnow()
+    sweep = Sweep(
+        id=new_id("swp"),
+        tenant_id=tenant_id,
+        status="queued",
+        request=document,
+        tags=dict(request.base.tags),
+        n_trials=n,
+        created_at=now,
+    )
+    session.add(sweep)
+    session.flush()
+    groups: dict[str, list[str]] = {}
+    for spec, point in zip(specs, points, strict=True):
+        spec["tags"] = _trial_tags(request.base.tags, sweep.id, point)
+        job = job_service.create_job(
+            session,
+            tenant_id=tenant_id,
+            spec=spec,
+            max_attempts=max_attempts,
+            sweep_id=sweep.id,
+            dataset_id=dataset_id,
+        )
+        groups.setdefault(stack_key(spec), []).append(job.id)
+    return CreatedSweep(sweep=sweep, groups=list(groups.values()))
+
+
+def get_sweep(session: Session, *, tenant_id: str, sweep_id: str) -> Sweep:
+    """The tenant's sweep, or NotFoundError (also for another tenant's sweep)."""
+    sweep = session.scalar(select(Sweep).where(Sweep.id == sweep_id, Sweep.tenant_id == tenant_id))
+    if sweep is None:
+        raise NotFoundError(f"Sweep {sweep_id} does not exist")
+    return sweep
+
+
+def list_sweeps(
+    session: Session,
+    *,
+    tenant_id: str,
+    limit: int,
+    cursor: str | None = None,
+    status: str | None = None,
+) -> tuple[list[Sweep], str | None]:
+    """A page of the tenant's sweeps, newest first, and the cursor of the next page."""
+    query = select(Sweep).where(Sweep.tenant_id == tenant_id)
+    if status:
+        query = query.where(Sweep.status == status)
+    if cursor:
+        stamp, row_id = job_service.decode_cursor(cursor)
+        query = query.where(
+            or_(Sweep.created_at < stamp, and_(Sweep.created_at == stamp, Sweep.id < row_id))
+        )
+    rows = list(
+        session.scalars(query.order_by(Sweep.created_at.desc(), Sweep.id.desc()).limit(limit + 1))
+    )
+    next_cursor = (
+        job_service.encode_cursor(rows[limit - 1].created_at, rows[limit - 1].id)
+        if len(rows) > limit
+        else None
+    )
+    return rows[:limit], next_cursor
+
+
+def sweep_progress(session: Session, *, sweep_id: str) -> dict[str, Any]:
+    """Trials done (terminal) and total, and the count per status."""
+    by_status = {
+        str(status): int(count)
+        for status, count in session.execute(
+            select(Job.status, func.count()).where(Job.sweep_id == sweep_id).group_by(Job.status)
+        )
+    }
+    done = sum(c for s, c in by_status.items() if s in TERMINAL_STATUSES)
+    return {"done": done, "total": sum(by_status.values()), "by_status": by_status}
+
+
+def live_status(sweep: Sweep, progress: dict[str, Any]) -> str:
+    """The stored status once final; before that queued (nothing started) or running."""
+    if sweep.status in (*TERMINAL_STATUSES, "canceling"):
+        return sweep.status
+    started = progress["total"] - progress["by_status"].get("queued", 0)
+    return "running" if started else "queued"
+
+
+def claim_group(
+    session: Session, *, job_ids: list[str], owner: str, lease_seconds: float
+) -> list[str]:
+    """queued → running with a lease for every claimable job of a group, in one UPDATE."""
+    if not job_ids:
+        return []
+    now = utcnow()
+    session.execute(
+        update(Job)
+        .where(Job.id.in_(job_ids), Job.status == "queued", Job.cancel_requested.is_(False))
+        .values(
+            status="running",
+            lease_owner=owner,
+            lease_expires_at=now + timedelta(seconds=lease_seconds),
+            started_at=func.coalesce(Job.started_at, now),
+            updated_at=now,
+        )
+        .execution_options(synchronize_session=False)
+    )
+    claimed = list(
+        session.execute(
+            select(Job.id, Job.attempt, Job.sweep_id).where(
+                Job.id.in_(job_ids), Job.status == "running", Job.lease_owner == owner
+            )
+        )
+    )
+    by_id = {row.id: row for row in claimed}
+    ordered = [job_id for job_id in job_ids if job_id in by_id]
+    for job_id in ordered:
+        job_service.add_event(
+            session,
+            job_id=job_id,
+            kind="status",
+            data={"status": "running", "attempt": by_id[job_id].attempt, "worker": owner},
+        )
+    sweep_ids = {row.sweep_id for row in claimed if row.sweep_id}
+    if sweep_ids:
+        session.execute(
+            update(Sweep)
+            .where(Sweep.id.in_(sweep_ids), Sweep.status == "queued")
+            .values(status="running")
+        )
+    return ordered
+
+
+def cancel_sweep(session: Session, *, tenant_id: str, sweep_id: str) -> Sweep:
+    """Cancel every unfinished trial (queued at once, running by flag); 409 when already final."""
+    sweep = get_sweep(session, tenant_id=tenant_id, sweep_id=sweep_id)
+    if sweep.status in TERMINAL_STATUSES:
+        raise ConflictError(f"Sweep {sweep_id} is already {sweep.status} and cannot be canceled")
+    open_ids = list(
+        session.scalars(
+            select(Job.id).where(Job.sweep_id == sweep_id, Job.status.in_(("queued", "running")))
+        )
+    )
+    for job_id in open_ids:
+        with contextlib.suppress(ConflictError):  # it finished meanwhile
+            job_service.cancel_job(session, tenant_id=tenant_id, job_id=job_id)
+    session.execute(
+        update(Sweep)
+        .where(Sweep.id == sweep_id, Sweep.status.in_(("queued", "running")))
+        .values(status="canceling")
+    )
+    session.flush()
+    session.refresh(sweep)
+    return sweep
+
+
+def all_trials_done(session: Session, *, sweep_id: str) -> bool:
+    """True when no trial of the sweep is queued or running."""
+    open_count = session.scalar(
+        select(func.count())
+        .select_from(Job)
+        .where(Job.sweep_id == sweep_id, Job.status.notin_(TERMINAL_STATUSES))
+    )
+    return not open_count
+
+
+def _trials(session: Session, sweep_id: str) -> list[Trial]:
+    rows = session.scalars(select(Job).where(Job.sweep_id == sweep_id).order_by(Job.id))
+    trials = []
+    for job in rows:
+        spec = job.spec
+        context = {}
+        for axis in ("model.arch", "label_noise", "optimizer.weight_decay"):
+            node: Any = spec
+            for part in axis.split("."):
+                node = node.get(part) if isinstance(node, dict) else None
+            context[axis] = node
+        trials.append(
+            Trial(
+                job_id=job.id,
+                status=job.status,
+                alpha=float(spec["loss"]["alpha"]),
+                seed=int(spec["training"]["seed"]),
+                context=context,
+                result=job.result if job.status == "succeeded" else None,
+            )
+        )
+    return trials
+
+
+def compute_report(session: Session, sweep: Sweep) -> dict[str, Any]:
+    """The comparison of a sweep's trials (contexts reduced to the axes the request varies)."""
+    request = sweep.request or {}
+    axes = [a for a in (request.get("axes") or {}) if a in SHORT_AXIS_NAMES]
+    trials = [
+        Trial(t.job_id, t.status, t.alpha, t.seed, {a: t.context[a] for a in axes}, t.result)
+        for t in _trials(session, sweep.id)
+    ]
+    report = build_report(trials, objective=str(request.get("objective", "val_nll")))
+    return {
+        "sweep_id": sweep.id,
+        "axes": {
+            "alpha": request.get("alphas"),
+            "seed": request.get("seeds"),
+            **(request.get("axes") or {}),
+        },
+        **report,
+    }
+
+
+def render_plots(report: dict[str, Any]) -> dict[str, bytes]:
+    """Metric-vs-α and reliability-overlay PNGs, per other-axes point when there are several."""
+    from core.ml import plots  # matplotlib; only workers render
+
+    by_context: dict[str, list[dict[str, Any]]] = {}
+    for row in report["rows"]:
+        if row["n_succeeded"]:
+            by_context.setdefault(context_slug(row["context"]), []).append(row)
+    out: dict[str, bytes] = {}
+    for slug, rows in sorted(by_context.items()):
+        suffix = f"_{slug}" if slug else ""
+        out[f"metrics_vs_alpha{suffix}.png"] = plots.metric_vs_alpha_png(plot_rows(rows))
+        overlay = {
+            f"α={r['alpha']:g}": {"reliability": r["reliability"], "ece": r["test"]["ece"]["mean"]}
+            for r in sorted(rows, key=lambda r: r["alpha"])
+        }
+        title = f"Reliability curves per α{(' — ' + slug) if slug else ''}"
+        out[f"reliability_overlay{suffix}.png"] = plots.reliability_overlay_png(
+            overlay, title=title
+        )
+    return out
+
+
+def _final_status(sweep: Sweep, report: dict[str, Any]) -> str:
+    if sweep.status == "canceling":
+        return "canceled"
+    if report["trials"].get("succeeded"):
+        return "succeeded"
+    canceled = report["trials"].get("canceled", 0)
+    return "canceled" if canceled and canceled == report["trials"]["total"] else "failed"
+
+
+def finalize_sweep_if_done(
+    session: Session, *, sweep_id: str, renderer: PlotRenderer | None = render_plots
+) -> bool:
+    """Once every trial is terminal: store the report and plots, and the final status, once.
+
+    The sweep row's conditional update (status not yet final) is the guard: of two workers
+    finishing the last trials together, one writes; the other's update matches no row and
+    its transaction (plots included) is rolled back. The caller commits.
+    """
+    sweep = session.get(Sweep, sweep_id)
+    if sweep is None or sweep.status in TERMINAL_STATUSES:
+        return False
+    if not all_trials_done(session, sweep_id=sweep_id):
+        return False
+    report = compute_report(session, sweep)
+    images = renderer(report) if renderer is not None and report["trials"].get("succeeded") else {}
+    report["plots"] = {name: f"/v1/sweeps/{sweep_id}/artifacts/{name}" for name in images}
+    status = _final_status(sweep, report)
+    report["status"] = status
+    now = utcnow()
+    result = session.execute(
+        update(Sweep)
+        .where(Sweep.id == sweep_id, Sweep.status.notin_(TERMINAL_STATUSES))
+        .values(status=status, report=report, finished_at=now)
+        .execution_options(synchronize_session=False)
+    )
+    if result.rowcount != 1:  # type: ignore[attr-defined]
+        session.rollback()
+        return False
+    for name, data in images.items():
+        put_artifact(
+            session, key=sweep_artifact_key(sweep_id, name), data=data, tenant_id=sweep.tenant_id
+        )
+    session.flush()
+    session.refresh(sweep)
+    logger.info("sweep finalized", extra={"sweep_id": sweep_id, "status": status})
+    return True
+
+
+def finalize_for_job(
+    session: Session, *, job_id: str, renderer: PlotRenderer | None = render_plots
+) -> bool:
+    """finalize_sweep_if_done for the sweep of a job (no-op for a standalone job)."""
+    sweep_id = session.scalar(select(Job.sweep_id).where(Job.id == job_id))
+    if not sweep_id:
+        return False
+    return finalize_sweep_if_done(session, sweep_id=sweep_id, renderer=renderer)
+
+
+def needs_finalizing(session: Session, *, sweep: Sweep, idle_seconds: float) -> bool:
+    """True when every trial ended more than `idle_seconds` ago but no report was written."""
+    if sweep.status in TERMINAL_STATUSES or not all_trials_done(session, sweep_id=sweep.id):
+        return False
+    last = session.scalar(select(func.max(Job.finished_at)).where(Job.sweep_id == sweep.id))
+    if last is None:
+        return True
+    last_utc = as_utc(last)
+    return last_utc is None or (utcnow() - last_utc).total_seconds() > idle_seconds
+
+
+def get_sweep_artifact(
+    session: Session, *, tenant_id: str, sweep_id: str, name: str
+) -> tuple[str, bytes]:
+    """(content type, bytes) of a sweep plot listed in its report, or NotFoundError."""
+    sweep = get_sweep(session, tenant_id=tenant_id, sweep_id=sweep_id)
+    plots = (sweep.report or {}).get("plots") or {}
+    found = get_artifact(session, key=sweep_artifact_key(sweep_id, name)) if name in plots else None
+    if found is None:
+        available = ", ".join(plots) or "none yet (plots exist once the sweep has finished)"
+        raise NotFoundError(f"Sweep {sweep_id} has no artifact {name!r}; available: {available}")
+    row, data = found
+    return row.content_type, data

@@ -1,0 +1,239 @@
+"""Webhooks on terminal job states: URL checks, HMAC-SHA256 signatures, logged retried delivery.
+
+Signature: `X-Softlabel-Signature: sha256=<hex>` where hex is
+HMAC-SHA256(tenant webhook secret, f"{timestamp}.{raw body}") and `timestamp` is the
+`X-Softlabel-Timestamp` header (Unix seconds). Receivers should reject timestamps more
+than a few minutes old. `X-Softlabel-Delivery` identifies the delivery (the same across
+retries of one event) so receivers can drop duplicates.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import hmac
+import ipaddress
+import json
+import logging
+import socket
+import time
+from typing import Any
+from urllib.parse import urlsplit
+
+import httpx
+from sqlalchemy import select
+from sqlalchemy.orm import Session
+
+from core.config import Settings
+from core.errors import ValidationAppError
+from core.models import TERMINAL_STATUSES, Job, Tenant, WebhookDelivery
+from core.timeutil import iso
+
+logger = logging.getLogger("softlabel.webhooks")
+SIGNATURE_HEADER = "X-Softlabel-Signature"
+TIMESTAMP_HEADER = "X-Softlabel-Timestamp"
+DELIVERY_HEADER = "X-Softlabel-Delivery"
+EVENT_HEADER = "X-Softlabel-Event"
+HEADLINE_METRICS = ("accuracy", "nll", "brier", "ece", "ece_adaptive", "mce", "mean_confidence")
+
+
+class WebhookUrlError(ValueError):
+    """The webhook URL is not allowed."""
+
+
+def _is_public(address: str) -> bool:
+    ip = ipaddress.ip_address(address)
+    if isinstance(ip, ipaddress.IPv6Address) and ip.ipv4_mapped is not None:
+        ip = ip.ipv4_mapped
+    return not (
+        ip.is_private
+        or ip.is_loopback
+        or ip.is_link_local
+        or ip.is_multicast
+        or ip.is_reserved
+        or ip.is_unspecified
+    )
+
+
+def check_url(url: str, *, allow_private: bool) -> None:
+    """Raise WebhookUrlError unless every address the URL's host resolves to is public."""
+    parts = urlsplit(url)
+    if parts.scheme not in ("http", "https") or not parts.hostname:
+        raise WebhookUrlError("webhook_url must be an absolute http:// or https:// URL")
+    if allow_private:
+        return
+    try:
+        infos = socket.getaddrinfo(parts.hostname, parts.port or 443, proto=socket.IPPROTO_TCP)
+    except (socket.gaierror, UnicodeError) as exc:
+        raise WebhookUrlError(f"webhook_url host {parts.hostname!r} does not resolve") from exc
+    addresses = {str(info[4][0]) for info in infos}
+    blocked = sorted(a for a in addresses if not _is_public(a.split("%", 1)[0]))
+    if blocked:
+        raise WebhookUrlError(
+            f"webhook_url host {parts.hostname!r} resolves to a private, loopback or link-local "
+            f"address ({', '.join(blocked)}); use a public URL"
+        )
+
+
+def validate_spec_url(url: str | None, *, settings: Settings) -> None:
+    """Check a spec's webhook_url at submission; a refused URL is a 422 on webhook_url."""
+    if url is None:
+        return
+    try:
+        check_url(url, allow_private=settings.webhook_allow_private)
+    except WebhookUrlError as exc:
+        raise ValidationAppError(
+            str(exc),
+            extra={
+                "errors": [
+                    {
+                        "loc": ["body", "webhook_url"],
+                        "field": "webhook_url",
+                        "msg": str(exc),
+                        "type": "value_error",
+                    }
+                ]
+            },
+        ) from exc
+
+
+def sign(secret: str, timestamp: int, body: bytes) -> str:
+    """The signature header value for a body sent at `timestamp`."""
+    mac = hmac.new(secret.encode(), f"{timestamp}.".encode() + body, hashlib.sha256)
+    return "sha256=" + mac.hexdigest()
+
+
+def verify(secret: str, timestamp: str, body: bytes, signature: str) -> bool:
+    """True when `signature` is ours for this body and timestamp (constant-time compare)."""
+    try:
+        expected = sign(secret, int(timestamp), body)
+    except ValueError:
+        return False
+    return hmac.compare_digest(expected, signature)
+
+
+def payload(job: Job) -> dict[str, Any]:
+    """The webhook body: the job summary and its headline metrics."""
+    result = job.result or {}
+    test = result.get("test") or {}
+    scaled = result.get("temperature_scaled") or {}
+    metrics = {k: test[k] for k in HEADLINE_METRICS if k in test}
+    if scaled.get("temperature") is not None:
+        metrics["temperature"] = scaled["temperature"]
+        metrics["ece_temperature_scaled"] = (scaled.get("test") or {}).get("ece")
+    return {
+        "event": f"job.{job.status}",
+        "job": {
+            "id": job.id,
+            "status": job.status,
+            "attempt": job.attempt,
+            "sweep_id": job.sweep_id,
+            "tags": job.tags or {},
+            "failure": (
+                {"reason": job.failure_reason, "message": job.failure_message}
+                if job.failure_reason
+                else None
+            ),
+            "created_at": iso(job.created_at),
+            "started_at": iso(job.started_at),
+            "finished_at": iso(job.finished_at),
+            "links": {"self": f"/v1/jobs/{job.id}", "result": f"/v1/jobs/{job.id}/result"},
+        },
+        "metrics": metrics,
+    }
+
+
+def list_deliveries(session: Session, *, job_id: str) -> list[WebhookDelivery]:
+    """Every logged delivery attempt of a job, oldest first."""
+    return list(
+        session.scalars(
+            select(WebhookDelivery)
+            .where(WebhookDelivery.job_id == job_id)
+            .order_by(WebhookDelivery.id)
+        )
+    )
+
+
+def backoff_seconds(attempt: int, *, settings: Settings) -> float:
+    """Delay before attempt `attempt + 1`: exponential from webhook_backoff_seconds, capped."""
+    return float(min(settings.webhook_backoff_seconds * 2 ** (attempt - 1), 3600.0))
+
+
+def schedule_terminal(job_id: str) -> bool:
+    """After a terminal transition has committed: enqueue the webhook if the spec has one."""
+    from core.db import session_scope
+
+    with session_scope() as session:
+        job = session.get(Job, job_id)
+        if job is None or job.status not in TERMINAL_STATUSES:
+            return False
+        if not (job.spec or {}).get("webhook_url"):
+            return False
+        event = f"job.{job.status}"
+    try:
+        enqueue_webhook(job_id, event, 1)
+    except Exception as exc:  # noqa: BLE001 - the job is done; a lost webhook is logged
+        logger.warning("could not enqueue webhook: %s", exc, extra={"job_id": job_id})
+        return False
+    return True
+
+
+def enqueue_webhook(job_id: str, event: str, attempt: int, *, countdown: float = 0.0) -> None:
+    """Send the delivery task (ids only) to the control queue."""
+    from core.queue import QUEUE_CONTROL, TASK_DELIVER_WEBHOOK, get_celery
+
+    get_celery().send_task(
+        TASK_DELIVER_WEBHOOK,
+        args=[job_id, event, attempt],
+        queue=QUEUE_CONTROL,
+        countdown=countdown or None,
+    )
+
+
+def deliver(
+    session: Session, *, job_id: str, event: str, attempt: int, settings: Settings
+) -> bool | None:
+    """POST one signed attempt and log it; True delivered, False retry, None give up."""
+    job = session.get(Job, job_id)
+    if job is None:
+        return None
+    url = (job.spec or {}).get("webhook_url")
+    tenant = session.get(Tenant, job.tenant_id)
+    if not url or tenant is None:
+        return None
+    row = WebhookDelivery(job_id=job_id, url=url, event=event, attempt=attempt)
+    session.add(row)
+    try:
+        check_url(url, allow_private=settings.webhook_allow_private)
+    except WebhookUrlError as exc:  # DNS may have changed since submission
+        row.error = str(exc)
+        session.flush()
+        return None
+    body = json.dumps(payload(job), separators=(",", ":"), default=str).encode()
+    timestamp = int(time.time())
+    headers = {
+        "Content-Type": "application/json",
+        "User-Agent": "softlabel-webhooks/1",
+        SIGNATURE_HEADER: sign(tenant.webhook_secret, timestamp, body),
+        TIMESTAMP_HEADER: str(timestamp),
+        DELIVERY_HEADER: f"{job_id}:{event}",
+        EVENT_HEADER: event,
+    }
+    try:
+        response = httpx.post(
+            url,
+            content=body,
+            headers=headers,
+            timeout=settings.webhook_timeout_seconds,
+            follow_redirects=False,
+        )
+        row.status_code = response.status_code
+        ok = 200 <= response.status_code < 300
+        if not ok:
+            row.error = f"HTTP {response.status_code}: {response.text[:200]}"
+    except httpx.HTTPError as exc:
+        row.error = f"{type(exc).__name__}: {exc}"[:500]
+        ok = False
+    session.flush()
+    if ok:
+        return True
+    return False if attempt < settings.webhook_max_attempts else None

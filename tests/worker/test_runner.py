@@ -1,0 +1,79 @@
+"""The runner in-process against real Postgres: claims, lost leases, unknown commits."""
+
+from __future__ import annotations
+
+import threading
+import time
+
+from sqlalchemy import update
+from sqlalchemy.exc import OperationalError
+
+from core.config import get_settings
+from core.db import session_scope
+from core.models import Job
+from core.services import jobs as job_service
+from tests.worker.faults import SMALL, count_status, create_job, job_row, make_tenant, wait_epoch
+from worker.runner import _transition, execute_job
+
+LONGER = {"model": {"hidden": [32]}, "training": {"epochs": 40, "early_stopping": None}}
+
+
+def test_two_deliveries_at_once_train_once(db: str) -> None:
+    tenant, _ = make_tenant()
+    job_id = create_job(tenant, SMALL)
+    outcomes: list[str] = []
+    barrier = threading.Barrier(2)
+
+    def deliver() -> None:
+        barrier.wait()
+        outcomes.append(execute_job(job_id, settings=get_settings()))
+
+    threads = [threading.Thread(target=deliver) for _ in range(2)]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join()
+    assert sorted(outcomes) == ["not_claimed", "succeeded"]
+    assert count_status(job_id, "running") == 1
+    assert count_status(job_id, "succeeded") == 1
+    assert job_row(job_id).result is not None
+
+
+def test_a_lost_lease_stops_training_without_a_result(db: str) -> None:
+    tenant, _ = make_tenant()
+    job_id = create_job(tenant, LONGER)
+    outcome: list[str] = []
+    thread = threading.Thread(
+        target=lambda: outcome.append(execute_job(job_id, settings=get_settings()))
+    )
+    thread.start()
+    wait_epoch(job_id, 1, 120)
+    with session_scope() as s:  # the reconciler gave the job to another attempt
+        s.execute(update(Job).where(Job.id == job_id).values(lease_owner="someone-else"))
+    thread.join(60)
+    assert outcome == ["lease_lost"]
+    job = job_row(job_id)
+    assert job.status == "running" and job.lease_owner == "someone-else"
+    assert job.result is None and count_status(job_id, "succeeded") == 0
+
+
+def test_commit_of_unknown_outcome_is_checked_before_retrying(db: str) -> None:
+    tenant, _ = make_tenant()
+    job_id = create_job(tenant, SMALL)
+    with session_scope() as s:
+        job_service.claim_job(s, job_id=job_id, owner="w1", lease_seconds=30)
+    calls = []
+
+    def fail_after_commit(session: object) -> bool:
+        calls.append(time.monotonic())
+        done = job_service.fail_job(
+            session, job_id=job_id, owner="w1", reason="internal", message="boom"  # type: ignore[arg-type]
+        )
+        session.commit()  # type: ignore[attr-defined]
+        if len(calls) == 1:  # the connection dropped while the COMMIT's answer was on its way
+            raise OperationalError("COMMIT", {}, ConnectionError("server closed the connection"))
+        return done
+
+    assert _transition(job_id, "w1", "test", fail_after_commit) is False
+    assert len(calls) == 1  # it looked, saw the job no longer running, and did not redo it
+    assert count_status(job_id, "failed") == 1
