@@ -52,6 +52,10 @@ def install_openapi(app: FastAPI) -> None:
         for item in schema.get("paths", {}).values():
             for method, operation in item.items():
                 responses = operation.setdefault("responses", {})
+                for code, response in responses.items():
+                    # every error body is RFC 9457 problem+json (see api/errors.py)
+                    if code.isdigit() and int(code) >= 400 and "content" in response:
+                        response["content"] = {"application/problem+json": {"schema": PROBLEM_REF}}
                 if operation.get("security"):
                     responses.setdefault("401", _problem("Missing or invalid API key"))
                 if method == "post":

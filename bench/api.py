@@ -118,8 +118,8 @@ def main() -> int:
     p99_ratio = stats["p99_ms"] / TARGET_P99_MS
     print(f"P5 GET /v1/jobs/{{id}}: {args.connections} connections, {args.duration}s, "
           f"uvicorn x{args.workers}, cpus={os.cpu_count()}")
-    print(f"  req/s {stats['rps']:.0f}   p50 {stats['p50_ms']:.2f} ms   p99 {stats['p99_ms']:.2f} ms"
-          f"   non-2xx {stats['non_2xx']:.0f}")
+    print(f"  req/s {stats['rps']:.0f}   p50 {stats['p50_ms']:.2f} ms   "
+          f"p99 {stats['p99_ms']:.2f} ms   non-2xx {stats['non_2xx']:.0f}")
     print(f"  ratio req/s vs target 1000: {rps_ratio:.2f}x (>= 1.0 passes)")
     print(f"  ratio p99 vs target 50 ms: {p99_ratio:.2f}x (<= 1.0 passes)")
     ok = rps_ratio >= 1.0 and p99_ratio <= 1.0 and stats["non_2xx"] == 0

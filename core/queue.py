@@ -56,7 +56,13 @@ def make_celery(settings: Settings) -> Celery:
         task_reject_on_worker_lost=True,
         worker_prefetch_multiplier=1,
         worker_concurrency=1,
-        task_soft_time_limit=settings.task_soft_time_limit,
+        # Celery arms the hard limit only once the soft one fired: a soft limit at or above
+        # the hard one would postpone the hard kill, so it is dropped.
+        task_soft_time_limit=(
+            settings.task_soft_time_limit
+            if settings.task_soft_time_limit < settings.task_time_limit
+            else None
+        ),
         task_time_limit=settings.task_time_limit,
         broker_transport_options=transport,
         result_backend_transport_options=transport,

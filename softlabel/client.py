@@ -9,6 +9,7 @@
 
 from __future__ import annotations
 
+import builtins
 import json
 import os
 import time
@@ -199,9 +200,9 @@ class Jobs(_Resource):
         """Download an artifact's bytes."""
         return self._c.request_bytes(f"/v1/jobs/{job_id}/artifacts/{name}")
 
-    def webhook_deliveries(self, job_id: str) -> list[dict[str, Any]]:
+    def webhook_deliveries(self, job_id: str) -> builtins.list[dict[str, Any]]:
         """The logged webhook delivery attempts."""
-        return list(self._c.request("GET", f"/v1/jobs/{job_id}/webhooks")["items"])
+        return builtins.list(self._c.request("GET", f"/v1/jobs/{job_id}/webhooks")["items"])
 
     def events(self, job_id: str, *, last_event_id: int | None = None) -> Iterator[Event]:
         """Follow the job's Server-Sent Events until the job ends."""

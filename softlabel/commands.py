@@ -57,9 +57,9 @@ class _Guard:
     def __enter__(self) -> _Guard:
         return self
 
-    def __exit__(self, exc_type: Any, exc: BaseException | None, _tb: Any) -> bool:
+    def __exit__(self, exc_type: Any, exc: BaseException | None, _tb: Any) -> None:
         if exc is None or isinstance(exc, typer.Exit):
-            return False
+            return
         if isinstance(exc, ApiError):
             _err(exc.detail)
             for field_error in exc.problem.get("errors") or []:
@@ -72,7 +72,6 @@ class _Guard:
         if isinstance(exc, httpx.HTTPError):
             _err(f"cannot reach the API: {exc}")
             raise typer.Exit(EXIT_UNAVAILABLE) from exc
-        return False
 
 
 def _print(doc: Any) -> None:

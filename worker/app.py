@@ -9,7 +9,7 @@ import signal
 from typing import Any
 
 from billiard import process as billiard_process
-from celery.signals import worker_process_init, worker_shutting_down
+from celery.signals import task_prerun, worker_shutting_down
 
 from core.config import get_settings
 from core.queue import TASK_RECONCILE, get_celery
@@ -22,9 +22,9 @@ celery_app.conf.beat_schedule = {
 }
 
 
-@worker_process_init.connect
-def _child_init(**_: Any) -> None:
-    """In each pool child: SIGTERM asks the running job to go back to the queue."""
+@task_prerun.connect
+def _before_task(**_: Any) -> None:
+    """In the pool child: SIGTERM asks the running job to go back to the queue."""
     install_soft_shutdown()
 
 

@@ -7,6 +7,7 @@ import os
 import signal
 import threading
 from types import FrameType
+from typing import Any
 
 from core.config import Settings
 from core.db import session_scope
@@ -77,15 +78,31 @@ def request_shutdown() -> int:
     return len(keepers)
 
 
-def _on_sigterm(signum: int, _frame: FrameType | None) -> None:
-    """First SIGTERM: soft shutdown of the running job; idle or second time: die."""
+_PREVIOUS: list[Any] = []
+
+
+def _on_sigterm(signum: int, frame: FrameType | None) -> None:
+    """First SIGTERM: soft shutdown of the running job; idle or second time: the old handler."""
     if request_shutdown():
         logger.warning("SIGTERM: stopping the running job and returning it to the queue")
+        return
+    previous = _PREVIOUS[0] if _PREVIOUS else signal.SIG_DFL
+    if callable(previous):
+        previous(signum, frame)
         return
     signal.signal(signum, signal.SIG_DFL)
     os.kill(os.getpid(), signum)
 
 
 def install_soft_shutdown() -> None:
-    """Install the SIGTERM handler of a pool child (call in worker_process_init)."""
+    """Make SIGTERM a soft shutdown in this (pool child) process; idempotent, main thread only.
+
+    Called when a task starts (billiard replaces SIGTERM handlers after worker_process_init).
+    """
+    if threading.current_thread() is not threading.main_thread():
+        return
+    current = signal.getsignal(signal.SIGTERM)
+    if current is _on_sigterm:
+        return
+    _PREVIOUS[:] = [current]
     signal.signal(signal.SIGTERM, _on_sigterm)

@@ -23,8 +23,16 @@ Definitions (exact; N samples, K classes, M bins):
   ``log((1 - a + a/K) / (a/K))`` (infinite at ``a = 0``, reported as null).
 
 Probabilities must be a distribution per row: no NaN, no negative entry and every row summing to
-1 within an absolute tolerance of 1e-3.  Everything is computed in one chunked, vectorised pass
-(bincount histograms, no Python loop over samples or bins) and accumulated in float64.
+1 within an absolute tolerance of 1e-3 (half precision is upcast to float32).
+
+Implementation: one vectorised pass per batch, no Python loop over samples or bins.  Row-wise
+quantities (confidence, prediction, p_y, row sums, squared norms) are whole-batch reductions; the
+top-label histogram is three bincounts over N.  Classwise ECE needs all N x K entries: every entry
+<= 1/M lies in bin 1, so that bin's count and probability mass per class follow from the column
+sums, and only the entries > 1/M (at most about M per row) are compacted and bincounted into a
+combined (class, bin) histogram, in row chunks together with the entropy.  Adaptive ECE sorts the
+confidences (radix sort on their bit patterns).  Sums are accumulated in float64 across chunks and
+batches, so `CalibrationMetrics` (streaming) gives the one-shot numbers up to float rounding.
 """
 
 from __future__ import annotations
@@ -195,22 +203,10 @@ def _bin_index(x: Tensor, n_bins: int) -> Tensor:
 
 
 def _confidence_and_correct(p: Tensor, y: Tensor) -> tuple[Tensor, Tensor, Tensor]:
-    """Top-label confidence, [argmax == y] (first maximal index wins) and p_{i,y_i} of a chunk."""
-    conf = p.amax(dim=1)
+    """Top-label confidence, [argmax == y] (first maximal index wins) and p_{i,y_i}."""
+    conf, pred = p.max(dim=1)  # one reduction; torch returns the first maximal index
     p_true = p.gather(1, y.unsqueeze(1)).squeeze(1)
-    correct = p_true == conf
-    # The true class attains the maximum; it is the prediction unless an earlier class ties.
-    # Two entries equal to c need 2c <= row sum <= 1 + tol, so only such rows are re-checked.
-    cand = (correct & (conf <= (1.0 + _SUM_TOL) / 2)).nonzero().squeeze(1)
-    step = max(1, _CHUNK_ELEMS // max(1, p.shape[1]))  # bounded, cache-sized copies
-    for s in range(0, cand.numel(), step):
-        idx = cand[s : s + step]
-        sub = p.index_select(0, idx)
-        tie = (sub == conf.index_select(0, idx).unsqueeze(1)).sum(dim=1) > 1
-        rows = idx[tie]
-        if rows.numel():
-            correct[rows] = sub[tie].argmax(dim=1) == y.index_select(0, rows)
-    return conf, correct, p_true
+    return conf, pred == y, p_true
 
 
 def _sorted_order(conf: Tensor) -> Tensor:

@@ -222,7 +222,7 @@ def _compact(params: dict[str, Tensor], optimizer: torch.optim.Optimizer, keep: 
     """Keep only the rows `keep` of the stacked parameters and of the optimiser state."""
     idx = torch.tensor(keep, device=next(iter(params.values())).device)
     new = {k: v.detach().index_select(0, idx).requires_grad_(True) for k, v in params.items()}
-    new_opt = make_optimizer(new.values(), cfg)
+    new_opt = make_optimizer(new.values(), cfg, fused=True)
     for old_p, new_p in zip(params.values(), new.values(), strict=True):
         state = optimizer.state.get(old_p)
         if state:
@@ -290,7 +290,7 @@ def _run_stacked(preps: list[PreparedExperiment], hooks: TrialHooks
     params, _ = stack_module_state([_Net(m) for m in models])  # type: ignore[arg-type]
     params = {k: v.detach().to(device).requires_grad_(True) for k, v in params.items()}
     base = _Net(copy.deepcopy(models[0])).to("meta")
-    optimizer = make_optimizer(params.values(), cfg0)
+    optimizer = make_optimizer(params.values(), cfg0, fused=True)
 
     seeds = sorted({p.cfg.seed for p in preps})
     orders = [torch.Generator().manual_seed(s) for s in seeds]

@@ -173,15 +173,16 @@ def resolve_device(name: str) -> torch.device:
     return torch.device(name)
 
 
-def make_optimizer(model: nn.Module | Iterable[Tensor], cfg: TrainConfig) -> torch.optim.Optimizer:
+def make_optimizer(model: nn.Module | Iterable[Tensor], cfg: TrainConfig, *,
+                   fused: bool | None = None) -> torch.optim.Optimizer:
     """SGD (with momentum), Adam or AdamW, all with cfg.weight_decay (a model or its tensors)."""
     params = model.parameters() if isinstance(model, nn.Module) else list(model)
     if cfg.optimizer == "sgd":
         return torch.optim.SGD(params, lr=cfg.lr, momentum=cfg.momentum,
-                               weight_decay=cfg.weight_decay)
+                               weight_decay=cfg.weight_decay, fused=fused)
     if cfg.optimizer == "adam":
-        return torch.optim.Adam(params, lr=cfg.lr, weight_decay=cfg.weight_decay)
-    return torch.optim.AdamW(params, lr=cfg.lr, weight_decay=cfg.weight_decay)
+        return torch.optim.Adam(params, lr=cfg.lr, weight_decay=cfg.weight_decay, fused=fused)
+    return torch.optim.AdamW(params, lr=cfg.lr, weight_decay=cfg.weight_decay, fused=fused)
 
 
 def _autocast(device: torch.device) -> contextlib.AbstractContextManager:

@@ -9,7 +9,9 @@ tenant's existing dataset instead of storing a duplicate.
 
 from __future__ import annotations
 
+import io
 import re
+import zipfile
 from dataclasses import dataclass
 from typing import Any
 
@@ -90,11 +92,20 @@ def resolve_format(*, fmt: str | None, filename: str | None, media_type: str | N
     )
 
 
-def _check_csv_header(data: bytes) -> None:
-    """Refuse a CSV whose first row is data (every cell a number): a header row is required."""
+def _check_csv_header(data: bytes, label_column: str | None) -> None:
+    """Refuse a CSV without a header row (first line all numbers) or with a repeated name."""
     first = data.lstrip(b"\xef\xbb\xbf").split(b"\n", 1)[0].strip()
-    cells = [c.strip().strip(b'"') for c in first.split(b",")]
-    if not first or not cells:
+    cells = [c.strip().strip(b'"').decode("utf-8", "replace") for c in first.split(b",")]
+    seen: set[str] = set()
+    for cell in cells:
+        if cell in seen:
+            raise invalid_upload(
+                f"column {cell!r} appears more than once in the header; give every column "
+                f"its own name",
+                column=cell,
+            )
+        seen.add(cell)
+    if not first or (label_column or "label") in seen:
         return
     try:
         [float(c) for c in cells]
@@ -106,6 +117,75 @@ def _check_csv_header(data: bytes) -> None:
     )
 
 
+def _npz_header_shapes(data: bytes) -> dict[str, tuple[tuple[int, ...], np.dtype]]:
+    """Shapes and dtypes of the NPZ's X and y, read from the .npy headers without loading."""
+    try:
+        archive = zipfile.ZipFile(io.BytesIO(data))
+    except (zipfile.BadZipFile, OSError, ValueError):
+        return {}  # not a zip: parse_upload says so
+    found: dict[str, tuple[tuple[int, ...], np.dtype]] = {}
+    with archive:
+        for member in archive.namelist():
+            key = member.removesuffix(".npy")
+            if key not in ("X", "y"):
+                continue
+            try:
+                with archive.open(member) as fp:
+                    version = np.lib.format.read_magic(fp)
+                    if version == (1, 0):
+                        shape, _, dtype = np.lib.format.read_array_header_1_0(fp)
+                    elif version == (2, 0):
+                        shape, _, dtype = np.lib.format.read_array_header_2_0(fp)
+                    else:
+                        raise invalid_upload(
+                            f"array {key!r} uses .npy format {version}; save it "
+                            f"with numpy.savez (format 1.0)"
+                        )
+            except (ValueError, OSError, zipfile.BadZipFile, EOFError) as exc:
+                raise invalid_upload(
+                    f"could not read array {key!r} of the NPZ file: {exc}"
+                ) from None
+            found[key] = (tuple(int(d) for d in shape), dtype)
+    return found
+
+
+def _check_sizes_before_loading(data: bytes, fmt: str, settings: Settings) -> None:
+    """Refuse too many rows or columns from the file's metadata, before anything is unpacked.
+
+    NPZ and Parquet are compressed: a small upload can declare arrays of many gigabytes.
+    """
+    rows = columns = 0
+    if fmt == "npz":
+        shapes = _npz_header_shapes(data)
+        for key, (shape, dtype) in shapes.items():
+            if dtype.hasobject:
+                raise invalid_upload(
+                    f"array {key!r} of the NPZ holds Python objects, which would need pickle; "
+                    f"pickle is refused, save plain numeric arrays"
+                )
+            if shape:
+                rows = max(rows, shape[0])
+            if key == "X" and len(shape) > 1:
+                columns = int(np.prod(shape[1:], dtype=np.int64))
+    elif fmt == "parquet":
+        import pyarrow.parquet as pq
+
+        try:
+            meta = pq.ParquetFile(io.BytesIO(data)).metadata
+        except Exception:  # noqa: BLE001 - unreadable: parse_upload reports it
+            return
+        rows, columns = int(meta.num_rows), max(int(meta.num_columns) - 1, 0)
+    if rows > settings.max_dataset_rows:
+        raise invalid_upload(
+            f"too many rows: {rows} > the limit of {settings.max_dataset_rows}; subsample the data"
+        )
+    if columns > settings.max_dataset_columns:
+        raise invalid_upload(
+            f"too many feature columns: {columns} > the limit of {settings.max_dataset_columns}; "
+            f"reduce the features"
+        )
+
+
 def parse_dataset(
     *, data: bytes, fmt: str, label_column: str | None, settings: Settings
 ) -> ParsedDataset:
@@ -113,7 +193,8 @@ def parse_dataset(
     if not data:
         raise invalid_upload("the uploaded file is empty")
     if fmt == "csv":
-        _check_csv_header(data)
+        _check_csv_header(data, label_column)
+    _check_sizes_before_loading(data, fmt, settings)
     if label_column is not None and fmt == "npz":
         label_column = None  # NPZ labels are always the array "y"
     try:

@@ -1,6 +1,7 @@
 """Tenancy and auth on every route: 401 without a key; another tenant's ids are a 404.
 
-The 404 is byte-identical to an absent id. Routes are discovered from the app, so new routes are covered.
+The 404 is byte-identical to an absent id. Routes are discovered from the app, so new
+routes are covered.
 """
 
 from __future__ import annotations

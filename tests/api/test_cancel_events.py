@@ -17,7 +17,8 @@ LONG = {"model": {"hidden": [32]}, "training": {"epochs": 400, "early_stopping":
 def parse_sse(text: str) -> list[dict[str, Any]]:
     events = []
     for block in text.strip().split("\n\n"):
-        fields = dict(line.split(": ", 1) for line in block.splitlines() if not line.startswith(":"))
+        lines = [line for line in block.splitlines() if not line.startswith(":")]
+        fields = dict(line.split(": ", 1) for line in lines)
         if fields:
             events.append({"id": int(fields["id"]), "event": fields["event"],
                            "data": json.loads(fields["data"])})

@@ -5,6 +5,7 @@ from __future__ import annotations
 import io
 import socket
 import time
+import zipfile
 from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
@@ -183,6 +184,7 @@ BAD_UPLOADS = [
     ),
     ("too-few-per-class", b"f1,label\n1,a\n2,a\n3,a\n4,b\n5,b\n", {}, "fewer than 3 rows", None),
     ("no-header", b"1,2,0\n3,4,1\n5,6,0\n", {}, "no header row", None),
+    ("duplicate-column", b"a,a,label\n1,2,0\n", {}, "more than once", "a"),
     ("empty", b"", {}, "empty", None),
     ("garbage-parquet", b"PAR1 this is not parquet", {"format": "parquet"}, "Parquet", None),
     ("npz-missing-y", npz_bytes(X=np.ones((6, 2))), {"format": "npz"}, "missing array", None),
@@ -218,6 +220,38 @@ def test_too_many_classes_and_rows_against_the_configured_limits(limited: Any) -
     rows = b"f,label\n" + b"".join(f"{i % 10},{i % 2}\n".encode() for i in range(501))
     resp = upload(limited, rows)
     assert resp.status_code == 422 and "too many rows" in resp.json()["detail"]
+    assert counts() == (0, 0)
+
+
+def _npz_declaring(shape: tuple[int, ...]) -> bytes:
+    """An NPZ whose X.npy header declares `shape` but holds no data (a decompression bomb)."""
+    header = io.BytesIO()
+    np.lib.format.write_array_header_1_0(
+        header, {"descr": "<f4", "fortran_order": False, "shape": shape}
+    )
+    archive = io.BytesIO()
+    with zipfile.ZipFile(archive, "w") as zf:
+        zf.writestr("X.npy", header.getvalue())
+        zf.writestr("y.npy", header.getvalue())
+    return archive.getvalue()
+
+
+def test_compressed_uploads_are_sized_from_their_headers_before_unpacking(
+    client: Any, limited: Any
+) -> None:
+    resp = upload(client, _npz_declaring((10**9, 1000)), "bomb.npz")  # 4 TB if unpacked
+    assert resp.status_code == 422 and "too many rows: 1000000000" in resp.json()["detail"]
+    resp = upload(client, _npz_declaring((10, 10**6)), "wide.npz")
+    assert resp.status_code == 422 and "too many feature columns" in resp.json()["detail"]
+    buf = io.BytesIO()
+    np.savez_compressed(buf, X=np.zeros((100_000, 2), np.float32), y=np.zeros(100_000, int))
+    resp = upload(limited, buf.getvalue(), "zeros.npz")
+    assert resp.status_code == 422 and "too many rows: 100000 > the limit of 500" in resp.text
+    table = pa.table({"x": np.zeros(600), "label": np.arange(600) % 2})
+    buf = io.BytesIO()
+    pq.write_table(table, buf)
+    resp = upload(limited, buf.getvalue(), "t.parquet")
+    assert resp.status_code == 422 and "too many rows: 600" in resp.json()["detail"]
     assert counts() == (0, 0)
 
 

@@ -46,8 +46,11 @@ def counts() -> tuple[int, int]:
             "'cnn'",
         ),
         (
-            {"base": {"model": {"hidden": [30]}}, "alphas": [0.1],
-             "axes": {"model.arch": ["mlp", "transformer"]}},
+            {
+                "base": {"model": {"hidden": [30]}},
+                "alphas": [0.1],
+                "axes": {"model.arch": ["mlp", "transformer"]},
+            },
             "'transformer'",
         ),
         ({"alphas": [i / 40 for i in range(20)], "seeds": [0, 1, 2, 3]}, "80 trials"),
@@ -62,8 +65,12 @@ def test_invalid_sweeps_are_422_and_store_nothing(client: Any, body: dict, needl
 
 
 def test_too_many_trials_names_count_and_limit(client: Any) -> None:
-    body = {"base": BASE, "alphas": [0, 0.1, 0.2, 0.3], "seeds": list(range(10)),
-            "axes": {"model.arch": ["mlp", "linear"]}}
+    body = {
+        "base": BASE,
+        "alphas": [0, 0.1, 0.2, 0.3],
+        "seeds": list(range(10)),
+        "axes": {"model.arch": ["mlp", "linear"]},
+    }
     resp = client.post("/v1/sweeps", json=body)
     assert resp.status_code == 422
     problem = resp.json()
@@ -72,8 +79,12 @@ def test_too_many_trials_names_count_and_limit(client: Any) -> None:
 
 
 def test_submit_stores_one_job_per_trial_grouped_for_stacking(client: Any) -> None:
-    body = {"base": {**BASE, "tags": {"team": "vision"}}, "alphas": [0, 0.1], "seeds": [0, 1],
-            "axes": {"model.arch": ["mlp", "linear"]}}
+    body = {
+        "base": {**BASE, "tags": {"team": "vision"}},
+        "alphas": [0, 0.1],
+        "seeds": [0, 1],
+        "axes": {"model.arch": ["mlp", "linear"]},
+    }
     resp = client.post("/v1/sweeps", json=body)
     assert resp.status_code == 202, resp.text
     sweep = resp.json()
@@ -87,8 +98,10 @@ def test_submit_stores_one_job_per_trial_grouped_for_stacking(client: Any) -> No
 
     jobs = client.get("/v1/jobs", params={"sweep_id": sweep_id, "limit": 50}).json()["items"]
     assert len(jobs) == 8 and all(j["sweep_id"] == sweep_id for j in jobs)
-    grid = {(j["spec"]["model"]["arch"], j["spec"]["loss"]["alpha"], j["spec"]["training"]["seed"])
-            for j in jobs}
+    grid = {
+        (j["spec"]["model"]["arch"], j["spec"]["loss"]["alpha"], j["spec"]["training"]["seed"])
+        for j in jobs
+    }
     assert grid == {(a, al, s) for a in ("mlp", "linear") for al in (0.0, 0.1) for s in (0, 1)}
     for j in jobs:
         assert j["tags"]["sweep_id"] == sweep_id and j["tags"]["team"] == "vision"
@@ -117,8 +130,13 @@ def test_submit_stores_one_job_per_trial_grouped_for_stacking(client: Any) -> No
 def test_stack_key_of_core_spec_matches_the_trainer() -> None:
     from core.ml import sweep as ml_sweep
 
-    spec = {"loss": {"alpha": 0.1, "variant": "uniform"}, "training": {"seed": 3, "epochs": 2},
-            "tags": {"a": "b"}, "webhook_url": None, "model": {"arch": "mlp"}}
+    spec = {
+        "loss": {"alpha": 0.1, "variant": "uniform"},
+        "training": {"seed": 3, "epochs": 2},
+        "tags": {"a": "b"},
+        "webhook_url": None,
+        "model": {"arch": "mlp"},
+    }
     assert stack_key(spec) == ml_sweep.stack_key(spec)
 
 

@@ -79,7 +79,8 @@ def test_terminal_states_are_delivered_signed_and_retried(
                 "tags": {"pipeline": "ci"}}
         job_id = client.post("/v1/jobs", json=spec).json()["id"]
         assert wait_for_job(client, job_id, timeout=60)["status"] == "succeeded"
-        canceled_id = client.post("/v1/jobs", json={**spec, "training": {"epochs": 300}}).json()["id"]
+        long_spec = {**spec, "training": {"epochs": 300}}
+        canceled_id = client.post("/v1/jobs", json=long_spec).json()["id"]
         client.post(f"/v1/jobs/{canceled_id}/cancel")
 
         deliveries: list[dict[str, Any]] = []

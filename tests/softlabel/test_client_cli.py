@@ -29,7 +29,9 @@ def stack(db: str, redis_url: str, api_key: str, tmp_path: Path) -> Iterator[dic
         stop_process(api)
 
 
-def run_cli(stack: dict[str, Any], *args: str, timeout: float = 90) -> subprocess.CompletedProcess[str]:
+def run_cli(
+    stack: dict[str, Any], *args: str, timeout: float = 90
+) -> subprocess.CompletedProcess[str]:
     env = {**os.environ, "SOFTLABEL_API_URL": stack["url"], "SOFTLABEL_API_KEY": stack["key"]}
     return subprocess.run(cli(*args), env=env, capture_output=True, text=True, timeout=timeout)
 
