@@ -13,7 +13,25 @@ RUN_ID = os.getpid()
 PG_SERVER = os.environ.get("SOFTLABEL_TEST_PG", "postgresql+psycopg://postgres@127.0.0.1:5432")
 REDIS_SERVER = os.environ.get("SOFTLABEL_TEST_REDIS", "redis://127.0.0.1:6379")
 TEST_DB = f"softlabel_test_{RUN_ID}"
-REDIS_DB = 1 + RUN_ID % 15
+
+
+def _claim_redis_db() -> int:
+    """Pick a Redis db no concurrent test run holds (a lock key in db 0, released at exit)."""
+    import atexit
+
+    import redis
+
+    admin = redis.Redis.from_url(f"{REDIS_SERVER}/0")
+    for offset in range(15):
+        number = 1 + (RUN_ID + offset) % 15
+        lock = f"softlabel:test-run-lock:{number}"
+        if admin.set(lock, RUN_ID, nx=True, ex=3 * 3600):
+            atexit.register(admin.delete, lock)
+            return number
+    raise RuntimeError("all Redis test databases 1..15 are held by other test runs")
+
+
+REDIS_DB = _claim_redis_db()
 VAR_DIR = Path(tempfile.mkdtemp(prefix=f"softlabel-test-{RUN_ID}-"))
 
 # Set before anything reads Settings (it is cached per process); subprocesses inherit it.

@@ -213,7 +213,7 @@ def test_small_label_noise_experiment(client: Any, engine: Proc) -> None:
                 "split": {"seed": seed},
                 "model": {"arch": "mlp", "hidden": [64]},
                 "loss": {"alpha": alpha},
-                "training": {"epochs": 15, "seed": seed, "early_stopping": None},
+                "training": {"epochs": 10, "seed": seed, "early_stopping": None},
                 "calibration": {"temperature_scaling": False},
             },
         )

@@ -190,3 +190,26 @@ def test_sweep_cancel_stops_running_trials(client: Any, worker: Any) -> None:
     report = client.get(f"/v1/sweeps/{sweep_id}/report").json()
     assert report["status"] == "canceled" and report["recommended"] is None
     assert client.post(f"/v1/sweeps/{sweep_id}/cancel").status_code == 409
+
+
+def test_trials_run_one_by_one_still_complete_the_sweep(client: Any) -> None:
+    """The reconciler re-enqueues lost trials as single run_job tasks: that path ends the sweep."""
+    from core.config import get_settings
+    from core.db import session_scope
+    from core.services.sweeps import finalize_sweep_if_done
+    from worker.group_runner import execute_group
+    from worker.runner import execute_job
+
+    body = {"base": {**BASE, "training": {"epochs": 2}}, "alphas": [0.0, 0.1]}
+    sweep_id = client.post("/v1/sweeps", json=body).json()["id"]
+    ids = [j["id"] for j in client.get("/v1/jobs", params={"sweep_id": sweep_id}).json()["items"]]
+    for job_id in ids:
+        assert execute_job(job_id, settings=get_settings()) == "succeeded"
+    assert execute_group(ids, settings=get_settings()) == {}  # a late group delivery: no-op
+    sweep = client.get(f"/v1/sweeps/{sweep_id}").json()
+    assert sweep["status"] == "succeeded" and sweep["progress"]["done"] == 2
+    report = client.get(f"/v1/sweeps/{sweep_id}/report").json()
+    assert {r["alpha"] for r in report["rows"]} == {0.0, 0.1}
+    check_plots(client, report, {"metrics_vs_alpha.png", "reliability_overlay.png"})
+    with session_scope() as session:  # the report is written once
+        assert not finalize_sweep_if_done(session, sweep_id=sweep_id)

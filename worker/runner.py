@@ -13,6 +13,7 @@ from dataclasses import dataclass
 from typing import Any, TypeVar
 
 import numpy as np
+from sqlalchemy import select
 from sqlalchemy.exc import DBAPIError, InterfaceError, OperationalError
 
 from core import __version__
@@ -100,9 +101,17 @@ def _load_upload(dataset_id: str) -> tuple[np.ndarray, np.ndarray]:
         return npz["X"], npz["y"]
 
 
-def _write_checkpoint(job: ClaimedJob, blob: bytes) -> None:
+def _write_checkpoint(job: ClaimedJob, owner: str, blob: bytes) -> None:
+    """Store the checkpoint if this worker still owns the job; else stop (lease lost)."""
+    from core.ml.train import TrainingStopped
+
     def write() -> None:
         with session_scope() as session:
+            row = session.execute(
+                select(Job.status, Job.lease_owner).where(Job.id == job.id).with_for_update()
+            ).one_or_none()
+            if row is None or row.status != "running" or row.lease_owner != owner:
+                raise TrainingStopped("lease_lost")  # another attempt owns the job now
             put_artifact(
                 session,
                 key=job_artifact_key(job.id, CHECKPOINT_NAME),
@@ -265,9 +274,10 @@ def execute_job(job_id: str, *, settings: Settings, owner: str | None = None) ->
         _end(job.id, owner, "failed", "timeout", _timeout_message(settings))
         return "failed"
     finally:
-        from worker.group_runner import finalize_sweep_of
+        if (job.spec.get("tags") or {}).get("sweep_id"):  # a sweep trial run alone ends its sweep
+            from worker.group_runner import finalize_sweep_of
 
-        finalize_sweep_of(job.id)  # a sweep trial run alone (e.g. re-enqueued) ends its sweep
+            finalize_sweep_of(job.id)
 
 
 def _train_and_store(job: ClaimedJob, owner: str, settings: Settings) -> str:
@@ -289,7 +299,7 @@ def _train_and_store(job: ClaimedJob, owner: str, settings: Settings) -> str:
             on_epoch=lambda row: _record_progress(job, owner, epochs, row),
             should_stop=lambda: lease.stop_reason,
             load_checkpoint=lambda: _read_checkpoint(job),
-            save_checkpoint=lambda blob: _write_checkpoint(job, blob),
+            save_checkpoint=lambda blob: _write_checkpoint(job, owner, blob),
         )
         try:
             arrays = _load_upload(job.dataset_id) if job.dataset_id else None

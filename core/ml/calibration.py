@@ -265,6 +265,7 @@ class _State:
             self.col_sum = torch.zeros(num_classes, dtype=torch.float64)
 
     def update(self, probs: Any, labels: Any, logits: Any = None) -> None:
+        """Validate one batch and add it to the running sums (unchanged on error)."""
         probs, labels = _check_inputs(probs, labels)
         k = probs.shape[1]
         if self.num_classes is not None and k != self.num_classes:
@@ -338,14 +339,20 @@ class _State:
         e1 = _edges(m, p.dtype)[1]
         tiny = torch.finfo(p.dtype).tiny  # 0 * log(tiny) = 0 implements 0 log 0 = 0
         rows = max(1, _CHUNK_ELEMS // k)
+        # scratch buffers reused by every chunk (fresh large allocations cost page faults)
+        size = min(rows, p.shape[0]) * k
+        buf_f = torch.empty(size if self.extras else 0, dtype=p.dtype)
+        buf_b = torch.empty(size if self.classwise else 0, dtype=torch.bool)
         for s in range(0, p.shape[0], rows):
             flat = p[s : s + rows].reshape(-1)
+            n = flat.shape[0]
             if self.extras:
-                self.entropy -= float(torch.dot(flat, flat.clamp_min(tiny).log_()))
+                logs = torch.clamp_min(flat, tiny, out=buf_f[:n]).log_()
+                self.entropy -= float(torch.dot(flat, logs))
             if self.classwise:
                 # entries <= e_1 all fall in bin 0, which is derived from the column sums; only
                 # the few larger ones (at most about M per row) are binned one by one
-                pos = (flat > e1).nonzero().squeeze(1)
+                pos = torch.gt(flat, e1, out=buf_b[:n]).nonzero().squeeze(1)
                 vals = flat.index_select(0, pos)
                 key = (pos % k) * m + _bin_index(vals, m)
                 self.cw_count += torch.bincount(key, minlength=k * m)
@@ -358,14 +365,17 @@ class _State:
             raise ValueError("Expected at least one non-empty batch before `compute`, but got none")
 
     def accuracy(self) -> float:
+        """Fraction of samples whose argmax is the label."""
         self._require()
         return self.n_correct / self.n
 
     def ece(self) -> float:
+        """Equal-width top-label ECE from the histogram."""
         self._require()
         return float((self.top_acc.double() - self.top_conf).abs().sum()) / self.n
 
     def mce(self) -> float:
+        """Largest |accuracy - confidence| over non-empty bins."""
         self._require()
         nonempty = self.top_count > 0
         cnt = self.top_count[nonempty].double()
@@ -373,6 +383,7 @@ class _State:
         return float(gap.max())
 
     def adaptive_ece(self) -> float:
+        """Equal-mass ECE from the kept confidences."""
         self._require()
         conf = torch.cat(self.confs)
         correct = torch.cat(self.corrects)
@@ -384,6 +395,7 @@ class _State:
         return float((s_acc - s_conf).abs().sum()) / n
 
     def classwise_ece(self) -> float:
+        """Mean over classes of the classwise ECE (bin 1 derived from the column sums)."""
         self._require()
         k, m = int(self.num_classes or 0), self.n_bins
         s = self.cw_sum.view(k, m).clone()
@@ -392,6 +404,7 @@ class _State:
         return float(per_class.mean())
 
     def bins(self) -> list[dict[str, Any]]:
+        """Reliability bins as JSON-ready dicts."""
         self._require()
         m = self.n_bins
         out = []
@@ -410,6 +423,7 @@ class _State:
         return out
 
     def gap_stats(self, alpha: float | None) -> dict[str, float | None]:
+        """Mean, median and optimum of the logit gap (all None without logits)."""
         if not self.gaps or self.num_classes is None or self.num_classes < 2:
             return {"mean": None, "median": None, "optimum": None}
         g = torch.cat(self.gaps)
@@ -421,6 +435,7 @@ class _State:
         }
 
     def report(self, alpha: float | None) -> dict[str, Any]:
+        """The full JSON-ready report."""
         self._require()
         acc = self.accuracy()
         mean_conf = self.sum_conf / self.n

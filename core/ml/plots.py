@@ -208,6 +208,7 @@ def metric_vs_alpha_png(
     alpha = np.array([float(r["alpha"]) for r in ordered])
 
     def col(key: str) -> np.ndarray:
+        """One column of the rows as floats (None -> NaN)."""
         return np.array([np.nan if r.get(key) is None else float(r[key]) for r in ordered])
 
     with plt.rc_context(_STYLE):

@@ -156,3 +156,15 @@ def test_other_tenants_sweep_is_404(client: Any) -> None:
         "detail"
     ].replace(sweep_id, "X")
     assert client.get(f"/v1/sweeps/{sweep_id}/report", headers=headers).status_code == 404
+
+
+def test_idempotency_key_replays_the_sweep(client: Any) -> None:
+    body = {"base": BASE, "alphas": [0.0, 0.1]}
+    headers = {"Idempotency-Key": "sweep-once"}
+    first = client.post("/v1/sweeps", json=body, headers=headers)
+    again = client.post("/v1/sweeps", json=body, headers=headers)
+    assert first.status_code == again.status_code == 202
+    assert again.json()["id"] == first.json()["id"]
+    assert counts() == (2, 1)
+    other = client.post("/v1/sweeps", json={**body, "alphas": [0.2]}, headers=headers)
+    assert other.status_code == 422
