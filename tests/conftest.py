@@ -57,7 +57,7 @@ def database() -> Iterator[str]:
     """Create the run's Postgres database, migrate it to head, drop it at the end."""
     from sqlalchemy import create_engine, text
 
-    admin = create_engine(f"{PG_SERVER}/postgres", isolation_level="AUTOCOMMIT")
+    admin = create_engine(f"{PG_SERVER}/postgres", isolation_level="AUTOCOMMIT", pool_pre_ping=True)
     with admin.connect() as conn:
         conn.execute(text(f'DROP DATABASE IF EXISTS "{TEST_DB}" WITH (FORCE)'))
         conn.execute(text(f'CREATE DATABASE "{TEST_DB}"'))

@@ -25,7 +25,7 @@ celery_app.conf.beat_schedule = {
 @task_prerun.connect
 def _before_task(**_: Any) -> None:
     """In the pool child: SIGTERM asks the running job to go back to the queue."""
-    install_soft_shutdown()
+    install_soft_shutdown(float(celery_app.conf.task_time_limit or 0))
 
 
 @worker_shutting_down.connect

@@ -6,6 +6,7 @@ import logging
 import os
 import signal
 import threading
+import time
 from types import FrameType
 from typing import Any
 
@@ -15,6 +16,7 @@ from core.services import jobs as job_service
 
 logger = logging.getLogger("softlabel.worker")
 SHUTDOWN = "shutdown"
+TIMEOUT = "timeout"
 _ACTIVE: set[LeaseKeeper] = set()
 _ACTIVE_LOCK = threading.Lock()
 
@@ -69,22 +71,30 @@ class LeaseKeeper:
             self.renew_once()
 
 
-def request_shutdown() -> int:
-    """Ask every running job of this process to stop for a shutdown; returns how many."""
+def request_shutdown(reason: str = SHUTDOWN) -> int:
+    """Ask every running job of this process to stop for `reason`; returns how many."""
     with _ACTIVE_LOCK:
-        keepers = [k for k in _ACTIVE if k.stop_reason != SHUTDOWN]
+        keepers = [k for k in _ACTIVE if k.stop_reason not in (SHUTDOWN, TIMEOUT)]
     for keeper in keepers:
-        keeper.request_stop(SHUTDOWN)
+        keeper.request_stop(reason)
     return len(keepers)
 
 
 _PREVIOUS: list[Any] = []
+_TASK: dict[str, float] = {"started": 0.0, "hard_limit": 0.0}
 
 
 def _on_sigterm(signum: int, frame: FrameType | None) -> None:
-    """First SIGTERM: soft shutdown of the running job; idle or second time: the old handler."""
-    if request_shutdown():
-        logger.warning("SIGTERM: stopping the running job and returning it to the queue")
+    """First SIGTERM: soft shutdown of the running job; idle or second time: the old handler.
+
+    Billiard also sends SIGTERM (then SIGKILL) when the hard time limit is reached: a SIGTERM
+    that late in the task stops the job as timed out instead of returning it to the queue.
+    """
+    hard = _TASK["hard_limit"]
+    late = hard > 0 and time.monotonic() - _TASK["started"] >= hard - 1.0
+    reason = TIMEOUT if late else SHUTDOWN
+    if request_shutdown(reason):
+        logger.warning("SIGTERM: stopping the running job (%s)", reason)
         return
     previous = _PREVIOUS[0] if _PREVIOUS else signal.SIG_DFL
     if callable(previous):
@@ -94,13 +104,15 @@ def _on_sigterm(signum: int, frame: FrameType | None) -> None:
     os.kill(os.getpid(), signum)
 
 
-def install_soft_shutdown() -> None:
-    """Make SIGTERM a soft shutdown in this (pool child) process; idempotent, main thread only.
+def install_soft_shutdown(hard_limit_s: float = 0.0) -> None:
+    """Make SIGTERM a soft shutdown in this (pool child) process; main thread only.
 
-    Called when a task starts (billiard replaces SIGTERM handlers after worker_process_init).
+    Called when each task starts (billiard replaces SIGTERM handlers after
+    worker_process_init); remembers the task's start for the hard-limit check.
     """
     if threading.current_thread() is not threading.main_thread():
         return
+    _TASK.update(started=time.monotonic(), hard_limit=float(hard_limit_s))
     current = signal.getsignal(signal.SIGTERM)
     if current is _on_sigterm:
         return

@@ -25,7 +25,7 @@ from core.queue import enqueue_job
 from core.services import jobs as job_service
 from core.storage import get_artifact, job_artifact_key, put_artifact
 from core.timeutil import as_utc
-from worker.lease import SHUTDOWN, LeaseKeeper
+from worker.lease import SHUTDOWN, TIMEOUT, LeaseKeeper
 
 logger = logging.getLogger("softlabel.worker")
 CHECKPOINT_NAME = "checkpoint.pt"
@@ -256,6 +256,15 @@ def _timeout_message(settings: Settings) -> str:
     )
 
 
+def _hard_timeout_message() -> str:
+    from core.config import get_settings
+
+    return (
+        f"The job exceeded the hard time limit of {get_settings().task_time_limit} s and was "
+        "stopped; use fewer epochs or a smaller model"
+    )
+
+
 def execute_job(job_id: str, *, settings: Settings, owner: str | None = None) -> str:
     """Run a job end to end; returns the outcome ('succeeded', 'failed', 'not_claimed', ...)."""
     from celery.exceptions import SoftTimeLimitExceeded
@@ -336,4 +345,7 @@ def _stopped(job_id: str, owner: str, reason: str) -> str:
     if reason == SHUTDOWN:
         _release(job_id, owner)
         return "released"
+    if reason == TIMEOUT:  # the hard time limit: SIGTERM now, SIGKILL in a moment
+        _end(job_id, owner, "failed", "timeout", _hard_timeout_message())
+        return "failed"
     return "lease_lost"  # another attempt owns the job: write nothing

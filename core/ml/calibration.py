@@ -104,7 +104,7 @@ def _check_tensor(x: Any, name: str) -> Tensor:
         raise ValueError(
             f"Expected argument `{name}` to be a torch.Tensor, but got {type(x).__name__}"
         )
-    return x
+    return x.detach().cpu()  # metrics are computed on the CPU, outside autograd
 
 
 def _check_labels(labels: Any, n: int, num_classes: int, name: str = "probs") -> Tensor:

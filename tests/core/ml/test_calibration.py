@@ -407,3 +407,12 @@ def test_streaming_bad_batch_leaves_state_unchanged():
     with pytest.raises(ValueError, match="every batch or for none"):
         metric.update(GOOD_P, GOOD_Y, logits=torch.zeros(2, 2))
     assert metric.compute() == before
+
+
+def test_inputs_that_require_grad_are_accepted():
+    z = torch.randn(40, 4, requires_grad=True)
+    labels = torch.randint(0, 4, (40,))
+    rep = calibration_report(torch.softmax(z, dim=1), labels, logits=z, alpha=0.1)
+    json.dumps(rep, allow_nan=False)
+    assert math.isfinite(fit_temperature(z, labels))
+    assert penultimate_projection(z[:, :3], torch.eye(3))[1].shape == (40, 2)
