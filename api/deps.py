@@ -5,12 +5,14 @@ from __future__ import annotations
 from collections.abc import Iterator
 from typing import Annotated
 
+from anyio import CapacityLimiter, to_thread
+from anyio.lowlevel import RunVar
 from fastapi import Depends, Request
 from fastapi.security import HTTPAuthorizationCredentials, HTTPBearer
 from sqlalchemy.orm import Session
 
 from core.config import Settings, get_settings
-from core.db import get_sessionmaker, session_scope
+from core.db import POOL_SIZE, get_sessionmaker, session_scope
 from core.errors import ConflictError, UnauthorizedError, ValidationAppError
 from core.models import Tenant
 from core.services import idempotency, tenants
@@ -26,6 +28,23 @@ def get_db() -> Iterator[Session]:
         session.close()
 
 
+# Threads that hot read paths (GET /v1/jobs/{id}) may run DB work in at once, per event loop:
+# below the pool size, so bursts queue here (cheap) instead of opening overflow connections
+# (a Postgres backend fork each) or waiting for the pool inside a thread.
+DB_THREADS = POOL_SIZE - 2
+_db_limiter: RunVar[CapacityLimiter] = RunVar("softlabel_db_limiter")
+
+
+def db_limiter() -> CapacityLimiter:
+    """The event loop's limiter for DB work in threads (see DB_THREADS)."""
+    try:
+        return _db_limiter.get()
+    except LookupError:
+        limiter = CapacityLimiter(DB_THREADS)
+        _db_limiter.set(limiter)
+        return limiter
+
+
 SettingsDep = Annotated[Settings, Depends(get_settings)]
 SessionDep = Annotated[Session, Depends(get_db)]
 
@@ -37,12 +56,33 @@ bearer_scheme = HTTPBearer(
 )
 
 
+BearerCredentials = Annotated[HTTPAuthorizationCredentials | None, Depends(bearer_scheme)]
+
+
+def bearer_token(request: Request) -> str | None:
+    """The API key of an `Authorization: Bearer <key>` header, or None."""
+    scheme, _, token = request.headers.get("authorization", "").partition(" ")
+    if scheme.lower() == "bearer" and token.strip():
+        return token.strip()
+    return None
+
+
+def request_settings(request: Request) -> Settings:
+    """The settings, honouring `app.dependency_overrides[get_settings]` like `SettingsDep`.
+
+    For dependencies that must not cost a threadpool hop per request (FastAPI runs a sync
+    dependency such as `get_settings` in a worker thread).
+    """
+    factory = request.app.dependency_overrides.get(get_settings, get_settings)
+    settings: Settings = factory()
+    return settings
+
+
 def resolve_tenant(request: Request, session: Session, settings: Settings) -> Tenant:
     """The tenant of the request's Bearer key; 401 with WWW-Authenticate otherwise."""
-    header = request.headers.get("authorization", "")
-    scheme, _, token = header.partition(" ")
-    if scheme.lower() == "bearer" and token.strip():
-        tenant = tenants.authenticate(session, raw_key=token.strip())
+    token = bearer_token(request)
+    if token is not None:
+        tenant = tenants.authenticate(session, raw_key=token)
         if tenant is not None:
             request.state.tenant_id = tenant.id
             return tenant
@@ -58,7 +98,7 @@ def get_tenant(
     request: Request,
     session: SessionDep,
     settings: SettingsDep,
-    _credentials: Annotated[HTTPAuthorizationCredentials | None, Depends(bearer_scheme)],
+    _credentials: BearerCredentials,
 ) -> Tenant:
     """The tenant of the Bearer key; 401 with WWW-Authenticate otherwise."""
     return resolve_tenant(request, session, settings)
@@ -75,8 +115,13 @@ class IdempotentReplay(Exception):  # noqa: N818 - not an error: a remembered an
         self.stored = stored
 
 
-def idempotency_guard(request: Request, session: SessionDep, settings: SettingsDep) -> None:
-    """Claim the POST's Idempotency-Key, or replay / refuse (422 other body, 409 in flight)."""
+async def idempotency_guard(request: Request) -> None:
+    """Claim the POST's Idempotency-Key, or replay / refuse (422 other body, 409 in flight).
+
+    An app-wide dependency, so it is async and returns at once for everything but a POST
+    with an Idempotency-Key: a sync dependency (or one needing a session) would cost every
+    GET threadpool hops and a session of its own.
+    """
     fingerprint = getattr(request.state, "idempotency_fingerprint", None)
     key = request.headers.get("idempotency-key")
     if request.method != "POST" or key is None or fingerprint is None:
@@ -86,11 +131,23 @@ def idempotency_guard(request: Request, session: SessionDep, settings: SettingsD
             f"Idempotency-Key must be 1 to {idempotency.MAX_KEY_LENGTH} printable characters",
             extra={"errors": [{"loc": ["header", "Idempotency-Key"], "msg": "invalid key"}]},
         )
-    tenant = resolve_tenant(request, session, settings)
+    settings = request_settings(request)
+    await to_thread.run_sync(_claim_idempotency_key, request, settings, key, fingerprint)
+
+
+def _claim_idempotency_key(
+    request: Request, settings: Settings, key: str, fingerprint: str
+) -> None:
+    session = get_sessionmaker()()
+    try:
+        tenant_id = resolve_tenant(request, session, settings).id
+    finally:
+        session.rollback()
+        session.close()
     with session_scope() as own:
         claim = idempotency.claim_key(
             own,
-            tenant_id=tenant.id,
+            tenant_id=tenant_id,
             key=key,
             method=request.method,
             path=request.url.path,
@@ -110,4 +167,4 @@ def idempotency_guard(request: Request, session: SessionDep, settings: SettingsD
     if claim.state == "replay":
         assert claim.stored is not None
         raise IdempotentReplay(claim.stored)
-    request.state.idempotency_claim = (tenant.id, key)
+    request.state.idempotency_claim = (tenant_id, key)

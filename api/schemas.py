@@ -2,9 +2,11 @@
 
 from __future__ import annotations
 
+from collections.abc import Mapping
 from typing import Any
 
 from pydantic import BaseModel, Field
+from pydantic_core import to_json
 
 from core.models import Job, Sweep
 from core.timeutil import iso
@@ -84,6 +86,43 @@ class JobOut(BaseModel):
                 self=base, result=f"{base}/result", events=f"{base}/events", cancel=f"{base}/cancel"
             ),
         )
+
+
+def job_out_json(row: Mapping[Any, Any]) -> bytes:
+    """The JSON body of `JobOut.from_job` for a job row (a mapping of the job's columns).
+
+    Byte-identical to FastAPI serialising the `JobOut` response model (pydantic-core writes
+    both), without building and validating the model: GET /v1/jobs/{id} is the hot path.
+    """
+    base = f"/v1/jobs/{row['id']}"
+    failure = (
+        {"reason": row["failure_reason"], "message": row["failure_message"]}
+        if row["failure_reason"]
+        else None
+    )
+    doc = {
+        "id": row["id"],
+        "status": row["status"],
+        "cancel_requested": bool(row["cancel_requested"]),
+        "attempt": row["attempt"],
+        "max_attempts": row["max_attempts"],
+        "sweep_id": row["sweep_id"],
+        "tags": row["tags"] or {},
+        "progress": row["progress"] or {},
+        "failure": failure,
+        "created_at": iso(row["created_at"]) or "",
+        "queued_at": iso(row["queued_at"]),
+        "started_at": iso(row["started_at"]),
+        "finished_at": iso(row["finished_at"]),
+        "spec": row["spec"],
+        "links": {
+            "self": base,
+            "result": f"{base}/result",
+            "events": f"{base}/events",
+            "cancel": f"{base}/cancel",
+        },
+    }
+    return to_json(doc)
 
 
 class JobPage(BaseModel):

@@ -7,8 +7,10 @@ Redis (SOFTLABEL_TEST_REDIS) and `wrk` (apt-get install -y wrk). Creates and dro
 database. Prints req/s, p50, p99 and the ratios against the targets (>= 1000 req/s,
 p99 <= 50 ms), the load average around the run, and the CPU time spent per request by the
 API processes, the Postgres backends and wrk: on a shared machine req/s and p99 move with the
-load, CPU per request much less so. `--profile DIR` (needs `py-spy`, a dev-only tool: `pip install
-py-spy`) records a flame graph of every API worker during the measured run.
+load, CPU per request much less so. `--profile DIR` (needs `py-spy`, a dev-only tool:
+`pip install py-spy`) writes py-spy's collapsed stacks (flame graph input; --gil: only the
+thread holding the GIL, i.e. where the Python CPU goes) of every API worker during each
+measured run.
 """
 
 from __future__ import annotations
@@ -119,10 +121,9 @@ def main() -> int:
         key = httpx.Response(200, content=created.stdout).json()["key"]
         port = 18765
         log = open(Path(var_dir) / "api.log", "wb")  # noqa: SIM115 - closed with the process
-        api = subprocess.Popen(
-            [py, "-m", "uvicorn", "api.main:create_app", "--factory", "--host", "127.0.0.1",
-             "--port", str(port), "--workers", str(args.workers), "--log-level", "warning",
-             "--no-access-log"],
+        api = subprocess.Popen(  # the production entry point: softlabel api --workers N
+            [py, "-m", "softlabel.cli", "api", "--host", "127.0.0.1", "--port", str(port),
+             "--workers", str(args.workers)],
             env=env, cwd=ROOT, stdout=log, stderr=log,
         )
         base = f"http://127.0.0.1:{port}"
@@ -141,23 +142,27 @@ def main() -> int:
                "--latency", "-H", f"Authorization: Bearer {key}", url]
         subprocess.run(wrk[:3] + ["-d3s"] + wrk[4:], capture_output=True, check=True)  # warm-up
         workers = _children(api.pid) or [api.pid]
-        with admin.connect() as conn:
-            backends = [int(pid) for pid in conn.execute(
-                text("SELECT pid FROM pg_stat_activity WHERE datname = :db"), {"db": db_name}
-            ).scalars()]
+
+        def backends() -> dict[int, float]:
+            with admin.connect() as conn:
+                pids = conn.execute(
+                    text("SELECT pid FROM pg_stat_activity WHERE datname = :db"), {"db": db_name}
+                ).scalars()
+                return {int(pid): _cpu_s(int(pid)) for pid in pids}
+
         for i in range(args.repeat):
             spies = []
             if args.profile is not None:
                 args.profile.mkdir(parents=True, exist_ok=True)
                 spies = [subprocess.Popen(
                     ["py-spy", "record", "--pid", str(pid), "--rate", "250", "--nonblocking",
-                     "--duration", str(args.duration), "--output",
-                     str(args.profile / f"worker-{pid}-{i}.svg")],
+                     "--gil", "--duration", str(args.duration), "--format", "raw", "--output",
+                     str(args.profile / f"worker-{pid}-{i}.txt")],
                     stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL,
                 ) for pid in workers]
             load_before = _loadavg()
             api_cpu = sum(_cpu_s(pid) for pid in [api.pid, *workers])
-            pg_cpu = sum(_cpu_s(pid) for pid in backends)
+            pg_cpu = backends()
             wrk_cpu = resource.getrusage(resource.RUSAGE_CHILDREN)
             run = subprocess.run(wrk, capture_output=True, text=True, check=True)
             wrk_after = resource.getrusage(resource.RUSAGE_CHILDREN)
@@ -165,7 +170,9 @@ def main() -> int:
             requests = stats["rps"] * args.duration
             stats["api_cpu_us"] = (sum(_cpu_s(pid) for pid in [api.pid, *workers]) - api_cpu) \
                 / requests * 1e6
-            stats["pg_cpu_us"] = (sum(_cpu_s(pid) for pid in backends) - pg_cpu) / requests * 1e6
+            pg_after = backends()
+            pg_used = sum(cpu - pg_cpu.get(pid, 0.0) for pid, cpu in pg_after.items() if cpu)
+            stats["pg_cpu_us"] = pg_used / requests * 1e6
             stats["wrk_cpu_us"] = (wrk_after.ru_utime + wrk_after.ru_stime - wrk_cpu.ru_utime
                                    - wrk_cpu.ru_stime) / requests * 1e6
             stats["load_before"], stats["load_after"] = load_before, _loadavg()

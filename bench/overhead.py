@@ -144,15 +144,16 @@ def submit_and_wait(client: Any, spec: dict[str, Any], poll: float) -> dict[str,
     raise RuntimeError(f"job {job_id} did not finish in time")
 
 
-def run_direct(spec: dict[str, Any]) -> tuple[float, int]:
-    """Resolve the spec as the API does and train it in this process; (seconds, epochs)."""
+def run_direct(spec: dict[str, Any]) -> tuple[float, int, float]:
+    """Resolve the spec as the API does and train it here; (seconds, epochs, its train_s)."""
     from core.ml.experiment import run_experiment
     from core.spec import JobSpec
 
     resolved = JobSpec.model_validate(spec).resolved()
     start = time.perf_counter()
     output = run_experiment(resolved)
-    return time.perf_counter() - start, len(output.result["history"])
+    seconds = time.perf_counter() - start
+    return seconds, len(output.result["history"]), float(output.result["timing"]["train_s"])
 
 
 def api_sample(client: Any, spec: dict[str, Any], poll: float) -> dict[str, Any]:
@@ -214,6 +215,7 @@ def main(argv: list[str] | None = None) -> int:
         seen: list[float] = []
         train_in_worker: list[float] = []
         direct: list[float] = []
+        train_direct: list[float] = []
         epochs_api: set[int] = set()
         epochs_direct: set[int] = set()
         for rep in range(args.reps):
@@ -228,8 +230,9 @@ def main(argv: list[str] | None = None) -> int:
                     train_in_worker.append(float(result["timing"]["train_s"]))
                     epochs_api.add(len(result["history"]))
                 else:
-                    seconds, n_epochs = run_direct(spec)
+                    seconds, n_epochs, train_s = run_direct(spec)
                     direct.append(seconds)
+                    train_direct.append(train_s)
                     epochs_direct.add(n_epochs)
 
         # Submit→running with an idle worker.
@@ -256,11 +259,16 @@ def main(argv: list[str] | None = None) -> int:
     head = f"{'measure':<44} {'median':>10} {'min–max':>15} {'n':>3}"
     print(head)
     print("-" * len(head))
+    outside_api = [e - t for e, t in zip(e2e, train_in_worker, strict=True)]
+    outside_direct = [d - t for d, t in zip(direct, train_direct, strict=True)]
     rows = [
         ("direct run_experiment(spec) [s]", direct),
         ("API+worker: POST sent → finished_at [s]", e2e),
         ("API+worker: POST sent → client saw it [s]", seen),
         ("  of which train_s inside the worker [s]", train_in_worker),
+        ("  of which train_s in the direct run [s]", train_direct),
+        ("outside training, API+worker [s]", outside_api),
+        ("outside training, direct [s]", outside_direct),
     ]
     for name, values in rows:
         print(f"{name:<44} {median(values):>10.3f} {spread(values):>15} {len(values):>3}")
@@ -292,6 +300,7 @@ def main(argv: list[str] | None = None) -> int:
                     "e2e_s": e2e,
                     "seen_s": seen,
                     "train_s_in_worker": train_in_worker,
+                    "train_s_direct": train_direct,
                     "ratio": ratio,
                     "ratio_seen": ratio_seen,
                     "submit_to_running_ms": latencies,

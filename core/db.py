@@ -2,11 +2,16 @@
 
 from __future__ import annotations
 
-from collections.abc import Iterator
+import asyncio
+import weakref
+from collections.abc import Iterator, Mapping
 from contextlib import contextmanager
 from functools import lru_cache
 from typing import Any
 
+import psycopg
+from anyio.lowlevel import RunVar
+from psycopg.rows import DictRow, dict_row
 from sqlalchemy import JSON, MetaData, create_engine, event
 from sqlalchemy.dialects.postgresql import JSONB
 from sqlalchemy.engine import Engine
@@ -23,6 +28,14 @@ NAMING_CONVENTION = {
 }
 
 JSONDoc = JSON().with_variant(JSONB(), "postgresql")
+
+# Postgres connections kept open per process, and the burst allowed above them (opened and
+# closed again on return: a fork of a Postgres backend each, so the hot API paths cap their
+# concurrency below POOL_SIZE instead of relying on the overflow; see api.deps.db_limiter).
+POOL_SIZE = 10
+POOL_MAX_OVERFLOW = 20
+# Async connections per event loop for the hot reads (see AsyncReadPool).
+ASYNC_READ_POOL_SIZE = 8
 
 
 class Base(DeclarativeBase):
@@ -46,7 +59,9 @@ def make_engine(url: str) -> Engine:
 
         return engine
     # pool_pre_ping: a restarted Postgres never leaves a process with a dead connection.
-    return create_engine(url, pool_pre_ping=True, pool_size=10, max_overflow=20)
+    return create_engine(
+        url, pool_pre_ping=True, pool_size=POOL_SIZE, max_overflow=POOL_MAX_OVERFLOW
+    )
 
 
 @lru_cache
@@ -56,6 +71,100 @@ def get_engine() -> Engine:
     if settings.embedded:
         settings.var_dir.mkdir(parents=True, exist_ok=True)
     return make_engine(settings.resolved_database_url)
+
+
+def get_read_engine() -> Engine:
+    """The same pool in autocommit mode, for a read that is one statement.
+
+    Nothing to BEGIN or ROLLBACK: on Postgres a request's round trips go from four (ping,
+    BEGIN, SELECT, ROLLBACK) to two (ping, SELECT), and one statement sees one snapshot
+    either way. Only the hot read path (GET /v1/jobs/{id}) uses it.
+    """
+    return _autocommit_view(get_engine())
+
+
+@lru_cache(maxsize=4)
+def _autocommit_view(engine: Engine) -> Engine:
+    if engine.dialect.name == "sqlite":
+        return engine
+    return engine.execution_options(isolation_level="AUTOCOMMIT")
+
+
+def _finish_all(connections: list[psycopg.AsyncConnection[DictRow]]) -> None:
+    for conn in connections:
+        conn.pgconn.finish()  # synchronous: the event loop may be gone already
+    connections.clear()
+
+
+class AsyncReadPool:
+    """Autocommit psycopg AsyncConnections of one event loop, for hot one-statement reads.
+
+    The GET /v1/jobs/{id} path awaits its query on the event loop instead of handing a
+    sync SQLAlchemy call to a worker thread: the thread hop (queue, wake-up, GIL hand-over)
+    cost more CPU than the rest of the request. The SQL is the SQLAlchemy statement compiled
+    for the engine's dialect, on connections made with the engine's own connect arguments
+    (so the same type adapters). At most `size` queries run at once; idle connections are
+    kept. Like the engine's pool_pre_ping, a reused connection that fails (Postgres was
+    restarted) is replaced by a fresh one and the statement retried once.
+    """
+
+    def __init__(self, engine: Engine, size: int) -> None:
+        self._args, self._kwargs = engine.dialect.create_connect_args(engine.url)
+        self._idle: list[psycopg.AsyncConnection[DictRow]] = []
+        self._slots = asyncio.Semaphore(size)
+        weakref.finalize(self, _finish_all, self._idle)
+
+    async def _connect(self) -> psycopg.AsyncConnection[DictRow]:
+        return await psycopg.AsyncConnection.connect(
+            *self._args, autocommit=True, row_factory=dict_row, **self._kwargs
+        )
+
+    @staticmethod
+    async def _fetch(
+        conn: psycopg.AsyncConnection[DictRow], query: str, params: Mapping[str, Any]
+    ) -> DictRow | None:
+        try:
+            cursor = await conn.execute(query, params)
+            return await cursor.fetchone()
+        except BaseException:
+            await conn.close()
+            raise
+
+    async def fetchone(self, query: str, params: Mapping[str, Any]) -> DictRow | None:
+        """The first row of `query` (pyformat parameters) as a dict, or None."""
+        async with self._slots:
+            reused = bool(self._idle)
+            conn = self._idle.pop() if reused else await self._connect()
+            try:
+                row = await self._fetch(conn, query, params)
+            except psycopg.OperationalError:
+                if not reused:
+                    raise
+                for stale in self._idle:  # the others are likely dead too
+                    await stale.close()
+                self._idle.clear()
+                conn = await self._connect()
+                row = await self._fetch(conn, query, params)
+            self._idle.append(conn)
+            return row
+
+
+_read_pool: RunVar[AsyncReadPool | None] = RunVar("softlabel_async_read_pool")
+
+
+def async_read_pool() -> AsyncReadPool | None:
+    """The running event loop's AsyncReadPool; None unless the database is Postgres."""
+    try:
+        return _read_pool.get()
+    except LookupError:
+        engine = get_engine()
+        pool = (
+            AsyncReadPool(engine, ASYNC_READ_POOL_SIZE)
+            if engine.dialect.name == "postgresql" and engine.dialect.driver == "psycopg"
+            else None
+        )
+        _read_pool.set(pool)
+        return pool
 
 
 @lru_cache

@@ -25,9 +25,15 @@ def migrate(revision: str = typer.Argument("head")) -> None:
 
 
 @app.command()
-def api(host: str = "127.0.0.1", port: int = 8000) -> None:
+def api(
+    host: str = "127.0.0.1",
+    port: int = 8000,
+    workers: int = typer.Option(
+        1, min=1, help="uvicorn worker processes (about one per CPU core for production)"
+    ),
+) -> None:
     """Serve the HTTP API."""
-    server.run_api(host, port)
+    server.run_api(host, port, workers=workers)
 
 
 @app.command()

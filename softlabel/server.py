@@ -23,11 +23,24 @@ def migrate(revision: str = "head") -> None:
     command.upgrade(config, revision)
 
 
-def run_api(host: str, port: int) -> None:
-    """Serve the HTTP API with uvicorn."""
+def run_api(host: str, port: int, *, workers: int = 1) -> None:
+    """Serve the HTTP API with uvicorn (`workers` processes on one socket).
+
+    uvicorn's own access log is off: the app logs one JSON line per request itself
+    (api.middleware.RequestContextMiddleware). uvicorn[standard] brings uvloop and httptools,
+    which "auto" picks.
+    """
     import uvicorn
 
-    uvicorn.run("api.main:create_app", factory=True, host=host, port=port, log_level="warning")
+    uvicorn.run(
+        "api.main:create_app",
+        factory=True,
+        host=host,
+        port=port,
+        workers=workers,
+        log_level="warning",
+        access_log=False,
+    )
 
 
 def run_worker(queues: str, concurrency: int, loglevel: str, hostname: str = "") -> None:
