@@ -84,6 +84,26 @@ def install_error_handlers(app: FastAPI) -> None:
 
     @app.exception_handler(StarletteHTTPException)
     async def _http_error(request: Request, exc: StarletteHTTPException) -> JSONResponse:
+        if exc.status_code == 400:
+            # FastAPI answers 400 for a body it cannot decode (e.g. not UTF-8); to a client that
+            # is an invalid request body like any other, so it gets the documented 422.
+            return problem_response(
+                status=422,
+                slug="validation-error",
+                title="Invalid request",
+                detail=f"The request body could not be parsed ({exc.detail}); send UTF-8 JSON",
+                instance=request.url.path,
+                extra={
+                    "errors": [
+                        {
+                            "loc": ["body"],
+                            "field": "body",
+                            "msg": str(exc.detail),
+                            "type": "body_parse_error",
+                        }
+                    ]
+                },
+            )
         slug = {404: "not-found", 405: "method-not-allowed"}.get(exc.status_code, "http-error")
         return problem_response(
             status=exc.status_code,

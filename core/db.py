@@ -73,23 +73,6 @@ def get_engine() -> Engine:
     return make_engine(settings.resolved_database_url)
 
 
-def get_read_engine() -> Engine:
-    """The same pool in autocommit mode, for a read that is one statement.
-
-    Nothing to BEGIN or ROLLBACK: on Postgres a request's round trips go from four (ping,
-    BEGIN, SELECT, ROLLBACK) to two (ping, SELECT), and one statement sees one snapshot
-    either way. Only the hot read path (GET /v1/jobs/{id}) uses it.
-    """
-    return _autocommit_view(get_engine())
-
-
-@lru_cache(maxsize=4)
-def _autocommit_view(engine: Engine) -> Engine:
-    if engine.dialect.name == "sqlite":
-        return engine
-    return engine.execution_options(isolation_level="AUTOCOMMIT")
-
-
 def _finish_all(connections: list[psycopg.AsyncConnection[DictRow]]) -> None:
     for conn in connections:
         conn.pgconn.finish()  # synchronous: the event loop may be gone already

@@ -36,7 +36,7 @@ from api.schemas import (
 )
 from core import storage
 from core.config import Settings
-from core.db import async_read_pool, get_engine, get_read_engine, get_sessionmaker, session_scope
+from core.db import async_read_pool, get_engine, get_sessionmaker, session_scope
 from core.errors import (
     ConflictError,
     NotFoundError,
@@ -183,7 +183,7 @@ def _load_job(request: Request, settings: Settings, job_id: str) -> Mapping[Any,
     """The caller's job as a row of its JobOut columns (None: no such job for the tenant)."""
     token = bearer_token(request)
     if token is not None:
-        with get_read_engine().connect() as conn:
+        with get_engine().connect() as conn:
             row = (
                 conn.execute(_JOB_BY_KEY, {"job_id": job_id, "key_hash": hash_key(token)})
                 .mappings()

@@ -103,6 +103,15 @@ def test_not_json_is_422(client: Any) -> None:
     assert resp.headers["content-type"].startswith(PROBLEM)
 
 
+def test_body_that_is_not_utf8_is_422(client: Any) -> None:
+    resp = client.post(
+        "/v1/jobs", content=b"\xff\xfe{", headers={"content-type": "application/json"}
+    )
+    assert resp.status_code == 422
+    assert resp.headers["content-type"].startswith(PROBLEM)
+    assert "could not be parsed" in resp.json()["detail"]
+
+
 def test_unknown_job_is_404_problem(client: Any) -> None:
     resp = client.get("/v1/jobs/job_doesnotexist")
     assert resp.status_code == 404
