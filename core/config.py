@@ -37,17 +37,23 @@ class Settings(BaseSettings):
     queued_grace_seconds: float = Field(
         default=60.0, gt=0, description="Reconciler: re-enqueue jobs queued longer than this"
     )
-    reconcile_interval_seconds: float = Field(default=10.0, gt=0)
+    reconcile_interval_seconds: float = Field(
+        default=10.0, gt=0, description="How often beat runs the reconciler"
+    )
     task_soft_time_limit: int = Field(default=3600, ge=1, description="Seconds (job timeout)")
     task_time_limit: int = Field(default=3660, ge=1, description="Hard limit, seconds")
-    max_active_jobs_per_tenant: int = Field(default=100, ge=1)
+    max_active_jobs_per_tenant: int = Field(
+        default=100, ge=1, description="Queued + running jobs per tenant before 429"
+    )
     max_request_bytes: int = Field(default=1_000_000, ge=1024, description="JSON body limit")
     max_upload_bytes: int = Field(default=50_000_000, ge=1024, description="Dataset upload limit")
-    max_dataset_rows: int = Field(default=1_000_000, ge=1)
-    max_dataset_columns: int = Field(default=10_000, ge=1)
-    max_dataset_classes: int = Field(default=1000, ge=2)
-    max_sweep_trials: int = Field(default=64, ge=1)
-    idempotency_ttl_hours: float = Field(default=24.0, gt=0)
+    max_dataset_rows: int = Field(default=1_000_000, ge=1, description="Rows per upload")
+    max_dataset_columns: int = Field(default=10_000, ge=1, description="Feature columns")
+    max_dataset_classes: int = Field(default=1000, ge=2, description="Classes per dataset")
+    max_sweep_trials: int = Field(default=64, ge=1, description="Trials per sweep (grid size)")
+    idempotency_ttl_hours: float = Field(
+        default=24.0, gt=0, description="How long an Idempotency-Key is remembered"
+    )
     webhook_allow_private: bool = Field(
         default=False, description="Allow webhook URLs on private/loopback addresses"
     )
@@ -56,7 +62,7 @@ class Settings(BaseSettings):
         default=5.0, gt=0, description="Delay before the 2nd attempt; doubles each time"
     )
     webhook_timeout_seconds: float = Field(default=10.0, gt=0, description="Per-attempt timeout")
-    log_json: bool = Field(default=True)
+    log_json: bool = Field(default=True, description="Structured JSON logs (false: plain text)")
 
     @property
     def embedded(self) -> bool:
