@@ -37,7 +37,7 @@ def _png(fig: Figure) -> bytes:
     """Render `fig` to PNG bytes and close it."""
     buf = io.BytesIO()
     try:
-        fig.savefig(buf, format="png", dpi=_DPI, bbox_inches="tight")
+        fig.savefig(buf, format="png", dpi=_DPI)
     finally:
         plt.close(fig)
     return buf.getvalue()
