@@ -166,6 +166,7 @@ def test_jobs_on_uploaded_csv_and_npz_images(client: Any, engine: Proc) -> None:
     result = client.get(f"/v1/jobs/{csv_job}/result").json()
     assert result["dataset"]["sha256"] == ds["sha256"]
     assert result["dataset"]["n_classes"] == 3 and result["dataset"]["n_features"] == 13
+    assert result["dataset"]["class_names"] == ["cultivar_0", "cultivar_1", "cultivar_2"]
     assert result["test"]["accuracy"] > 0.6
     job = finished(client, cnn_job, engine)
     assert job["status"] == "succeeded", job

@@ -20,6 +20,7 @@ from worker.runner import (
     _record_progress,
     _timeout_message,
     store_result,
+    upload_class_names,
     with_db_retry,
     worker_identity,
 )
@@ -199,7 +200,12 @@ def _train_group(jobs: list[ClaimedJob], owner: str, settings: Settings) -> dict
             )
             try:
                 arrays = _load_upload(group[0].dataset_id) if group[0].dataset_id else None
-                results = run_trials([j.spec for j in group], arrays=arrays, hooks=hooks)
+                results = run_trials(
+                    [j.spec for j in group],
+                    arrays=arrays,
+                    hooks=hooks,
+                    class_names=upload_class_names(group[0].dataset_id),
+                )
             except TrialDivergedError as exc:
                 bad = group[exc.trial]
                 _end(bad.id, owner, "failed", "diverged", str(exc))

@@ -6,6 +6,7 @@ import io
 import logging
 import os
 import socket
+import threading
 import time
 import uuid
 from collections.abc import Callable
@@ -20,7 +21,7 @@ from core import __version__
 from core.config import Settings
 from core.db import session_scope
 from core.ids import utcnow
-from core.models import Job
+from core.models import Dataset, Job
 from core.queue import enqueue_job
 from core.services import jobs as job_service
 from core.storage import get_artifact, job_artifact_key, put_artifact
@@ -28,7 +29,12 @@ from core.timeutil import as_utc
 from worker.lease import SHUTDOWN, TIMEOUT, LeaseKeeper
 
 logger = logging.getLogger("softlabel.worker")
-CHECKPOINT_NAME = "checkpoint.pt"
+CHECKPOINT_NAME = "checkpoint.pt"  # the name is historical: the bytes are safetensors
+# The writer stores the newest checkpoint (and the progress rows up to it) at most once per
+# CHECKPOINT_INTERVAL_S, and no more often than keeps storing under 1/CHECKPOINT_DUTY of the
+# time: epochs at least that long are each stored; faster ones coalesce (latest wins).
+CHECKPOINT_INTERVAL_S = 1.0
+CHECKPOINT_DUTY = 20.0
 T = TypeVar("T")
 
 
@@ -101,6 +107,20 @@ def _load_upload(dataset_id: str) -> tuple[np.ndarray, np.ndarray]:
         return npz["X"], npz["y"]
 
 
+def upload_class_names(dataset_id: str | None) -> list[str] | None:
+    """The class names stored with an uploaded dataset (None for builtin/synthetic data)."""
+    if dataset_id is None:
+        return None
+
+    def read() -> list[str] | None:
+        with session_scope() as session:
+            row = session.get(Dataset, dataset_id)
+            names = (row.info or {}).get("class_names") if row is not None else None
+        return [str(n) for n in names] if names else None
+
+    return with_db_retry(read, what="load dataset class names")
+
+
 def _write_checkpoint(job: ClaimedJob, owner: str, blob: bytes) -> None:
     """Store the checkpoint if this worker still owns the job; else stop (lease lost)."""
     from core.ml.train import TrainingStopped
@@ -133,11 +153,20 @@ def _read_checkpoint(job: ClaimedJob) -> bytes | None:
 
 
 def _record_progress(job: ClaimedJob, owner: str, epochs: int, row: dict[str, Any]) -> None:
-    progress = {"epoch": row.get("epoch"), "epochs": epochs, "latest": row}
+    """Record one epoch's progress row (owner-checked)."""
+    _record_progress_rows(job, owner, epochs, [row])
+
+
+def _record_progress_rows(
+    job: ClaimedJob, owner: str, epochs: int, rows: list[dict[str, Any]]
+) -> None:
+    """Record epoch rows in order, in one transaction (one progress event per epoch)."""
 
     def write() -> None:
         with session_scope() as session:
-            job_service.record_progress(session, job_id=job.id, owner=owner, progress=progress)
+            for row in rows:
+                progress = {"epoch": row.get("epoch"), "epochs": epochs, "latest": row}
+                job_service.record_progress(session, job_id=job.id, owner=owner, progress=progress)
 
     try:
         with_db_retry(write, what="record progress", deadline_s=5.0)
@@ -145,6 +174,110 @@ def _record_progress(job: ClaimedJob, owner: str, epochs: int, row: dict[str, An
         if not is_transient(exc):
             raise
         logger.warning("progress not recorded: %s", exc, extra={"job_id": job.id})
+
+
+class CheckpointWriter:
+    """Stores checkpoints and progress on a thread of its own, so training never waits on them.
+
+    The training thread hands over each epoch's checkpoint bytes and progress row and goes
+    on at once. The writer stores them in order: the newest checkpoint (one still waiting
+    when a newer one arrives is replaced: latest wins), then the progress rows up to it, so
+    a job whose progress shows epoch k always has a stored checkpoint of epoch k or later.
+    Stores are paced (CHECKPOINT_INTERVAL_S, CHECKPOINT_DUTY): a worker killed without
+    warning loses at most that interval plus one epoch of work, and resumes exactly.
+    Every store is owner-checked (`_write_checkpoint`); a lost lease stops the writer and,
+    through `stop_reason`, the training. `close` ends it before any terminal transition:
+    flushing what is waiting (success, cancel, shutdown, timeout, failures) or dropping it
+    (lease lost), then joining the thread, so nothing is ever written after the job's final
+    transaction.
+    """
+
+    def __init__(self, job: ClaimedJob, owner: str, epochs: int) -> None:
+        self.job, self.owner, self.epochs = job, owner, epochs
+        self.stop_reason: str | None = None
+        self.error: BaseException | None = None
+        self._cond = threading.Condition()
+        self._checkpoint: bytes | None = None
+        self._rows: list[dict[str, Any]] = []
+        self._closing = False
+        self._thread = threading.Thread(target=self._run, name=f"checkpoints-{job.id}", daemon=True)
+
+    def __enter__(self) -> CheckpointWriter:
+        self._thread.start()
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.close(flush=True)
+
+    def save_checkpoint(self, blob: bytes) -> None:
+        """Training thread: queue the newest checkpoint (replacing one not yet stored)."""
+        self._raise_if_failed()
+        with self._cond:
+            self._checkpoint = blob
+            self._cond.notify()
+
+    def record_progress(self, row: dict[str, Any]) -> None:
+        """Training thread: queue an epoch's progress row."""
+        self._raise_if_failed()
+        with self._cond:
+            self._rows.append(row)
+            self._cond.notify()
+
+    def _raise_if_failed(self) -> None:
+        from core.ml.train import TrainingStopped
+
+        if self.stop_reason:
+            raise TrainingStopped(self.stop_reason)
+        if self.error is not None:
+            raise self.error
+
+    def flush(self) -> None:
+        """Wait until everything handed over is stored; raise what storing it raised."""
+        self.close(flush=True)
+        self._raise_if_failed()
+
+    def close(self, *, flush: bool) -> None:
+        """Stop the thread after storing (flush) or dropping what waits; idempotent."""
+        with self._cond:
+            if not flush:
+                self._checkpoint, self._rows = None, []
+            self._closing = True
+            self._cond.notify()
+        if self._thread.is_alive():
+            self._thread.join()
+
+    def _run(self) -> None:
+        from core.ml.train import TrainingStopped
+
+        next_at = 0.0  # the first epoch's checkpoint is stored at once
+        while True:
+            with self._cond:
+                while not self._closing:
+                    waiting = self._checkpoint is not None or bool(self._rows)
+                    now = time.monotonic()
+                    if waiting and now >= next_at:
+                        break
+                    self._cond.wait(next_at - now if waiting else None)
+                blob, rows = self._checkpoint, self._rows
+                self._checkpoint, self._rows = None, []
+            if blob is None and not rows:
+                return  # closing with nothing left
+            started = time.monotonic()
+            try:
+                if blob is not None:
+                    _write_checkpoint(self.job, self.owner, blob)
+                if rows:
+                    _record_progress_rows(self.job, self.owner, self.epochs, rows)
+            except TrainingStopped as stop:  # the lease is gone: store nothing more
+                self.stop_reason = stop.reason
+            except BaseException as exc:  # noqa: BLE001 - handed to the training thread
+                self.error = exc
+            if self.stop_reason or self.error is not None:
+                with self._cond:
+                    self._checkpoint, self._rows = None, []
+                return
+            spent = time.monotonic() - started
+            next_at = started + max(CHECKPOINT_INTERVAL_S, CHECKPOINT_DUTY * spent)
 
 
 def _owned_by(job_id: str, owner: str) -> bool:
@@ -303,31 +436,47 @@ def _train_and_store(job: ClaimedJob, owner: str, settings: Settings) -> str:
     from core.ml.upload import InvalidDatasetError, SpecError
 
     epochs = int(job.spec["training"]["epochs"])
-    with LeaseKeeper(job_id=job.id, owner=owner, settings=settings) as lease:
+    with (
+        LeaseKeeper(job_id=job.id, owner=owner, settings=settings) as lease,
+        CheckpointWriter(job, owner, epochs) as writer,
+    ):
         hooks = TrainHooks(
-            on_epoch=lambda row: _record_progress(job, owner, epochs, row),
-            should_stop=lambda: lease.stop_reason,
+            on_epoch=writer.record_progress,
+            should_stop=lambda: lease.stop_reason or writer.stop_reason,
             load_checkpoint=lambda: _read_checkpoint(job),
-            save_checkpoint=lambda blob: _write_checkpoint(job, owner, blob),
+            save_checkpoint=writer.save_checkpoint,
         )
         try:
             arrays = _load_upload(job.dataset_id) if job.dataset_id else None
-            output = run_experiment(job.spec, arrays=arrays, hooks=hooks)
+            output = run_experiment(
+                job.spec,
+                arrays=arrays,
+                hooks=hooks,
+                class_names=upload_class_names(job.dataset_id),
+            )
+            writer.flush()  # the last checkpoint and progress, before the result
         except TrainingStopped as stop:
+            # a lost lease writes nothing more; cancel, shutdown and timeout keep the latest
+            writer.close(flush=stop.reason != "lease_lost")
             return _stopped(job.id, owner, stop.reason)
         except TrainingDivergedError as exc:
+            _close_quietly(writer)
             _end(job.id, owner, "failed", "diverged", str(exc))
             return "failed"
         except (InvalidDatasetError, SpecError) as exc:
+            _close_quietly(writer)
             _end(job.id, owner, "failed", "invalid_dataset", str(exc))
             return "failed"
         except DeviceUnavailableError as exc:
+            _close_quietly(writer)
             _end(job.id, owner, "failed", "device_unavailable", str(exc))
             return "failed"
         except SoftTimeLimitExceeded:
+            _close_quietly(writer)  # execute_job ends the job as timed out
             raise
         except Exception as exc:
             logger.exception("job failed", extra={"job_id": job.id})
+            _close_quietly(writer)
             _end(job.id, owner, "failed", "internal", f"{type(exc).__name__}: {exc}")
             return "failed"
         lease.renew_once()  # a cancel or a lost lease that came during the last epoch
@@ -335,6 +484,13 @@ def _train_and_store(job: ClaimedJob, owner: str, settings: Settings) -> str:
             return _stopped(job.id, owner, lease.stop_reason)
     stored = store_result(job, owner, output.result, output.artifacts)
     return "succeeded" if stored else "lease_lost"
+
+
+def _close_quietly(writer: CheckpointWriter) -> None:
+    """Store what waits (owner-checked) before a failure is recorded; its errors are logged."""
+    writer.close(flush=True)
+    if writer.error is not None:
+        logger.warning("checkpoint writer: %s", writer.error, extra={"job_id": writer.job.id})
 
 
 def _stopped(job_id: str, owner: str, reason: str) -> str:

@@ -159,6 +159,7 @@ def reconcile_once(settings: Settings) -> ReconcileReport:
     with session_scope() as session:
         report = reclaim_expired_leases(session, time_limit_s=settings.task_time_limit)
         report.reenqueue = stale_queued_jobs(session, grace_seconds=settings.queued_grace_seconds)
+    announce_terminal(report.failed + report.timed_out)
     to_send = list(dict.fromkeys(report.requeued + report.reenqueue))
     sent = []
     for job_id in to_send:
@@ -170,6 +171,31 @@ def reconcile_once(settings: Settings) -> ReconcileReport:
     with session_scope() as session:
         mark_enqueued(session, job_ids=sent)
     return report
+
+
+def announce_terminal(job_ids: list[str]) -> None:
+    """After the reconciler ended jobs: their webhooks, and the report of their sweeps."""
+    if not job_ids:
+        return
+    from core.queue import enqueue_finalize_sweep
+    from core.services.webhooks import schedule_terminal
+
+    for job_id in job_ids:
+        try:
+            schedule_terminal(job_id)
+        except Exception as exc:  # noqa: BLE001 - a missed webhook must not stop reconciling
+            logger.warning("webhook scheduling failed for %s: %s", job_id, exc)
+    with session_scope() as session:
+        sweep_ids = {
+            sweep_id
+            for sweep_id in session.scalars(select(Job.sweep_id).where(Job.id.in_(job_ids)))
+            if sweep_id
+        }
+    for sweep_id in sweep_ids:
+        try:
+            enqueue_finalize_sweep(sweep_id)
+        except Exception as exc:  # noqa: BLE001 - GET /v1/sweeps/{id} also triggers it
+            logger.warning("sweep finalize enqueue failed for %s: %s", sweep_id, exc)
 
 
 def reconcile_forever(

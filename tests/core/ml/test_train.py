@@ -2,19 +2,29 @@
 
 from __future__ import annotations
 
+import contextlib
 import io
+import json
+import pickle
+import struct
+import tempfile
+from collections.abc import Iterator
 
 import pytest
 import torch
+from safetensors import safe_open
+from safetensors.torch import save as safetensors_save
 
 from core.ml.data import load_dataset, prepare_data
 from core.ml.nets import build_model
 from core.ml.train import (
+    CHECKPOINT_FORMAT,
     DeviceUnavailableError,
     TrainConfig,
     TrainHooks,
     TrainingDivergedError,
     TrainingStopped,
+    encode_checkpoint,
     evaluate,
     fit,
     load_checkpoint,
@@ -108,8 +118,10 @@ def test_checkpoint_every_epoch_and_should_stop(data):
     ckpt = load_checkpoint(saved[-1])
     assert ckpt["epoch"] == 2 and [r["epoch"] for r in ckpt["history"]] == [1, 2]
     assert {"model", "optimizer", "rng", "best_state", "config"} <= set(ckpt)
-    # the checkpoint is plain tensors/containers: weights_only loading works
-    torch.load(io.BytesIO(saved[-1]), weights_only=True)
+    # the checkpoint is one safetensors blob: tensors plus JSON metadata, nothing pickled
+    with safe_open_bytes(saved[-1]) as st:
+        assert set(st.metadata()) == {"softlabel-checkpoint"}
+        assert json.loads(st.metadata()["softlabel-checkpoint"])["version"] == CHECKPOINT_FORMAT
 
 
 def test_checkpoint_with_other_config_is_ignored(data):
@@ -135,3 +147,123 @@ def test_divergence_raises_with_epoch(data):
 def test_augment_needs_images(data):
     with pytest.raises(SpecError, match="augment"):
         fit(_model(), *data, TrainConfig(epochs=1, device="cpu", augment=True), image_shape=None)
+
+
+@contextlib.contextmanager
+def safe_open_bytes(blob: bytes) -> Iterator:
+    with tempfile.NamedTemporaryFile(suffix=".safetensors") as f:
+        f.write(blob)
+        f.flush()
+        with safe_open(f.name, "pt") as st:
+            yield st
+
+
+def _run_and_keep(data, cfg: TrainConfig, model=None) -> tuple[list[bytes], torch.nn.Module]:
+    saved: list[bytes] = []
+    model = model or _model(dropout=0.2)
+    fit(model, *data, cfg, TrainHooks(save_checkpoint=saved.append))
+    return saved, model
+
+
+@pytest.mark.parametrize("opt", ["sgd", "adamw"])
+def test_checkpoint_round_trip_is_exact(data, opt):
+    cfg = TrainConfig(epochs=4, optimizer=opt, lr=0.05 if opt == "sgd" else 3e-3,
+                      device="cpu", early_stopping_metric=None)
+    saved, model = _run_and_keep(data, cfg)
+    ckpt = load_checkpoint(saved[-1])
+    assert ckpt["epoch"] == 4 and ckpt["best_state"] is None
+    for k, v in model.state_dict().items():  # no early stopping: the last epoch's weights
+        assert torch.equal(ckpt["model"][k], v) and ckpt["model"][k].dtype == v.dtype
+    # decode → encode gives the same bytes: nothing is lost or rounded on the way
+    assert encode_checkpoint(ckpt) == saved[-1]
+    # the optimizer state loads into a fresh optimizer and reproduces it exactly
+    fresh = torch.optim.SGD(_model().parameters(), lr=1) if opt == "sgd" else \
+        torch.optim.AdamW(_model().parameters())
+    fresh.load_state_dict(ckpt["optimizer"])
+    again = load_checkpoint(encode_checkpoint({**ckpt, "optimizer": fresh.state_dict()}))
+    assert again["optimizer"]["param_groups"] == ckpt["optimizer"]["param_groups"]
+    for idx, state in ckpt["optimizer"]["state"].items():
+        for name, value in state.items():
+            other = again["optimizer"]["state"][idx][name]
+            assert torch.equal(other, value) if isinstance(value, torch.Tensor) else \
+                other == value
+
+
+def test_checkpoint_keeps_the_best_state_apart_from_the_model(data):
+    # early stopping on: the best state is stored only when it differs from the model
+    cfg = TrainConfig(epochs=12, optimizer="sgd", lr=0.5, momentum=0.9, device="cpu",
+                      early_stopping_metric="val_nll", patience=3)
+    saved, _ = _run_and_keep(data, cfg)
+    kinds = set()
+    for blob in saved:
+        ckpt = load_checkpoint(blob)
+        kinds.add(_meta(blob)["best"])
+        assert ckpt["best_state"] is not None and ckpt["best_state"].keys() == ckpt["model"].keys()
+        same = all(torch.equal(ckpt["best_state"][k], ckpt["model"][k]) for k in ckpt["model"])
+        assert same == (ckpt["best_epoch"] == ckpt["epoch"])
+        assert encode_checkpoint(ckpt) == blob
+    assert kinds == {"model", "stored"}
+
+
+def _with_metadata(blob: bytes, raw: str | None = None, **changes) -> bytes:
+    """The same tensors under edited metadata (what a tampered or foreign blob looks like)."""
+    size = struct.unpack("<Q", blob[:8])[0]
+    header = json.loads(blob[8:8 + size])
+    meta = header["__metadata__"]
+    meta[TAG] = raw if raw is not None else json.dumps({**json.loads(meta[TAG]), **changes})
+    data = json.dumps(header).encode()
+    data += b" " * (-len(data) % 8)
+    return struct.pack("<Q", len(data)) + data + blob[8 + size:]
+
+
+TAG = "softlabel-checkpoint"
+
+
+class _Boom:
+    ran = False
+
+    def __reduce__(self):
+        return (_Boom.mark, ())
+
+    @staticmethod
+    def mark():
+        _Boom.ran = True
+
+
+def test_foreign_tampered_and_old_checkpoints_are_ignored(data):
+    cfg = TrainConfig(epochs=2, device="cpu")
+    saved, _ = _run_and_keep(data, cfg)
+    good = saved[0]
+    assert load_checkpoint(_with_metadata(good))["epoch"] == 1  # the edit helper is faithful
+    old_format = io.BytesIO()
+    torch.save({"format": 1, "model": {}}, old_format)
+    bad = {
+        "pickle": pickle.dumps({"format": 2, "x": _Boom()}),
+        "torch.save (format 1)": old_format.getvalue(),
+        "other version": _with_metadata(good, version=1),
+        "unknown version": _with_metadata(good, version=99),
+        "version as text": _with_metadata(good, version=str(CHECKPOINT_FORMAT)),
+        "meta not json": _with_metadata(good, raw="{not json"),
+        "meta not an object": _with_metadata(good, raw="[2]"),
+        "meta wrong shape": _with_metadata(good, raw=json.dumps(
+            {"version": CHECKPOINT_FORMAT, "__reduce__": ["os.system", "true"]})),
+        "meta wrong types": _with_metadata(good, epoch={"x": 1}),
+        "best claims a bogus source": _with_metadata(good, best="../../etc"),
+        "plain safetensors": safetensors_save({"w": torch.zeros(2)}, metadata={"format": "pt"}),
+        "huge header": struct.pack("<Q", 1 << 62) + good[8:],
+        "truncated": good[: len(good) // 2],
+        "empty-ish": b"\x00" * 4,
+    }
+    for name, blob in bad.items():
+        with pytest.raises(ValueError):
+            load_checkpoint(blob)
+        res = fit(_model(), *data, cfg, TrainHooks(load_checkpoint=lambda b=blob: b))
+        assert res.resumed_from_epoch is None and len(res.history) == 2, name
+    assert not _Boom.ran
+    res = fit(_model(), *data, cfg, TrainHooks(load_checkpoint=lambda: good))
+    assert res.resumed_from_epoch == 1
+
+
+def _meta(blob: bytes) -> dict:
+    with safe_open_bytes(blob) as st:
+        return json.loads(st.metadata()[TAG])
