@@ -36,6 +36,11 @@ CHECKPOINT_NAME = "checkpoint.pt"  # the name is historical: the bytes are safet
 CHECKPOINT_INTERVAL_S = 1.0
 CHECKPOINT_DUTY = 20.0
 T = TypeVar("T")
+_PH: list = []
+
+
+def _ph(name: str) -> None:
+    _PH.append((name, time.perf_counter()))
 
 
 def worker_identity() -> str:
@@ -405,7 +410,9 @@ def execute_job(job_id: str, *, settings: Settings, owner: str | None = None) ->
     import core.ml.experiment  # noqa: F401 - load torch before the lease clock starts
 
     owner = owner or worker_identity()
+    _PH.clear(); _ph("start")
     job = claim(job_id, owner=owner, settings=settings)
+    _ph("claimed")
     if job is None:
         logger.info("delivery could not claim the job; nothing to do", extra={"job_id": job_id})
         return "not_claimed"
@@ -448,13 +455,16 @@ def _train_and_store(job: ClaimedJob, owner: str, settings: Settings) -> str:
         )
         try:
             arrays = _load_upload(job.dataset_id) if job.dataset_id else None
+            _ph("loaded")
             output = run_experiment(
                 job.spec,
                 arrays=arrays,
                 hooks=hooks,
                 class_names=upload_class_names(job.dataset_id),
             )
+            _ph("trained")
             writer.flush()  # the last checkpoint and progress, before the result
+            _ph("flushed")
         except TrainingStopped as stop:
             # a lost lease writes nothing more; cancel, shutdown and timeout keep the latest
             writer.close(flush=stop.reason != "lease_lost")
@@ -482,7 +492,12 @@ def _train_and_store(job: ClaimedJob, owner: str, settings: Settings) -> str:
         lease.renew_once()  # a cancel or a lost lease that came during the last epoch
         if lease.stop_reason:
             return _stopped(job.id, owner, lease.stop_reason)
+    _ph("lease_exit")
     stored = store_result(job, owner, output.result, output.artifacts)
+    _ph("stored")
+    import json as _j
+    with open("/tmp/phase.log", "a") as _f:
+        _f.write(_j.dumps({k: round(v - _PH[0][1], 4) for k, v in _PH}) + "\n")
     return "succeeded" if stored else "lease_lost"
 
 

@@ -16,7 +16,7 @@ from dataclasses import dataclass
 from typing import Any
 
 import numpy as np
-from sqlalchemy import and_, delete, exists, or_, select, update
+from sqlalchemy import delete, exists, select, update
 from sqlalchemy.exc import IntegrityError
 from sqlalchemy.orm import Session
 
@@ -31,7 +31,8 @@ from core.ml.upload import (
     to_npz_bytes,
 )
 from core.models import TERMINAL_STATUSES, Dataset, Job, Tenant
-from core.services.jobs import ACTIVE_STATUSES, decode_cursor, encode_cursor
+from core.services.jobs import ACTIVE_STATUSES
+from core.services.pagination import newest_first_page
 
 FORMATS = ("csv", "parquet", "npz")
 EXTENSIONS = {".csv": "csv", ".parquet": "parquet", ".pq": "parquet", ".npz": "npz"}
@@ -298,20 +299,7 @@ def list_datasets(
 ) -> tuple[list[Dataset], str | None]:
     """A page of the tenant's datasets, newest first, and the cursor of the next page."""
     query = select(Dataset).where(Dataset.tenant_id == tenant_id)
-    if cursor:
-        stamp, row_id = decode_cursor(cursor)
-        query = query.where(
-            or_(Dataset.created_at < stamp, and_(Dataset.created_at == stamp, Dataset.id < row_id))
-        )
-    rows = list(
-        session.scalars(
-            query.order_by(Dataset.created_at.desc(), Dataset.id.desc()).limit(limit + 1)
-        )
-    )
-    next_cursor = (
-        encode_cursor(rows[limit - 1].created_at, rows[limit - 1].id) if len(rows) > limit else None
-    )
-    return rows[:limit], next_cursor
+    return newest_first_page(session, query, Dataset, limit=limit, cursor=cursor)
 
 
 def delete_dataset(

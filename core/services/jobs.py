@@ -2,18 +2,17 @@
 
 from __future__ import annotations
 
-import base64
 from dataclasses import dataclass
 from datetime import datetime, timedelta
 from typing import Any, Literal
 
-from sqlalchemy import and_, func, or_, select, update
+from sqlalchemy import and_, func, select, update
 from sqlalchemy.orm import Session
 
-from core.errors import ConflictError, NotFoundError, ValidationAppError
+from core.errors import ConflictError, NotFoundError
 from core.ids import new_id, utcnow
 from core.models import TERMINAL_STATUSES, Job, JobEvent
-from core.timeutil import as_utc
+from core.services.pagination import newest_first_page
 
 ACTIVE_STATUSES = ("queued", "running")
 LeaseState = Literal["ok", "cancel", "lost"]
@@ -84,27 +83,6 @@ def count_active_jobs(session: Session, *, tenant_id: str) -> int:
     )
 
 
-def encode_cursor(created_at: datetime, row_id: str) -> str:
-    """An opaque cursor pointing after (created_at, id)."""
-    stamp = as_utc(created_at)
-    assert stamp is not None
-    raw = f"{stamp.isoformat()}|{row_id}".encode()
-    return base64.urlsafe_b64encode(raw).decode().rstrip("=")
-
-
-def decode_cursor(cursor: str) -> tuple[datetime, str]:
-    """Inverse of encode_cursor; a malformed cursor is a 422."""
-    try:
-        padded = cursor + "=" * (-len(cursor) % 4)
-        stamp, row_id = base64.urlsafe_b64decode(padded.encode()).decode().split("|", 1)
-        return datetime.fromisoformat(stamp), row_id
-    except (ValueError, UnicodeDecodeError) as exc:
-        raise ValidationAppError(
-            "cursor is not valid: pass the next_cursor value of a previous page",
-            extra={"errors": [{"loc": ["query", "cursor"], "msg": "malformed cursor"}]},
-        ) from exc
-
-
 @dataclass(frozen=True)
 class JobFilter:
     """Filters of the job list."""
@@ -138,18 +116,7 @@ def list_jobs(
     if f.tag:
         key, value = f.tag
         query = query.where(Job.tags[key].as_string() == value)
-    if cursor:
-        stamp, row_id = decode_cursor(cursor)
-        query = query.where(
-            or_(Job.created_at < stamp, and_(Job.created_at == stamp, Job.id < row_id))
-        )
-    rows = list(
-        session.scalars(query.order_by(Job.created_at.desc(), Job.id.desc()).limit(limit + 1))
-    )
-    next_cursor = (
-        encode_cursor(rows[limit - 1].created_at, rows[limit - 1].id) if len(rows) > limit else None
-    )
-    return rows[:limit], next_cursor
+    return newest_first_page(session, query, Job, limit=limit, cursor=cursor)
 
 
 def mark_enqueued(session: Session, *, job_ids: list[str]) -> None:

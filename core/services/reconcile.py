@@ -15,7 +15,7 @@ from core.db import session_scope
 from core.ids import utcnow
 from core.models import Job, JobEvent
 from core.queue import enqueue_job
-from core.services.jobs import add_event, mark_enqueued
+from core.services.jobs import add_event, fail_job, mark_enqueued
 from core.timeutil import as_utc
 
 logger = logging.getLogger("softlabel.reconcile")
@@ -45,25 +45,11 @@ def attempt_started_at(session: Session, job_id: str) -> datetime | None:
     return None
 
 
-def _fail_expired(session: Session, job: Job, *, reason: str, message: str, now: datetime) -> bool:
+def _fail_expired(session: Session, job: Job, *, reason: str, message: str) -> bool:
     """running (expired lease, same owner) → failed with `reason`."""
-    result = session.execute(
-        update(Job)
-        .where(Job.id == job.id, Job.status == "running", Job.lease_owner == job.lease_owner)
-        .values(
-            status="failed",
-            failure_reason=reason,
-            failure_message=message,
-            finished_at=now,
-            updated_at=now,
-            lease_owner=None,
-            lease_expires_at=None,
-        )
-    )
-    if result.rowcount != 1:  # type: ignore[attr-defined]
+    if job.lease_owner is None:
         return False
-    add_event(session, job_id=job.id, kind="status", data={"status": "failed", "reason": reason})
-    return True
+    return fail_job(session, job_id=job.id, owner=job.lease_owner, reason=reason, message=message)
 
 
 def reclaim_expired_leases(
@@ -92,14 +78,14 @@ def reclaim_expired_leases(
                 f"The job exceeded the hard time limit of {time_limit_s:g} s and was stopped; "
                 "use fewer epochs or a smaller model"
             )
-            if _fail_expired(session, job, reason="timeout", message=message, now=now):
+            if _fail_expired(session, job, reason="timeout", message=message):
                 report.timed_out.append(job.id)
         elif job.attempt >= job.max_attempts:
             message = (
                 f"The worker running this job was lost {job.attempt} "
                 f"times (max_attempts={job.max_attempts})"
             )
-            if _fail_expired(session, job, reason="worker_lost", message=message, now=now):
+            if _fail_expired(session, job, reason="worker_lost", message=message):
                 report.failed.append(job.id)
         else:
             result = session.execute(

@@ -11,13 +11,14 @@ from datetime import timedelta
 from typing import Any
 
 from pydantic import ValidationError
-from sqlalchemy import and_, func, or_, select, update
+from sqlalchemy import func, select, update
 from sqlalchemy.orm import Session
 
 from core.errors import ConflictError, NotFoundError, TooManyRequestsError, ValidationAppError
 from core.ids import new_id, utcnow
 from core.models import TERMINAL_STATUSES, Job, Sweep
 from core.services import jobs as job_service
+from core.services.pagination import newest_first_page
 from core.services.specs import check_job_spec
 from core.services.sweep_report import Trial, build_report, context_slug, plot_rows
 from core.spec import JobSpec, SweepSpec, set_path, stack_key
@@ -207,20 +208,7 @@ def list_sweeps(
     query = select(Sweep).where(Sweep.tenant_id == tenant_id)
     if status:
         query = query.where(Sweep.status == status)
-    if cursor:
-        stamp, row_id = job_service.decode_cursor(cursor)
-        query = query.where(
-            or_(Sweep.created_at < stamp, and_(Sweep.created_at == stamp, Sweep.id < row_id))
-        )
-    rows = list(
-        session.scalars(query.order_by(Sweep.created_at.desc(), Sweep.id.desc()).limit(limit + 1))
-    )
-    next_cursor = (
-        job_service.encode_cursor(rows[limit - 1].created_at, rows[limit - 1].id)
-        if len(rows) > limit
-        else None
-    )
-    return rows[:limit], next_cursor
+    return newest_first_page(session, query, Sweep, limit=limit, cursor=cursor)
 
 
 def sweep_progress(session: Session, *, sweep_id: str) -> dict[str, Any]:
