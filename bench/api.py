@@ -197,6 +197,10 @@ def main() -> int:
             run = subprocess.run(wrk, capture_output=True, text=True, check=True)
             wrk_after = resource.getrusage(resource.RUSAGE_CHILDREN)
             stats: dict[str, Any] = dict(parse_wrk(run.stdout))
+            stats["wrk_latency"] = " ".join(
+                " ".join(line.split()) for line in run.stdout.splitlines()
+                if re.match(r"^\s+(Latency\s|75%|90%)", line)
+            )
             requests = stats["rps"] * args.duration
             stats["api_cpu_us"] = (sum(_cpu_s(pid) for pid in [api.pid, *workers]) - api_cpu) \
                 / requests * 1e6
@@ -231,6 +235,7 @@ def main() -> int:
         print(f"  load avg before {stats['load_before']} / after {stats['load_after']}")
         print(f"  req/s {stats['rps']:.0f}   p50 {stats['p50_ms']:.2f} ms   "
               f"p99 {stats['p99_ms']:.2f} ms   non-2xx {stats['non_2xx']:.0f}")
+        print(f"  wrk: {stats['wrk_latency']}")
         print(f"  cpu per request: api {stats['api_cpu_us']:.0f} us, postgres "
               f"{stats['pg_cpu_us']:.0f} us, wrk {stats['wrk_cpu_us']:.0f} us")
         print(f"  API workers runnable but waiting for a CPU: {stats['api_wait_pct']:.0f}% "

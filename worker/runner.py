@@ -21,7 +21,7 @@ from core import __version__
 from core.config import Settings
 from core.db import session_scope
 from core.ids import utcnow
-from core.models import Dataset, Job
+from core.models import Dataset, Job, JobEvent
 from core.queue import enqueue_job
 from core.services import jobs as job_service
 from core.storage import get_artifact, job_artifact_key, put_artifact
@@ -30,17 +30,12 @@ from worker.lease import SHUTDOWN, TIMEOUT, LeaseKeeper
 
 logger = logging.getLogger("softlabel.worker")
 CHECKPOINT_NAME = "checkpoint.pt"  # the name is historical: the bytes are safetensors
-# The writer stores the newest checkpoint (and the progress rows up to it) at most once per
-# CHECKPOINT_INTERVAL_S, and no more often than keeps storing under 1/CHECKPOINT_DUTY of the
-# time: epochs at least that long are each stored; faster ones coalesce (latest wins).
+# CheckpointWriter stores the newest checkpoint (and the progress rows up to it) at most once
+# per CHECKPOINT_INTERVAL_S, and at most 1/CHECKPOINT_DUTY of the time (large checkpoints):
+# epochs at least that long are each stored; faster ones coalesce (latest wins).
 CHECKPOINT_INTERVAL_S = 1.0
 CHECKPOINT_DUTY = 20.0
 T = TypeVar("T")
-_PH: list = []
-
-
-def _ph(name: str) -> None:
-    _PH.append((name, time.perf_counter()))
 
 
 def worker_identity() -> str:
@@ -165,13 +160,22 @@ def _record_progress(job: ClaimedJob, owner: str, epochs: int, row: dict[str, An
 def _record_progress_rows(
     job: ClaimedJob, owner: str, epochs: int, rows: list[dict[str, Any]]
 ) -> None:
-    """Record epoch rows in order, in one transaction (one progress event per epoch)."""
+    """Record epoch rows in order, in one transaction (one progress event per epoch).
+
+    The job row gets the newest; every row gets its event, the earlier ones in one INSERT.
+    Nothing is recorded when the job is no longer running under this owner.
+    """
+    progress = [{"epoch": row.get("epoch"), "epochs": epochs, "latest": row} for row in rows]
 
     def write() -> None:
         with session_scope() as session:
-            for row in rows:
-                progress = {"epoch": row.get("epoch"), "epochs": epochs, "latest": row}
-                job_service.record_progress(session, job_id=job.id, owner=owner, progress=progress)
+            session.add_all(
+                [JobEvent(job_id=job.id, kind="progress", data=p) for p in progress[:-1]]
+            )
+            if not job_service.record_progress(
+                session, job_id=job.id, owner=owner, progress=progress[-1]
+            ):
+                session.rollback()  # not ours any more: no events either
 
     try:
         with_db_retry(write, what="record progress", deadline_s=5.0)
@@ -184,17 +188,22 @@ def _record_progress_rows(
 class CheckpointWriter:
     """Stores checkpoints and progress on a thread of its own, so training never waits on them.
 
-    The training thread hands over each epoch's checkpoint bytes and progress row and goes
-    on at once. The writer stores them in order: the newest checkpoint (one still waiting
-    when a newer one arrives is replaced: latest wins), then the progress rows up to it, so
-    a job whose progress shows epoch k always has a stored checkpoint of epoch k or later.
-    Stores are paced (CHECKPOINT_INTERVAL_S, CHECKPOINT_DUTY): a worker killed without
-    warning loses at most that interval plus one epoch of work, and resumes exactly.
-    Every store is owner-checked (`_write_checkpoint`); a lost lease stops the writer and,
-    through `stop_reason`, the training. `close` ends it before any terminal transition:
-    flushing what is waiting (success, cancel, shutdown, timeout, failures) or dropping it
-    (lease lost), then joining the thread, so nothing is ever written after the job's final
-    transaction.
+    The training thread hands over each epoch's checkpoint (a frozen copy, encoded here
+    only if stored) and progress row and goes on at once. The writer stores the newest
+    checkpoint (one still waiting when a newer one arrives is replaced: latest wins), then
+    the progress rows up to it, so a running job whose progress shows epoch k always has a
+    stored checkpoint of epoch k or later.
+    Stores are paced: the first after CHECKPOINT_INTERVAL_S, then at most once per
+    CHECKPOINT_INTERVAL_S and at most 1/CHECKPOINT_DUTY of the time; epochs longer than
+    that are each stored. A worker killed without warning loses at most that interval plus
+    one epoch of work, and the next attempt resumes exactly (every checkpoint is a complete
+    epoch's state). Every store is owner-checked (`_write_checkpoint`); a lost lease stops
+    the writer and, through `stop_reason`, the training.
+
+    `close` ends it before any terminal transition (then joins the thread, so nothing is
+    written after the job's final transaction): a stop (cancel, shutdown, timeout) or a
+    failure stores everything waiting; a lost lease drops it; success stores the progress
+    rows and drops the last checkpoint, which the result transaction makes useless.
     """
 
     def __init__(self, job: ClaimedJob, owner: str, epochs: int) -> None:
@@ -202,7 +211,7 @@ class CheckpointWriter:
         self.stop_reason: str | None = None
         self.error: BaseException | None = None
         self._cond = threading.Condition()
-        self._checkpoint: bytes | None = None
+        self._checkpoint: Callable[[], bytes] | None = None
         self._rows: list[dict[str, Any]] = []
         self._closing = False
         self._thread = threading.Thread(target=self._run, name=f"checkpoints-{job.id}", daemon=True)
@@ -212,13 +221,17 @@ class CheckpointWriter:
         return self
 
     def __exit__(self, *exc: object) -> None:
-        self.close(flush=True)
+        self.close()
 
-    def save_checkpoint(self, blob: bytes) -> None:
-        """Training thread: queue the newest checkpoint (replacing one not yet stored)."""
+    def checkpoint_ready(self, encode: Callable[[], bytes]) -> None:
+        """Training thread: queue the newest checkpoint (replacing one not yet stored).
+
+        `encode` gives its bytes; it is called here on the writer's thread, and only for the
+        checkpoints that are stored.
+        """
         self._raise_if_failed()
         with self._cond:
-            self._checkpoint = blob
+            self._checkpoint = encode
             self._cond.notify()
 
     def record_progress(self, row: dict[str, Any]) -> None:
@@ -236,16 +249,22 @@ class CheckpointWriter:
         if self.error is not None:
             raise self.error
 
-    def flush(self) -> None:
-        """Wait until everything handed over is stored; raise what storing it raised."""
-        self.close(flush=True)
+    def finish(self) -> None:
+        """Training succeeded: store the progress rows (not the last checkpoint), then stop.
+
+        Raises TrainingStopped("lease_lost") or a storage error, as a store during training
+        would have.
+        """
+        self.close(checkpoint=False)
         self._raise_if_failed()
 
-    def close(self, *, flush: bool) -> None:
-        """Stop the thread after storing (flush) or dropping what waits; idempotent."""
+    def close(self, *, checkpoint: bool = True, progress: bool = True) -> None:
+        """Store what waits (minus what is switched off here), stop the thread; idempotent."""
         with self._cond:
-            if not flush:
-                self._checkpoint, self._rows = None, []
+            if not checkpoint:
+                self._checkpoint = None
+            if not progress:
+                self._rows = []
             self._closing = True
             self._cond.notify()
         if self._thread.is_alive():
@@ -254,7 +273,7 @@ class CheckpointWriter:
     def _run(self) -> None:
         from core.ml.train import TrainingStopped
 
-        next_at = 0.0  # the first epoch's checkpoint is stored at once
+        next_at = time.monotonic() + CHECKPOINT_INTERVAL_S
         while True:
             with self._cond:
                 while not self._closing:
@@ -263,14 +282,14 @@ class CheckpointWriter:
                     if waiting and now >= next_at:
                         break
                     self._cond.wait(next_at - now if waiting else None)
-                blob, rows = self._checkpoint, self._rows
+                encode, rows = self._checkpoint, self._rows
                 self._checkpoint, self._rows = None, []
-            if blob is None and not rows:
+            if encode is None and not rows:
                 return  # closing with nothing left
             started = time.monotonic()
             try:
-                if blob is not None:
-                    _write_checkpoint(self.job, self.owner, blob)
+                if encode is not None:
+                    _write_checkpoint(self.job, self.owner, encode())
                 if rows:
                     _record_progress_rows(self.job, self.owner, self.epochs, rows)
             except TrainingStopped as stop:  # the lease is gone: store nothing more
@@ -410,9 +429,7 @@ def execute_job(job_id: str, *, settings: Settings, owner: str | None = None) ->
     import core.ml.experiment  # noqa: F401 - load torch before the lease clock starts
 
     owner = owner or worker_identity()
-    _PH.clear(); _ph("start")
     job = claim(job_id, owner=owner, settings=settings)
-    _ph("claimed")
     if job is None:
         logger.info("delivery could not claim the job; nothing to do", extra={"job_id": job_id})
         return "not_claimed"
@@ -451,23 +468,21 @@ def _train_and_store(job: ClaimedJob, owner: str, settings: Settings) -> str:
             on_epoch=writer.record_progress,
             should_stop=lambda: lease.stop_reason or writer.stop_reason,
             load_checkpoint=lambda: _read_checkpoint(job),
-            save_checkpoint=writer.save_checkpoint,
+            checkpoint_ready=writer.checkpoint_ready,
         )
         try:
             arrays = _load_upload(job.dataset_id) if job.dataset_id else None
-            _ph("loaded")
             output = run_experiment(
                 job.spec,
                 arrays=arrays,
                 hooks=hooks,
                 class_names=upload_class_names(job.dataset_id),
             )
-            _ph("trained")
-            writer.flush()  # the last checkpoint and progress, before the result
-            _ph("flushed")
+            writer.finish()  # the progress rows, before the result
         except TrainingStopped as stop:
             # a lost lease writes nothing more; cancel, shutdown and timeout keep the latest
-            writer.close(flush=stop.reason != "lease_lost")
+            lost = stop.reason == "lease_lost"
+            writer.close(checkpoint=not lost, progress=not lost)
             return _stopped(job.id, owner, stop.reason)
         except TrainingDivergedError as exc:
             _close_quietly(writer)
@@ -492,18 +507,13 @@ def _train_and_store(job: ClaimedJob, owner: str, settings: Settings) -> str:
         lease.renew_once()  # a cancel or a lost lease that came during the last epoch
         if lease.stop_reason:
             return _stopped(job.id, owner, lease.stop_reason)
-    _ph("lease_exit")
     stored = store_result(job, owner, output.result, output.artifacts)
-    _ph("stored")
-    import json as _j
-    with open("/tmp/phase.log", "a") as _f:
-        _f.write(_j.dumps({k: round(v - _PH[0][1], 4) for k, v in _PH}) + "\n")
     return "succeeded" if stored else "lease_lost"
 
 
 def _close_quietly(writer: CheckpointWriter) -> None:
     """Store what waits (owner-checked) before a failure is recorded; its errors are logged."""
-    writer.close(flush=True)
+    writer.close()
     if writer.error is not None:
         logger.warning("checkpoint writer: %s", writer.error, extra={"job_id": writer.job.id})
 

@@ -10,6 +10,7 @@ the global torch RNG (model init before `fit`, dropout), the data-order generato
 from __future__ import annotations
 
 import contextlib
+import functools
 import json
 import logging
 import math
@@ -83,6 +84,10 @@ class TrainHooks:
     should_stop: Callable[[], str | None] | None = None
     load_checkpoint: Callable[[], bytes | None] | None = None
     save_checkpoint: Callable[[bytes], None] | None = None
+    # For callers that store asynchronously: after every epoch, a function that returns that
+    # epoch's checkpoint bytes. The state is copied at once; the encoding (the same bytes
+    # save_checkpoint gets) is left to whoever calls it, on any thread, or to nobody.
+    checkpoint_ready: Callable[[Callable[[], bytes]], None] | None = None
 
 
 @dataclass
@@ -317,8 +322,10 @@ def encode_checkpoint(ckpt: dict[str, Any]) -> bytes:
     model = {k: v.detach().to("cpu") for k, v in ckpt["model"].items()}
     _tensor_table("model/", model, tensors, seen)
     best: dict[str, Tensor] | None = ckpt["best_state"]
-    best_is_model = best is not None and best.keys() == model.keys() and all(
-        torch.equal(best[k], model[k]) for k in model)  # the epoch that just improved
+    best_is_model = (
+        best is not None and ckpt["best_epoch"] == ckpt["epoch"] and best.keys() == model.keys()
+        and all(
+            torch.equal(best[k], model[k]) for k in model))  # the epoch that just improved
     if best is not None and not best_is_model:
         _tensor_table("best/", best, tensors, seen)
     optim = ckpt["optimizer"]
@@ -348,6 +355,29 @@ def encode_checkpoint(ckpt: dict[str, Any]) -> bytes:
     # one metadata key: safetensors writes several in hash order, one gives stable bytes
     return safetensors_save(tensors, metadata={
         _CKPT_TAG: json.dumps({"version": CHECKPOINT_FORMAT, **meta})})
+
+
+def _frozen(state: dict[str, Any]) -> dict[str, Any]:
+    """A copy of checkpoint state that training cannot change any more (tensors cloned).
+
+    The best state is shared: `fit` replaces it on improvement and never changes it in place.
+    """
+    def copy(t: Tensor) -> Tensor:
+        return t.detach().to("cpu", copy=True)
+
+    optim = state["optimizer"]
+    rng = state["rng"]
+    return {
+        **state,
+        "model": {k: copy(v) for k, v in state["model"].items()},
+        "optimizer": {
+            "state": {idx: {n: copy(v) if isinstance(v, Tensor) else v for n, v in st.items()}
+                      for idx, st in optim["state"].items()},
+            "param_groups": [dict(g) for g in optim["param_groups"]],
+        },
+        "rng": {**rng, "cuda": None if rng["cuda"] is None else [copy(t) for t in rng["cuda"]]},
+        "history": list(state["history"]),
+    }
 
 
 def _header_metadata(blob: bytes) -> dict[str, Any]:
@@ -526,14 +556,18 @@ def fit(
             bad_epochs += 1
             stopped_early = bad_epochs >= cfg.patience
 
-        if hooks.save_checkpoint:
-            hooks.save_checkpoint(encode_checkpoint({
+        if hooks.save_checkpoint or hooks.checkpoint_ready:
+            state = {
                 "config": config_json, "epoch": epoch,
                 "model": model.state_dict(), "optimizer": optimizer.state_dict(),
                 "rng": _rng_state(order, aug, device), "history": history,
                 "best_value": best_value, "best_epoch": best_epoch, "best_state": best_state,
                 "bad_epochs": bad_epochs, "stopped_early": stopped_early,
-            }))
+            }
+            if hooks.checkpoint_ready:
+                hooks.checkpoint_ready(functools.partial(encode_checkpoint, _frozen(state)))
+            if hooks.save_checkpoint:
+                hooks.save_checkpoint(encode_checkpoint(state))
         if hooks.on_epoch:
             hooks.on_epoch(dict(row))
 
