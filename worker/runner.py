@@ -203,7 +203,9 @@ class CheckpointWriter:
     `close` ends it before any terminal transition (then joins the thread, so nothing is
     written after the job's final transaction): a stop (cancel, shutdown, timeout) or a
     failure stores everything waiting; a lost lease drops it; success stores the progress
-    rows and drops the last checkpoint, which the result transaction makes useless.
+    rows and drops the last checkpoint, which the result transaction makes useless. (The
+    last epoch's progress is stored at once, while the job is evaluated and finished; only
+    then may progress be ahead of the stored checkpoint.)
     """
 
     def __init__(self, job: ClaimedJob, owner: str, epochs: int) -> None:
@@ -214,6 +216,8 @@ class CheckpointWriter:
         self._checkpoint: Callable[[], bytes] | None = None
         self._rows: list[dict[str, Any]] = []
         self._closing = False
+        self._rows_now = False  # the last epoch's row is here: store the progress now
+        self._last_epoch = False  # after it, the checkpoint waits for a stop (if any)
         self._thread = threading.Thread(target=self._run, name=f"checkpoints-{job.id}", daemon=True)
 
     def __enter__(self) -> CheckpointWriter:
@@ -239,6 +243,8 @@ class CheckpointWriter:
         self._raise_if_failed()
         with self._cond:
             self._rows.append(row)
+            if int(row.get("epoch") or 0) >= self.epochs:
+                self._rows_now = self._last_epoch = True
             self._cond.notify()
 
     def _raise_if_failed(self) -> None:
@@ -276,14 +282,20 @@ class CheckpointWriter:
         next_at = time.monotonic() + CHECKPOINT_INTERVAL_S
         while True:
             with self._cond:
-                while not self._closing:
-                    waiting = self._checkpoint is not None or bool(self._rows)
+                while not (self._closing or self._rows_now):
+                    waiting = not self._last_epoch and (
+                        self._checkpoint is not None or bool(self._rows)
+                    )
                     now = time.monotonic()
                     if waiting and now >= next_at:
                         break
                     self._cond.wait(next_at - now if waiting else None)
                 encode, rows = self._checkpoint, self._rows
-                self._checkpoint, self._rows = None, []
+                if self._closing or not self._rows_now:
+                    self._checkpoint = None
+                else:
+                    encode = None  # the last epoch's progress, while the job finishes
+                self._rows, self._rows_now = [], False
             if encode is None and not rows:
                 return  # closing with nothing left
             started = time.monotonic()

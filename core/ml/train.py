@@ -303,10 +303,10 @@ def _tensor_table(prefix: str, tensors: dict[str, Tensor], out: dict[str, Tensor
     """Add CPU, contiguous, unshared views of `tensors` to `out` under `prefix`."""
     for key, value in tensors.items():
         t = value.detach().to("cpu").contiguous()
-        if t.numel() and t.data_ptr() in seen:  # safetensors refuses shared storage
-            t = t.clone()
+        if t.numel() and t.untyped_storage().data_ptr() in seen:  # safetensors refuses
+            t = t.clone()  # tensors that share storage (tied weights, views of one buffer)
         if t.numel():
-            seen.add(t.data_ptr())
+            seen.add(t.untyped_storage().data_ptr())
         out[f"{prefix}{key}"] = t
 
 

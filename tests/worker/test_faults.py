@@ -41,10 +41,12 @@ from tests.worker.faults import (
 
 pytestmark = pytest.mark.slow
 
-# Slow enough per epoch that "mid-training" is reliable, small enough to finish fast.
+# Slow enough per epoch that "mid-training" is reliable, small enough to finish fast; a few
+# seconds in all, because the worker stores checkpoints and progress at most once per
+# CHECKPOINT_INTERVAL_S (1 s): progress first shows (with a checkpoint) a second in.
 LONG: dict[str, Any] = {
     "model": {"hidden": [64]},
-    "training": {"epochs": 8, "batch_size": 16, "early_stopping": None},
+    "training": {"epochs": 30, "batch_size": 16, "early_stopping": None},
 }
 DONE = ("succeeded", "failed", "canceled")
 

@@ -15,7 +15,9 @@ from core.services import jobs as job_service
 from tests.worker.faults import SMALL, count_status, create_job, job_row, make_tenant, wait_epoch
 from worker.runner import _transition, execute_job
 
-LONGER = {"model": {"hidden": [32]}, "training": {"epochs": 40, "early_stopping": None}}
+# Long enough to be running when its first progress shows: the worker stores checkpoints and
+# progress at most once per CHECKPOINT_INTERVAL_S, and 40 such epochs take well under that.
+LONGER = {"model": {"hidden": [32]}, "training": {"epochs": 400, "early_stopping": None}}
 
 
 def test_two_deliveries_at_once_train_once(db: str) -> None:

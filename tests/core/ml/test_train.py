@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import contextlib
+import functools
 import io
 import json
 import pickle
@@ -257,7 +258,7 @@ def test_foreign_tampered_and_old_checkpoints_are_ignored(data):
     for name, blob in bad.items():
         with pytest.raises(ValueError):
             load_checkpoint(blob)
-        res = fit(_model(), *data, cfg, TrainHooks(load_checkpoint=lambda b=blob: b))
+        res = fit(_model(), *data, cfg, TrainHooks(load_checkpoint=functools.partial(bytes, blob)))
         assert res.resumed_from_epoch is None and len(res.history) == 2, name
     assert not _Boom.ran
     res = fit(_model(), *data, cfg, TrainHooks(load_checkpoint=lambda: good))
@@ -267,3 +268,29 @@ def test_foreign_tampered_and_old_checkpoints_are_ignored(data):
 def _meta(blob: bytes) -> dict:
     with safe_open_bytes(blob) as st:
         return json.loads(st.metadata()[TAG])
+
+
+def test_checkpoint_ready_freezes_the_epoch_and_encodes_the_same_bytes(data):
+    # the asynchronous hook: state is copied at the epoch's end, encoded later (or never)
+    cfg = TrainConfig(epochs=4, device="cpu", early_stopping_metric="val_nll", patience=9)
+    eager: list[bytes] = []
+    lazy: list = []
+    fit(_model(dropout=0.2), *data, cfg,
+        TrainHooks(save_checkpoint=eager.append, checkpoint_ready=lazy.append))
+    # encoded only now, after training went on and changed every tensor in place
+    assert [encode() for encode in lazy] == eager
+    assert [load_checkpoint(b)["epoch"] for b in eager] == [1, 2, 3, 4]
+    alone: list = []
+    fit(_model(dropout=0.2), *data, cfg, TrainHooks(checkpoint_ready=alone.append))
+    assert [encode() for encode in alone] == eager
+
+
+def test_checkpoint_of_tensors_sharing_storage(data):
+    # tied weights or views of one buffer: stored as separate copies, read back equal
+    saved, model = _run_and_keep(data, TrainConfig(epochs=1, device="cpu"))
+    ckpt = load_checkpoint(saved[0])
+    flat = torch.arange(12.0)
+    ckpt["model"] = {**ckpt["model"], "tied.a": flat[:6], "tied.b": flat[6:], "tied.c": flat[:6]}
+    back = load_checkpoint(encode_checkpoint(ckpt))
+    assert torch.equal(back["model"]["tied.b"], flat[6:])
+    assert torch.equal(back["model"]["tied.a"], back["model"]["tied.c"])
