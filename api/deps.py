@@ -7,7 +7,7 @@ from typing import Annotated
 
 from anyio import CapacityLimiter, to_thread
 from anyio.lowlevel import RunVar
-from fastapi import Depends, Request
+from fastapi import Depends, Query, Request
 from fastapi.security import HTTPAuthorizationCredentials, HTTPBearer
 from sqlalchemy.orm import Session
 
@@ -168,3 +168,9 @@ def _claim_idempotency_key(
         assert claim.stored is not None
         raise IdempotentReplay(claim.stored)
     request.state.idempotency_claim = (tenant_id, key)
+
+
+LimitQuery = Annotated[int, Query(ge=1, le=200, description="Page size (at most 200)")]
+CursorQuery = Annotated[
+    str | None, Query(max_length=500, description="The next_cursor of the previous page")
+]

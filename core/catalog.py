@@ -101,6 +101,8 @@ TEST_METRICS: dict[str, str] = {
     "logit_gap": "z_y - mean of the other logits: mean, median and its optimum under smoothing",
 }
 
+SCALAR_TEST_METRICS = tuple(k for k in TEST_METRICS if k not in ("reliability", "logit_gap"))
+
 HISTORY_METRICS: dict[str, str] = {
     "train_loss": "mean label-smoothed training loss of the epoch",
     "val_nll": "validation negative log-likelihood",

@@ -12,7 +12,7 @@ from python_multipart.multipart import MultipartParser, parse_options_header
 from sqlalchemy.orm import Session
 from starlette.concurrency import run_in_threadpool
 
-from api.deps import SessionDep, SettingsDep, TenantDep
+from api.deps import CursorQuery, LimitQuery, SessionDep, SettingsDep, TenantDep
 from api.schemas import Problem
 from core.config import Settings
 from core.errors import PayloadTooLargeError
@@ -308,8 +308,8 @@ async def upload_dataset(
 def list_datasets(
     session: SessionDep,
     tenant: TenantDep,
-    limit: Annotated[int, Query(ge=1, le=200)] = 50,
-    cursor: Annotated[str | None, Query(max_length=500)] = None,
+    limit: LimitQuery = 50,
+    cursor: CursorQuery = None,
 ) -> DatasetPage:
     """The tenant's datasets, newest first, cursor-paginated."""
     rows, next_cursor = dataset_service.list_datasets(

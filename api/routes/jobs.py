@@ -18,6 +18,8 @@ from sqlalchemy import Dialect, Select, and_, bindparam, select
 
 from api.deps import (
     BearerCredentials,
+    CursorQuery,
+    LimitQuery,
     SessionDep,
     SettingsDep,
     TenantDep,
@@ -118,8 +120,8 @@ def submit_job(
 def list_jobs(
     session: SessionDep,
     tenant: TenantDep,
-    limit: Annotated[int, Query(ge=1, le=200)] = 50,
-    cursor: Annotated[str | None, Query(max_length=500)] = None,
+    limit: LimitQuery = 50,
+    cursor: CursorQuery = None,
     status_: Annotated[
         str | None, Query(alias="status", pattern="^(queued|running|succeeded|failed|canceled)$")
     ] = None,

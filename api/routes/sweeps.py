@@ -7,7 +7,7 @@ from typing import Annotated, Any
 
 from fastapi import APIRouter, Body, Query, Response, status
 
-from api.deps import SessionDep, SettingsDep, TenantDep
+from api.deps import CursorQuery, LimitQuery, SessionDep, SettingsDep, TenantDep
 from api.schemas import Problem, SweepOut, SweepPage
 from core.errors import ConflictError
 from core.models import Sweep
@@ -110,8 +110,8 @@ def submit_sweep(
 def list_sweeps(
     session: SessionDep,
     tenant: TenantDep,
-    limit: Annotated[int, Query(ge=1, le=200)] = 50,
-    cursor: Annotated[str | None, Query(max_length=500)] = None,
+    limit: LimitQuery = 50,
+    cursor: CursorQuery = None,
     status_: Annotated[
         str | None,
         Query(alias="status", pattern="^(queued|running|canceling|succeeded|failed|canceled)$"),

@@ -23,18 +23,9 @@ from typing import Any
 
 import numpy as np
 
-TEST_METRICS = (
-    "accuracy",
-    "nll",
-    "brier",
-    "ece",
-    "ece_adaptive",
-    "mce",
-    "classwise_ece",
-    "mean_confidence",
-    "overconfidence",
-    "mean_entropy",
-)
+from core.catalog import SCALAR_TEST_METRICS
+
+TEST_METRICS = SCALAR_TEST_METRICS
 SCALED_METRICS = ("ece", "nll", "accuracy")
 VAL_METRICS = ("val_nll", "val_accuracy", "val_ece")
 MAXIMIZE = {"val_accuracy"}
