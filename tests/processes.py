@@ -9,6 +9,7 @@ import subprocess
 import sys
 import time
 import uuid
+from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
@@ -49,10 +50,8 @@ def _spawn(args: list[str], log: Path, env: dict[str, str] | None, **info: Any) 
     return Proc(popen, log, **info)
 
 
-def start_worker(log: Path, *, env: dict[str, str] | None = None, timeout: float = 60) -> Proc:
-    """Start a worker and wait until Celery reports it ready."""
-    name = f"w{uuid.uuid4().hex[:8]}@%h"
-    proc = _spawn(cli("worker", "--loglevel", "info", "--hostname", name), log, env, name=name)
+def wait_worker_ready(proc: Proc, *, timeout: float, stop: Callable[[Proc], None]) -> Proc:
+    """Wait until Celery reports the worker ready; on failure stop it with `stop` and raise."""
     deadline = time.monotonic() + timeout
     while time.monotonic() < deadline:
         if " ready." in proc.log_text():
@@ -60,8 +59,15 @@ def start_worker(log: Path, *, env: dict[str, str] | None = None, timeout: float
         if proc.popen.poll() is not None:
             raise RuntimeError(f"worker exited during start-up:\n{proc.log_text()[-3000:]}")
         time.sleep(0.1)
-    stop_process(proc)
+    stop(proc)
     raise RuntimeError(f"worker not ready in {timeout}s:\n{proc.log_text()[-3000:]}")
+
+
+def start_worker(log: Path, *, env: dict[str, str] | None = None, timeout: float = 60) -> Proc:
+    """Start a worker and wait until Celery reports it ready."""
+    name = f"w{uuid.uuid4().hex[:8]}@%h"
+    proc = _spawn(cli("worker", "--loglevel", "info", "--hostname", name), log, env, name=name)
+    return wait_worker_ready(proc, timeout=timeout, stop=stop_process)
 
 
 def free_port() -> int:

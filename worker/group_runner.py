@@ -15,11 +15,11 @@ from core.timeutil import as_utc
 from worker.lease import SHUTDOWN, LeaseKeeper
 from worker.runner import (
     ClaimedJob,
-    _end,
-    _load_upload,
-    _record_progress,
-    _timeout_message,
+    end_attempt,
+    load_upload,
+    record_progress_row,
     store_result,
+    timeout_message,
     upload_class_names,
     with_db_retry,
     worker_identity,
@@ -131,12 +131,12 @@ def finalize_sweep(sweep_id: str) -> bool:
 
 def _end_all(jobs: list[ClaimedJob], owner: str, reason: str, message: str) -> None:
     for job in jobs:
-        _end(job.id, owner, "failed", reason, message)
+        end_attempt(job.id, owner, "failed", reason, message)
 
 
 def _release_group(jobs: list[ClaimedJob], owner: str) -> None:
     """Give the group back to the queue (soft shutdown) and re-enqueue it as one task."""
-    released = [job.id for job in jobs if _end(job.id, owner, "queued")]
+    released = [job.id for job in jobs if end_attempt(job.id, owner, "queued")]
     if not released:
         return
     try:
@@ -165,7 +165,7 @@ def execute_group(
     try:
         return _train_group(jobs, owner, settings)
     except SoftTimeLimitExceeded:
-        _end_all(jobs, owner, "timeout", _timeout_message(settings))
+        _end_all(jobs, owner, "timeout", timeout_message(settings))
         return {job.id: "failed" for job in jobs}
     finally:
         finalize_sweep_of(jobs[0].id)
@@ -188,7 +188,7 @@ def _train_group(jobs: list[ClaimedJob], owner: str, settings: Settings) -> dict
 
             def on_epoch(i: int, row: dict[str, Any], group: list[ClaimedJob] = group) -> None:
                 job = group[i]
-                _record_progress(job, owner, int(job.spec["training"]["epochs"]), row)
+                record_progress_row(job, owner, int(job.spec["training"]["epochs"]), row)
 
             def trial_canceled(i: int, group: list[ClaimedJob] = group) -> bool:
                 return lease.masked(group[i].id)
@@ -199,7 +199,7 @@ def _train_group(jobs: list[ClaimedJob], owner: str, settings: Settings) -> dict
                 trial_canceled=trial_canceled,
             )
             try:
-                arrays = _load_upload(group[0].dataset_id) if group[0].dataset_id else None
+                arrays = load_upload(group[0].dataset_id) if group[0].dataset_id else None
                 results = run_trials(
                     [j.spec for j in group],
                     arrays=arrays,
@@ -208,7 +208,7 @@ def _train_group(jobs: list[ClaimedJob], owner: str, settings: Settings) -> dict
                 )
             except TrialDivergedError as exc:
                 bad = group[exc.trial]
-                _end(bad.id, owner, "failed", "diverged", str(exc))
+                end_attempt(bad.id, owner, "failed", "diverged", str(exc))
                 outcomes[bad.id] = "failed"
                 lease.retire(bad.id)
                 pending.remove(bad)
@@ -244,10 +244,12 @@ def _train_group(jobs: list[ClaimedJob], owner: str, settings: Settings) -> dict
         if state == "lost":
             outcomes[job.id] = "lease_lost"  # another attempt owns it: write nothing
         elif state == "cancel":
-            _end(job.id, owner, "canceled")
+            end_attempt(job.id, owner, "canceled")
             outcomes[job.id] = "canceled"
         elif output is None:
-            _end(job.id, owner, "failed", "internal", "the stacked trainer returned no output")
+            end_attempt(
+                job.id, owner, "failed", "internal", "the stacked trainer returned no output"
+            )
             outcomes[job.id] = "failed"
         else:
             stored = store_result(job, owner, output.result, output.artifacts)

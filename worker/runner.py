@@ -94,7 +94,9 @@ def claim(job_id: str, *, owner: str, settings: Settings) -> ClaimedJob | None:
         )
 
 
-def _load_upload(dataset_id: str) -> tuple[np.ndarray, np.ndarray]:
+def load_upload(dataset_id: str) -> tuple[np.ndarray, np.ndarray]:
+    """The (X, y) arrays of an uploaded dataset, read pickle-free from the artifact store."""
+
     def read() -> bytes | None:
         with session_scope() as session:
             found = get_artifact(session, key=f"datasets/{dataset_id}.npz")
@@ -152,7 +154,7 @@ def _read_checkpoint(job: ClaimedJob) -> bytes | None:
     return with_db_retry(read, what="load checkpoint")
 
 
-def _record_progress(job: ClaimedJob, owner: str, epochs: int, row: dict[str, Any]) -> None:
+def record_progress_row(job: ClaimedJob, owner: str, epochs: int, row: dict[str, Any]) -> None:
     """Record one epoch's progress row (owner-checked)."""
     _record_progress_rows(job, owner, epochs, [row])
 
@@ -344,7 +346,9 @@ def _transition(job_id: str, owner: str, what: str, apply: Callable[[Any], bool]
             logger.warning("%s: check failed (%s)", what, exc)
 
 
-def _end(job_id: str, owner: str, status: str, reason: str = "", message: str = "") -> bool:
+def end_attempt(job_id: str, owner: str, status: str, reason: str = "", message: str = "") -> bool:
+    """End this worker's attempt: canceled, released to the queue, or failed with a reason."""
+
     def apply(session: Any) -> bool:
         if status == "canceled":
             return job_service.finish_canceled(session, job_id=job_id, owner=owner)
@@ -359,7 +363,7 @@ def _end(job_id: str, owner: str, status: str, reason: str = "", message: str = 
 
 def _release(job_id: str, owner: str) -> None:
     """Give the job back to the queue (soft shutdown) and re-enqueue it after the commit."""
-    if not _end(job_id, owner, "queued"):
+    if not end_attempt(job_id, owner, "queued"):
         return
     try:
         enqueue_job(job_id)
@@ -418,7 +422,8 @@ def store_result(
     return with_db_retry(ours, what="verify result")
 
 
-def _timeout_message(settings: Settings) -> str:
+def timeout_message(settings: Settings) -> str:
+    """The failure message of a job that hit its time limit."""
     return (
         f"The job exceeded the time limit of {settings.task_soft_time_limit} s; "
         "use fewer epochs or a smaller model"
@@ -449,7 +454,7 @@ def execute_job(job_id: str, *, settings: Settings, owner: str | None = None) ->
         return _train_and_store(job, owner, settings)
     except SoftTimeLimitExceeded:
         # The checkpoint of the last finished epoch is stored; the attempt ends here.
-        _end(job.id, owner, "failed", "timeout", _timeout_message(settings))
+        end_attempt(job.id, owner, "failed", "timeout", timeout_message(settings))
         return "failed"
     finally:
         if (job.spec.get("tags") or {}).get("sweep_id"):  # a sweep trial run alone ends its sweep
@@ -483,7 +488,7 @@ def _train_and_store(job: ClaimedJob, owner: str, settings: Settings) -> str:
             checkpoint_ready=writer.checkpoint_ready,
         )
         try:
-            arrays = _load_upload(job.dataset_id) if job.dataset_id else None
+            arrays = load_upload(job.dataset_id) if job.dataset_id else None
             output = run_experiment(
                 job.spec,
                 arrays=arrays,
@@ -498,15 +503,15 @@ def _train_and_store(job: ClaimedJob, owner: str, settings: Settings) -> str:
             return _stopped(job.id, owner, stop.reason)
         except TrainingDivergedError as exc:
             _close_quietly(writer)
-            _end(job.id, owner, "failed", "diverged", str(exc))
+            end_attempt(job.id, owner, "failed", "diverged", str(exc))
             return "failed"
         except (InvalidDatasetError, SpecError) as exc:
             _close_quietly(writer)
-            _end(job.id, owner, "failed", "invalid_dataset", str(exc))
+            end_attempt(job.id, owner, "failed", "invalid_dataset", str(exc))
             return "failed"
         except DeviceUnavailableError as exc:
             _close_quietly(writer)
-            _end(job.id, owner, "failed", "device_unavailable", str(exc))
+            end_attempt(job.id, owner, "failed", "device_unavailable", str(exc))
             return "failed"
         except SoftTimeLimitExceeded:
             _close_quietly(writer)  # execute_job ends the job as timed out
@@ -514,7 +519,7 @@ def _train_and_store(job: ClaimedJob, owner: str, settings: Settings) -> str:
         except Exception as exc:
             logger.exception("job failed", extra={"job_id": job.id})
             _close_quietly(writer)
-            _end(job.id, owner, "failed", "internal", f"{type(exc).__name__}: {exc}")
+            end_attempt(job.id, owner, "failed", "internal", f"{type(exc).__name__}: {exc}")
             return "failed"
         lease.renew_once()  # a cancel or a lost lease that came during the last epoch
         if lease.stop_reason:
@@ -533,12 +538,12 @@ def _close_quietly(writer: CheckpointWriter) -> None:
 def _stopped(job_id: str, owner: str, reason: str) -> str:
     """End an attempt that was stopped from outside: cancel, shutdown or a lost lease."""
     if reason == "canceled":
-        _end(job_id, owner, "canceled")
+        end_attempt(job_id, owner, "canceled")
         return "canceled"
     if reason == SHUTDOWN:
         _release(job_id, owner)
         return "released"
     if reason == TIMEOUT:  # the hard time limit: SIGTERM now, SIGKILL in a moment
-        _end(job_id, owner, "failed", "timeout", _hard_timeout_message())
+        end_attempt(job_id, owner, "failed", "timeout", _hard_timeout_message())
         return "failed"
     return "lease_lost"  # another attempt owns the job: write nothing

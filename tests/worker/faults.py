@@ -21,7 +21,7 @@ from core.queue import QUEUE_TRAINING, TASK_RUN_JOB, make_celery
 from core.services import jobs as job_service
 from core.services import tenants
 from core.spec import JobSpec
-from tests.processes import Proc, _spawn, cli, free_port, stop_process
+from tests.processes import Proc, _spawn, cli, free_port, stop_process, wait_worker_ready
 
 SMALL: dict[str, Any] = {"model": {"hidden": [32]}, "training": {"epochs": 3}}
 
@@ -48,9 +48,23 @@ class RedisServer:
         """Start it and wait until it answers PING."""
         handle = open(self.log, "ab")  # noqa: SIM115 - owned by the child
         self.popen = subprocess.Popen(
-            ["redis-server", "--port", str(self.port), "--bind", "127.0.0.1", "--save", "",
-             "--appendonly", "no", "--daemonize", "no", "--maxmemory-policy", "noeviction"],
-            stdout=handle, stderr=subprocess.STDOUT,
+            [
+                "redis-server",
+                "--port",
+                str(self.port),
+                "--bind",
+                "127.0.0.1",
+                "--save",
+                "",
+                "--appendonly",
+                "no",
+                "--daemonize",
+                "no",
+                "--maxmemory-policy",
+                "noeviction",
+            ],
+            stdout=handle,
+            stderr=subprocess.STDOUT,
         )
         handle.close()
         deadline = time.monotonic() + 10
@@ -117,7 +131,8 @@ def status_events(job_id: str) -> list[dict[str, Any]]:
     """The data of the job's status events, oldest first."""
     with session_scope() as s:
         rows = s.scalars(
-            select(JobEvent).where(JobEvent.job_id == job_id, JobEvent.kind == "status")
+            select(JobEvent)
+            .where(JobEvent.job_id == job_id, JobEvent.kind == "status")
             .order_by(JobEvent.id)
         )
         return [dict(e.data) for e in rows]
@@ -128,8 +143,9 @@ def count_status(job_id: str, status: str) -> int:
     return sum(1 for e in status_events(job_id) if e.get("status") == status)
 
 
-def wait_until(what: str, check: Callable[[], Any], timeout: float, *,
-               logs: tuple[Proc, ...] = ()) -> Any:
+def wait_until(
+    what: str, check: Callable[[], Any], timeout: float, *, logs: tuple[Proc, ...] = ()
+) -> Any:
     """Poll `check` until it returns something truthy."""
     deadline = time.monotonic() + timeout
     while time.monotonic() < deadline:
@@ -144,13 +160,15 @@ def wait_until(what: str, check: Callable[[], Any], timeout: float, *,
     raise AssertionError(f"timed out after {timeout}s waiting for {what}\n{tails}")
 
 
-def wait_status(job_id: str, statuses: tuple[str, ...], timeout: float,
-                logs: tuple[Proc, ...] = ()) -> Job:
+def wait_status(
+    job_id: str, statuses: tuple[str, ...], timeout: float, logs: tuple[Proc, ...] = ()
+) -> Job:
     """Wait until the job is in one of `statuses`."""
     return wait_until(
         f"{job_id} in {statuses}",
         lambda: (j := job_row(job_id)).status in statuses and j,
-        timeout, logs=logs,
+        timeout,
+        logs=logs,
     )
 
 
@@ -158,9 +176,13 @@ def wait_epoch(job_id: str, epoch: int, timeout: float, logs: tuple[Proc, ...] =
     """Wait until the running job reports progress of at least `epoch`."""
     return wait_until(
         f"{job_id} at epoch {epoch}",
-        lambda: (j := job_row(job_id)).status == "running"
-        and int((j.progress or {}).get("epoch") or 0) >= epoch and j,
-        timeout, logs=logs,
+        lambda: (
+            (j := job_row(job_id)).status == "running"
+            and int((j.progress or {}).get("epoch") or 0) >= epoch
+            and j
+        ),
+        timeout,
+        logs=logs,
     )
 
 
@@ -174,7 +196,7 @@ def children_of(pid: int) -> list[int]:
             stat = (entry / "stat").read_text()
         except OSError:
             continue
-        fields = stat[stat.rindex(")") + 2:].split()
+        fields = stat[stat.rindex(")") + 2 :].split()
         if int(fields[1]) == pid:
             found.append(int(entry.name))
     return found
@@ -224,12 +246,4 @@ def stop_all(*procs: Proc | None) -> None:
 def start_worker_with(log: Path, env: dict[str, str], *args: str, timeout: float = 120) -> Proc:
     """Start a worker with extra CLI arguments and wait until Celery reports it ready."""
     proc = _spawn(cli("worker", "--loglevel", "info", *args), log, env)
-    deadline = time.monotonic() + timeout
-    while time.monotonic() < deadline:
-        if " ready." in proc.log_text():
-            return proc
-        if proc.popen.poll() is not None:
-            raise RuntimeError(f"worker exited during start-up:\n{proc.log_text()[-3000:]}")
-        time.sleep(0.1)
-    stop_all(proc)
-    raise RuntimeError(f"worker not ready in {timeout}s:\n{proc.log_text()[-3000:]}")
+    return wait_worker_ready(proc, timeout=timeout, stop=stop_all)
