@@ -175,9 +175,15 @@ def _train_group(jobs: list[ClaimedJob], owner: str, settings: Settings) -> dict
     """Run the claimed trials as one stacked model under one lease keeper; store each."""
     from celery.exceptions import SoftTimeLimitExceeded
 
-    from core.ml.sweep import TrialDivergedError, TrialHooks, run_trials
-    from core.ml.train import DeviceUnavailableError, TrainingDivergedError, TrainingStopped
-    from core.ml.upload import InvalidDatasetError, SpecError
+    from core.ml.errors import (
+        DeviceUnavailableError,
+        InvalidDatasetError,
+        SpecError,
+        TrainingDivergedError,
+        TrainingStopped,
+        TrialDivergedError,
+    )
+    from core.ml.sweep import TrialHooks, run_trials
 
     outcomes: dict[str, str] = {}
     outputs: dict[str, Any] = {}

@@ -125,7 +125,7 @@ def upload_class_names(dataset_id: str | None) -> list[str] | None:
 
 def _write_checkpoint(job: ClaimedJob, owner: str, blob: bytes) -> None:
     """Store the checkpoint if this worker still owns the job; else stop (lease lost)."""
-    from core.ml.train import TrainingStopped
+    from core.ml.errors import TrainingStopped
 
     def write() -> None:
         with session_scope() as session:
@@ -250,7 +250,7 @@ class CheckpointWriter:
             self._cond.notify()
 
     def _raise_if_failed(self) -> None:
-        from core.ml.train import TrainingStopped
+        from core.ml.errors import TrainingStopped
 
         if self.stop_reason:
             raise TrainingStopped(self.stop_reason)
@@ -279,7 +279,7 @@ class CheckpointWriter:
             self._thread.join()
 
     def _run(self) -> None:
-        from core.ml.train import TrainingStopped
+        from core.ml.errors import TrainingStopped
 
         next_at = time.monotonic() + CHECKPOINT_INTERVAL_S
         while True:
@@ -467,14 +467,15 @@ def _train_and_store(job: ClaimedJob, owner: str, settings: Settings) -> str:
     """Train a claimed job under its lease and store the outcome."""
     from celery.exceptions import SoftTimeLimitExceeded
 
-    from core.ml.experiment import run_experiment
-    from core.ml.train import (
+    from core.ml.errors import (
         DeviceUnavailableError,
-        TrainHooks,
+        InvalidDatasetError,
+        SpecError,
         TrainingDivergedError,
         TrainingStopped,
     )
-    from core.ml.upload import InvalidDatasetError, SpecError
+    from core.ml.experiment import run_experiment
+    from core.ml.train import TrainHooks
 
     epochs = int(job.spec["training"]["epochs"])
     with (

@@ -14,10 +14,9 @@ from typing import Any
 import numpy as np
 import torch
 
+from core.ml.errors import InvalidDatasetError, SpecError
 from core.ml.upload import (
     BUILTIN_DATASETS,
-    InvalidDatasetError,
-    SpecError,
     arch_incompatibility,
     compatible_archs,
     dataset_sha256,

@@ -29,9 +29,10 @@ from core.ml.data import (
     to_view,
     view_for_arch,
 )
+from core.ml.errors import SpecError
 from core.ml.nets import build_model, model_config
 from core.ml.train import FitResult, TrainConfig, TrainHooks, evaluate, fit
-from core.ml.upload import SpecError, arch_incompatibility
+from core.ml.upload import arch_incompatibility
 
 __all__ = [
     "ExperimentOutput",

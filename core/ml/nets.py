@@ -22,7 +22,8 @@ from typing import Any
 import torch
 from torch import Tensor, nn
 
-from core.ml.upload import SpecError, arch_incompatibility
+from core.ml.errors import SpecError
+from core.ml.upload import arch_incompatibility
 
 __all__ = ["CNN", "GRUNet", "LinearNet", "MLP", "TransformerNet", "build_model", "model_config"]
 

@@ -46,6 +46,7 @@ from torch.func import functional_call, stack_module_state, vmap
 
 from core.ml import losses
 from core.ml.data import shift_augment
+from core.ml.errors import SpecError, TrainingDivergedError, TrainingStopped, TrialDivergedError
 from core.ml.experiment import (
     ExperimentOutput,
     PreparedExperiment,
@@ -57,8 +58,6 @@ from core.ml.train import (
     FitResult,
     TrainConfig,
     TrainHooks,
-    TrainingDivergedError,
-    TrainingStopped,
     _autocast,
     _improved,
     class_logits,
@@ -66,11 +65,9 @@ from core.ml.train import (
     resolve_device,
     val_metrics,
 )
-from core.ml.upload import SpecError
 
 __all__ = [
     "STACKABLE_ARCHS",
-    "TrialDivergedError",
     "TrialHooks",
     "can_stack",
     "run_trials",
@@ -79,15 +76,6 @@ __all__ = [
 
 STACKABLE_ARCHS = frozenset({"linear", "mlp", "cnn", "transformer"})
 _PREFIX = "net."
-
-
-class TrialDivergedError(TrainingDivergedError):
-    """One trial's loss became NaN or inf; `trial` is its index in the specs, `epoch` when."""
-
-    def __init__(self, trial: int, epoch: int) -> None:
-        super().__init__(epoch)
-        self.args = (f"trial {trial}: {self.args[0]}",)
-        self.trial = trial
 
 
 @dataclass

@@ -27,16 +27,13 @@ from torch import Tensor, nn
 
 from core.ml import calibration, losses
 from core.ml.data import shift_augment
-from core.ml.upload import SpecError
+from core.ml.errors import DeviceUnavailableError, SpecError, TrainingDivergedError, TrainingStopped
 
 __all__ = [
     "CHECKPOINT_FORMAT",
-    "DeviceUnavailableError",
     "FitResult",
     "TrainConfig",
     "TrainHooks",
-    "TrainingDivergedError",
-    "TrainingStopped",
     "class_logits",
     "encode_checkpoint",
     "evaluate",
@@ -51,29 +48,6 @@ __all__ = [
 CHECKPOINT_FORMAT = 2  # 1 was torch.save (zip + restricted unpickler); 2 is safetensors
 logger = logging.getLogger(__name__)
 METRICS = {"val_nll": "min", "val_ece": "min", "val_accuracy": "max"}
-
-
-class DeviceUnavailableError(RuntimeError):
-    """The requested device (e.g. "cuda") is not available on this worker."""
-
-
-class TrainingDivergedError(RuntimeError):
-    """The loss became NaN or inf; `epoch` says when."""
-
-    def __init__(self, epoch: int) -> None:
-        super().__init__(
-            f"training diverged in epoch {epoch}: the loss became NaN or inf; lower "
-            f"optimizer.lr or add weight decay"
-        )
-        self.epoch = epoch
-
-
-class TrainingStopped(Exception):  # noqa: N818 - a control-flow signal, not an error
-    """Training was stopped from outside (hooks.should_stop); `reason` says why."""
-
-    def __init__(self, reason: str) -> None:
-        super().__init__(f"training stopped: {reason}")
-        self.reason = reason
 
 
 @dataclass

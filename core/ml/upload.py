@@ -17,12 +17,12 @@ from typing import Any
 
 import numpy as np
 
+from core.ml.errors import InvalidDatasetError
+
 __all__ = [
     "ARCHITECTURES",
     "BUILTIN_DATASETS",
     "BuiltinInfo",
-    "InvalidDatasetError",
-    "SpecError",
     "arch_incompatibility",
     "compatible_archs",
     "dataset_sha256",
@@ -38,14 +38,6 @@ MAX_ROWS = 1_000_000
 MAX_COLUMNS = 10_000
 MAX_CLASSES = 1_000
 MIN_ROWS_PER_CLASS = 3
-
-
-class InvalidDatasetError(ValueError):
-    """A dataset (uploaded or generated) is unusable; the message says what to change."""
-
-
-class SpecError(ValueError):
-    """A job spec is inconsistent with the data or the model; the message says what to change."""
 
 
 @dataclass(frozen=True)

@@ -24,12 +24,8 @@ from core import storage
 from core.config import Settings
 from core.errors import ConflictError, NotFoundError, ValidationAppError
 from core.ids import new_id, utcnow
-from core.ml.upload import (
-    InvalidDatasetError,
-    dataset_sha256,
-    parse_upload,
-    to_npz_bytes,
-)
+from core.ml.errors import InvalidDatasetError
+from core.ml.upload import dataset_sha256, parse_upload, to_npz_bytes
 from core.models import TERMINAL_STATUSES, Dataset, Job, Tenant
 from core.services.jobs import ACTIVE_STATUSES
 from core.services.pagination import newest_first_page

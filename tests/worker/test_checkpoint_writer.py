@@ -117,7 +117,7 @@ def test_a_stop_after_the_last_epoch_still_stores_its_checkpoint(db: str) -> Non
 
 
 def test_lost_lease_stores_nothing_and_stops_training(db: str) -> None:
-    from core.ml.train import TrainingStopped
+    from core.ml.errors import TrainingStopped
 
     job = _claimed()
     with CheckpointWriter(job, "w1", epochs=10) as writer:

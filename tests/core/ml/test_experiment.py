@@ -11,9 +11,10 @@ import torch
 from safetensors import safe_open
 from safetensors.torch import load as safetensors_load
 
+from core.ml.errors import SpecError, TrainingStopped
 from core.ml.experiment import run_experiment
-from core.ml.train import TrainHooks, TrainingStopped
-from core.ml.upload import SpecError, to_npz_bytes
+from core.ml.train import TrainHooks
+from core.ml.upload import to_npz_bytes
 
 torch.set_num_threads(1)
 

@@ -7,8 +7,8 @@ import torch
 import torch.nn.functional as F
 
 from core.ml.data import load_dataset, prepare_data, to_view, view_for_arch
+from core.ml.errors import SpecError
 from core.ml.nets import build_model
-from core.ml.upload import SpecError
 
 torch.set_num_threads(1)
 

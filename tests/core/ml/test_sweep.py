@@ -9,9 +9,9 @@ from typing import Any
 import pytest
 
 from core.ml import experiment
+from core.ml.errors import TrainingStopped
 from core.ml.experiment import ExperimentOutput, run_experiment
 from core.ml.sweep import TrialHooks, run_trials, stack_key
-from core.ml.train import TrainingStopped
 
 ALPHAS, SEEDS = (0.0, 0.1, 0.3), (0, 1)
 # Stacked vs standalone differ only by float rounding (batched vs unbatched matmuls, the

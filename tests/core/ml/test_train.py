@@ -17,14 +17,12 @@ from safetensors import safe_open
 from safetensors.torch import save as safetensors_save
 
 from core.ml.data import load_dataset, prepare_data
+from core.ml.errors import DeviceUnavailableError, SpecError, TrainingDivergedError, TrainingStopped
 from core.ml.nets import build_model
 from core.ml.train import (
     CHECKPOINT_FORMAT,
-    DeviceUnavailableError,
     TrainConfig,
     TrainHooks,
-    TrainingDivergedError,
-    TrainingStopped,
     encode_checkpoint,
     evaluate,
     fit,
@@ -32,7 +30,6 @@ from core.ml.train import (
     resolve_device,
     val_metrics,
 )
-from core.ml.upload import SpecError
 
 torch.set_num_threads(1)
 

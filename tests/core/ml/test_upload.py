@@ -13,9 +13,9 @@ import pyarrow as pa
 import pyarrow.parquet as pq
 import pytest
 
+from core.ml.errors import InvalidDatasetError
 from core.ml.upload import (
     BUILTIN_DATASETS,
-    InvalidDatasetError,
     arch_incompatibility,
     compatible_archs,
     dataset_sha256,
