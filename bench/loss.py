@@ -2,7 +2,9 @@
 
 Usage: python bench/loss.py [--quick] [--reps N] [--threads T] [--alpha A]
 
-For each (N, K) in (2048, 32000), (8192, 1000), (65536, 10) it times forward + backward of
+For each (N, K) in (2048, 32000), (8192, 1000), (65536, 10) (P1) and the training batch shapes
+(64, 10), (128, 100), (256, 1000), (512, 32000) (issue 11: <= 1.0x torch) it times forward +
+backward of
 
 * ours  -- core.ml.losses.label_smoothed_cross_entropy (fused autograd.Function),
 * torch -- F.cross_entropy(z, y, label_smoothing=alpha),
@@ -10,7 +12,7 @@ For each (N, K) in (2048, 32000), (8192, 1000), (65536, 10) it times forward + b
            loss = -(q * log_softmax(z)).sum(1).mean(),
 
 interleaved: every repetition runs all three, in a rotating order, and the table reports
-medians.  The logits are a leaf tensor whose .grad is reset before each run, so every run pays
+medians (for small shapes one sample is the mean of up to 200 calls in a row).  The logits are a leaf tensor whose .grad is reset before each run, so every run pays
 for its gradient buffer.
 
 Peak extra memory (CPU) is measured with torch.profiler(profile_memory=True): the allocator's
@@ -39,7 +41,11 @@ from torch.profiler import ProfilerActivity, profile
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 from core.ml.losses import label_smoothed_cross_entropy  # noqa: E402
 
-SHAPES = [(2048, 32000), (8192, 1000), (65536, 10)]
+P1_SHAPES = [(2048, 32000), (8192, 1000), (65536, 10)]
+# The batch shapes jobs actually train with (issue 11 item 7: <= 1.0x torch at every one).
+TRAINING_SHAPES = [(64, 10), (128, 100), (256, 1000), (512, 32000)]
+SHAPES = P1_SHAPES + TRAINING_SHAPES
+_SMALL_ELEMS = 1 << 20  # below this many logits one timing sample repeats the call
 LossFn = Callable[[Tensor, Tensor, float], Tensor]
 
 
@@ -70,15 +76,17 @@ def _sync(device: torch.device) -> None:
         torch.cuda.synchronize(device)
 
 
-def run_once(fn: LossFn, z: Tensor, y: Tensor, alpha: float) -> tuple[float, Tensor, Tensor]:
-    """Forward + backward once; return (seconds, loss, grad)."""
-    z.grad = None
+def run_once(fn: LossFn, z: Tensor, y: Tensor, alpha: float, inner: int = 1
+             ) -> tuple[float, Tensor, Tensor]:
+    """Forward + backward (`inner` times in a row); return (seconds per call, loss, grad)."""
     _sync(z.device)
     t0 = time.perf_counter()
-    loss = fn(z, y, alpha)
-    loss.backward()
+    for _ in range(inner):
+        z.grad = None
+        loss = fn(z, y, alpha)
+        loss.backward()
     _sync(z.device)
-    elapsed = time.perf_counter() - t0
+    elapsed = (time.perf_counter() - t0) / inner
     grad = z.grad
     assert grad is not None
     return elapsed, loss.detach(), grad
@@ -114,13 +122,14 @@ def bench_shape(n: int, k: int, reps: int, alpha: float, device: torch.device) -
     names = list(IMPLS)
     times: dict[str, list[float]] = {name: [] for name in names}
     results = {}
+    inner = max(1, min(200, _SMALL_ELEMS // (n * k)))
     for name in names:  # warm-up, and the values/gradients to compare
         _, loss, grad = run_once(IMPLS[name], z, y, alpha)
         results[name] = (loss, grad.clone())
     for rep in range(reps):
         for i in range(len(names)):
             name = names[(rep + i) % len(names)]
-            times[name].append(run_once(IMPLS[name], z, y, alpha)[0])
+            times[name].append(run_once(IMPLS[name], z, y, alpha, inner)[0])
     med = {name: statistics.median(ts) for name, ts in times.items()}
     logits_bytes = z.numel() * z.element_size()
     mem = {name: peak_extra_bytes(IMPLS[name], z, y, alpha) / logits_bytes for name in names}
@@ -158,15 +167,17 @@ def check_targets(rows: list[dict]) -> list[str]:
     """The SPEC §10 P1 targets, as PASS/FAIL lines."""
     lines = []
     limits = {(2048, 32000): 0.7, (65536, 10): 0.5}
+    limits |= {shape: 1.0 for shape in TRAINING_SHAPES}
     for r in rows:
         ratio = r["med"]["ours"] / r["med"]["torch"]
         if r["shape"] in limits:
             ok = ratio <= limits[r["shape"]]
             lines.append(f"{'PASS' if ok else 'FAIL'} time {r['shape']}: {ratio:.3f} "
                          f"<= {limits[r['shape']]}")
-        ok = r["mem"]["ours"] <= 1.2
-        lines.append(f"{'PASS' if ok else 'FAIL'} memory {r['shape']}: {r['mem']['ours']:.2f} "
-                     "<= 1.2")
+        if r["shape"] in P1_SHAPES:  # small batches take torch's kernels (3 buffers of KiBs)
+            ok = r["mem"]["ours"] <= 1.2
+            lines.append(f"{'PASS' if ok else 'FAIL'} memory {r['shape']}: "
+                         f"{r['mem']['ours']:.2f} <= 1.2")
         ok = r["val_rel"] <= 1e-5
         lines.append(f"{'PASS' if ok else 'FAIL'} value {r['shape']}: rel {r['val_rel']:.1e} "
                      "<= 1e-5")

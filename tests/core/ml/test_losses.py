@@ -8,6 +8,7 @@ import pytest
 import torch
 import torch.nn.functional as F
 
+from core.ml import losses
 from core.ml.losses import (
     FORMS,
     REDUCTIONS,
@@ -16,6 +17,16 @@ from core.ml.losses import (
     label_smoothed_cross_entropy,
     soft_targets,
 )
+
+
+@pytest.fixture(autouse=True, params=["auto", "fused"])
+def loss_path(request, monkeypatch):
+    """Every test runs twice: as shipped (small plain batches take torch's kernels) and with
+    the fused kernel forced at every size."""
+    if request.param == "fused":
+        monkeypatch.setattr(losses, "TORCH_DISPATCH_MAX_ELEMS", 0)
+    return request.param
+
 
 TOL = {torch.float32: {"rtol": 1e-5, "atol": 1e-6}, torch.float64: {"rtol": 1e-10, "atol": 1e-12}}
 
