@@ -8,9 +8,8 @@ parameters (`torch.func.stack_module_state`) and trains them with one `vmap`ped
 Equality with standalone jobs (`run_experiment(specs[i])`), per trial:
 - the same initial weights, the same data order (a `torch.Generator` per training seed,
   consumed like `fit` does; trials with different seeds gather their own batches), the same
-  augmentation stream (seed + 1), the same loss (`_StackedLoss`: per trial, the batch mean of
-  the cross-entropy against `losses.soft_targets`, the definition the fused
-  `label_smoothed_cross_entropy` implements, computed for all trials in one pass; the sum of
+  augmentation stream (seed + 1), the same loss (`losses.label_smoothed_cross_entropy` on the
+  stacked logits with one alpha per trial, equal to each trial's lone call; the sum of
   the per-trial means leaves every trial's gradient its own), the same optimiser (Adam/AdamW/SGD
   are element-wise, so one optimiser over stacked tensors is per-trial identical), the same
   validation metrics, early-stopping rule and best-epoch weights, and the same
@@ -31,7 +30,6 @@ Checkpoint/resume is not supported for a stacked group: a retried group starts o
 from __future__ import annotations
 
 import copy
-import json
 import math
 import time
 from collections.abc import Callable
@@ -40,7 +38,6 @@ from typing import Any
 
 import numpy as np
 import torch
-import torch.nn.functional as F
 from torch import Tensor, nn
 from torch.func import functional_call, stack_module_state, vmap
 
@@ -65,6 +62,7 @@ from core.ml.train import (
     resolve_device,
     val_metrics,
 )
+from core.spec import stack_key
 
 __all__ = [
     "STACKABLE_ARCHS",
@@ -85,17 +83,6 @@ class TrialHooks:
     on_epoch: Callable[[int, dict], None] | None = None
     should_stop: Callable[[], str | None] | None = None
     trial_canceled: Callable[[int], bool] | None = None
-
-
-def stack_key(spec: dict) -> str:
-    """Canonical JSON of the spec with loss.alpha, training.seed, tags and webhook_url removed."""
-    rest = json.loads(json.dumps(spec))
-    rest.pop("tags", None)
-    rest.pop("webhook_url", None)
-    for block, name in (("loss", "alpha"), ("training", "seed")):
-        if isinstance(rest.get(block), dict):
-            rest[block].pop(name, None)
-    return json.dumps(rest, sort_keys=True, separators=(",", ":"))
 
 
 def can_stack(prep: PreparedExperiment) -> bool:
@@ -222,44 +209,27 @@ def _compact(params: dict[str, Tensor], optimizer: torch.optim.Optimizer, keep: 
 
 
 class _StackedLoss:
-    """Every active trial's label-smoothed loss (train.compute_loss) from one stacked pass.
+    """Every active trial's label-smoothed loss (train.compute_loss) from one stacked call.
 
-    Each trial's loss is the mean over the batch of -sum_k q_k log softmax(z)_k with its own
-    soft targets q = losses.soft_targets(y, K, alpha_t, variant, prior) (+ H(q) for form
-    "kl"), i.e. the definition the fused `label_smoothed_cross_entropy` implements; summing
-    the per-trial means leaves every trial's gradient equal to its standalone gradient.
+    `losses.label_smoothed_cross_entropy` with stacked logits (T, B, K) and one alpha per
+    trial returns each trial's batch mean, equal to its lone call; summing the per-trial
+    means leaves every trial's gradient its own.
     """
 
-    def __init__(self, cfgs: list[TrainConfig], n_classes: int, device: torch.device) -> None:
+    def __init__(self, cfgs: list[TrainConfig], device: torch.device) -> None:
         cfg = cfgs[0]
-        self.binary, self.kl = cfg.variant == "binary", cfg.form == "kl"
-        prior = torch.tensor(cfg.prior, dtype=torch.float64) if cfg.prior else None
-        classes = torch.arange(n_classes)
-        q = torch.stack([losses.soft_targets(classes, n_classes, c.alpha, cfg.variant,
-                                             prior=prior) for c in cfgs])  # (T, K[, K])
-        if self.binary:  # q[t, c] = smoothed P(y=1) for label c
-            ent = -(torch.special.xlogy(q, q) + torch.special.xlogy(1 - q, 1 - q))
-        else:  # q[t, c] = soft target row for label c
-            ent = -torch.special.xlogy(q, q).sum(-1)
-        self.q, self.ent = q.float().to(device), ent.float().to(device)
+        self.variant, self.form = cfg.variant, cfg.form
+        self.prior = torch.tensor(cfg.prior, dtype=torch.float64) if cfg.prior else None
+        self.alphas = torch.tensor([c.alpha for c in cfgs], dtype=torch.float64)
 
     def keep(self, rows: list[int]) -> None:
         """Drop the trials that left the stack."""
-        idx = torch.tensor(rows, device=self.q.device)
-        self.q, self.ent = self.q.index_select(0, idx), self.ent.index_select(0, idx)
+        self.alphas = self.alphas[rows]
 
     def __call__(self, raw: Tensor, y: Tensor) -> Tensor:
         """Per-trial mean losses (T,) from raw outputs (T, B, K or 1) and labels (T, B) or (B,)."""
-        y = y.expand(raw.shape[0], -1)
-        t_idx = torch.arange(raw.shape[0], device=raw.device)[:, None]
-        if self.binary:
-            z = raw.float().squeeze(2)
-            rows = F.softplus(z) - self.q[t_idx, y] * z
-        else:
-            rows = -(self.q[t_idx, y] * F.log_softmax(raw.float(), dim=2)).sum(2)
-        if self.kl:
-            rows = rows - self.ent[t_idx, y]
-        return rows.mean(1)
+        return losses.label_smoothed_cross_entropy(
+            raw.float(), y, self.alphas, self.variant, prior=self.prior, form=self.form)
 
 
 def _run_stacked(preps: list[PreparedExperiment], hooks: TrialHooks
@@ -287,7 +257,7 @@ def _run_stacked(preps: list[PreparedExperiment], hooks: TrialHooks
     active = list(trials)  # row r of the stacked tensors is active[r]
     X, y = p0.Xtr.to(device), p0.ytr.to(device)
     Xva, yva = p0.Xva.to(device), p0.yva.to(device)
-    loss_fn = _StackedLoss([p.cfg for p in preps], p0.data.n_classes, device)
+    loss_fn = _StackedLoss([p.cfg for p in preps], device)
     metric, n, bs = cfg0.early_stopping_metric, len(X), cfg0.batch_size
 
     def call(p: dict[str, Tensor], x: Tensor) -> Tensor:

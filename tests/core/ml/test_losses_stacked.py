@@ -13,6 +13,15 @@ import torch.nn.functional as F
 from core.ml import losses
 from core.ml.losses import label_smoothed_cross_entropy
 
+@pytest.fixture(autouse=True, params=["auto", "fused"])
+def loss_path(request, monkeypatch):
+    """Each test runs with small stacks in torch's kernels (as shipped) and with the fused
+    kernel forced at every size."""
+    if request.param == "fused":
+        monkeypatch.setattr(losses, "TORCH_DISPATCH_MAX_ELEMS", 0)
+    return request.param
+
+
 ALPHAS = [0.0, 0.05, 0.1, 0.3]
 PRIOR5 = torch.tensor([0.1, 0.2, 0.3, 0.25, 0.15], dtype=torch.float64)
 
@@ -130,7 +139,7 @@ def test_stacked_invalid_arguments():
         label_smoothed_cross_entropy(z, torch.full((8,), 4), [0.1, 0.2])
 
 
-def test_small_batches_take_torch_kernels_and_stay_exact(monkeypatch):
+def test_small_batches_take_torch_kernels_and_stay_exact(monkeypatch, loss_path):
     z, y = _stacked_data(1, 64, 10)
     zt = z[0].float().requires_grad_()
     ours = label_smoothed_cross_entropy(zt, y, 0.1, "off_target", form="kl")
