@@ -12,7 +12,8 @@ backward of
            loss = -(q * log_softmax(z)).sum(1).mean(),
 
 interleaved: every repetition runs all three, in a rotating order, and the table reports
-medians (for small shapes one sample is the mean of up to 200 calls in a row).  The logits are a leaf tensor whose .grad is reset before each run, so every run pays
+medians (for small shapes one sample is the mean of up to 200 calls in a row).  The logits
+are a leaf tensor whose .grad is reset before each run, so every run pays
 for its gradient buffer.
 
 Peak extra memory (CPU) is measured with torch.profiler(profile_memory=True): the allocator's

@@ -4,17 +4,26 @@ from __future__ import annotations
 
 import json
 import math
-from typing import Annotated, Any, Literal
+from typing import Annotated, Any, Literal, get_args
 
 from pydantic import BaseModel, ConfigDict, Field, field_validator, model_validator
 
-BUILTIN_NAMES = ("digits", "iris", "wine", "breast_cancer")
-ARCHS = ("linear", "mlp", "cnn", "gru", "transformer")
-VARIANTS = ("uniform", "off_target", "prior", "binary")
-FORMS = ("ce", "kl")
-OPTIMIZERS = ("sgd", "adam", "adamw")
-EARLY_STOPPING_METRICS = ("val_nll", "val_ece", "val_accuracy")
-DEVICES = ("auto", "cpu", "cuda")
+# The vocabularies of the spec, each written once; the tuples (and core.catalog) derive from them.
+BuiltinName = Literal["digits", "iris", "wine", "breast_cancer"]
+Arch = Literal["linear", "mlp", "cnn", "gru", "transformer"]
+Variant = Literal["uniform", "off_target", "prior", "binary"]
+Form = Literal["ce", "kl"]
+OptimizerName = Literal["sgd", "adam", "adamw"]
+ValMetric = Literal["val_nll", "val_ece", "val_accuracy"]  # early stopping and sweep objective
+Device = Literal["auto", "cpu", "cuda"]
+
+BUILTIN_NAMES: tuple[str, ...] = get_args(BuiltinName)
+ARCHS: tuple[str, ...] = get_args(Arch)
+VARIANTS: tuple[str, ...] = get_args(Variant)
+FORMS: tuple[str, ...] = get_args(Form)
+OPTIMIZERS: tuple[str, ...] = get_args(OptimizerName)
+EARLY_STOPPING_METRICS: tuple[str, ...] = get_args(ValMetric)
+DEVICES: tuple[str, ...] = get_args(Device)
 
 
 class Strict(BaseModel):
@@ -27,7 +36,7 @@ class BuiltinDataset(Strict):
     """A scikit-learn bundled dataset."""
 
     source: Literal["builtin"] = "builtin"
-    name: Literal["digits", "iris", "wine", "breast_cancer"] = "digits"
+    name: BuiltinName = "digits"
 
 
 class SyntheticDataset(Strict):
@@ -64,7 +73,7 @@ class SplitSpec(Strict):
 class ModelSpec(Strict):
     """The architecture; `hidden` is read per architecture (see the catalog)."""
 
-    arch: Literal["linear", "mlp", "cnn", "gru", "transformer"] = "mlp"
+    arch: Arch = "mlp"
     hidden: list[Annotated[int, Field(ge=1, le=4096)]] = Field(
         default_factory=lambda: [256, 256], max_length=8
     )
@@ -86,9 +95,9 @@ class LossSpec(Strict):
     """The label-smoothed loss: α, the smoothing variant and the form."""
 
     alpha: float = Field(default=0.1, ge=0, lt=1)
-    variant: Literal["uniform", "off_target", "prior", "binary"] = "uniform"
+    variant: Variant = "uniform"
     prior: list[Annotated[float, Field(ge=0)]] | None = Field(default=None, max_length=1000)
-    form: Literal["ce", "kl"] = "ce"
+    form: Form = "ce"
 
     @model_validator(mode="after")
     def _check_prior(self) -> LossSpec:
@@ -106,7 +115,7 @@ class LossSpec(Strict):
 class OptimizerSpec(Strict):
     """Optimiser and its hyper-parameters."""
 
-    name: Literal["sgd", "adam", "adamw"] = "adamw"
+    name: OptimizerName = "adamw"
     lr: float = Field(default=0.001, gt=0, le=10)
     weight_decay: float = Field(default=0.0, ge=0, le=1)
     momentum: float = Field(default=0.9, ge=0, lt=1)
@@ -115,7 +124,7 @@ class OptimizerSpec(Strict):
 class EarlyStoppingSpec(Strict):
     """Stop when a validation metric has not improved for `patience` epochs."""
 
-    metric: Literal["val_nll", "val_ece", "val_accuracy"] = "val_nll"
+    metric: ValMetric = "val_nll"
     patience: int = Field(default=5, ge=1, le=1000)
 
 
@@ -125,7 +134,7 @@ class TrainingSpec(Strict):
     epochs: int = Field(default=30, ge=1, le=1000)
     batch_size: int = Field(default=128, ge=1, le=65536)
     seed: int = Field(default=0, ge=0, le=2**31 - 1)
-    device: Literal["auto", "cpu", "cuda"] = "auto"
+    device: Device = "auto"
     augment: bool = False
     early_stopping: EarlyStoppingSpec | None = Field(default_factory=EarlyStoppingSpec)
 
@@ -179,8 +188,6 @@ EXAMPLE_SPEC: dict[str, Any] = {
 
 # --- Sweeps (issue 6) ---------------------------------------------------------------------
 
-SWEEP_OBJECTIVES = ("val_nll", "val_ece", "val_accuracy")
-SWEEP_AXES = ("label_noise", "model.arch", "optimizer.weight_decay")
 # Fields that may differ between trials trained together as one stacked model.
 STACK_FREE_FIELDS = (("loss", "alpha"), ("training", "seed"), ("tags",), ("webhook_url",))
 
@@ -197,7 +204,7 @@ class SweepAxes(Strict):
     label_noise: list[Annotated[float, Field(ge=0, lt=1)]] | None = Field(
         default=None, min_length=1, max_length=16
     )
-    model_arch: list[Literal["linear", "mlp", "cnn", "gru", "transformer"]] | None = Field(
+    model_arch: list[Arch] | None = Field(
         default=None, alias="model.arch", min_length=1, max_length=5
     )
     optimizer_weight_decay: list[Annotated[float, Field(ge=0, le=1)]] | None = Field(
@@ -227,7 +234,7 @@ class SweepSpec(Strict):
     seeds: list[Annotated[int, Field(ge=0, le=2**31 - 1)]] = Field(
         default_factory=lambda: [0], min_length=1, max_length=10
     )
-    objective: Literal["val_nll", "val_ece", "val_accuracy"] = "val_nll"
+    objective: ValMetric = "val_nll"
     axes: SweepAxes | None = None
 
     @field_validator("base", mode="before")

@@ -9,8 +9,6 @@ It touches no database or broker: progress, cancellation and checkpoints go thro
 
 from __future__ import annotations
 
-import importlib
-import io
 import json
 import math
 from dataclasses import dataclass, field, replace
@@ -20,7 +18,7 @@ import numpy as np
 import torch
 from safetensors.torch import save as safetensors_save
 
-from core.ml import calibration
+from core.ml import calibration, plots
 from core.ml.data import (
     PreparedData,
     class_names_for,
@@ -73,84 +71,13 @@ def json_safe(obj: Any) -> Any:
     return obj
 
 
-def _plane_projection(features: torch.Tensor, templates: torch.Tensor
-                      ) -> tuple[torch.Tensor, torch.Tensor]:
-    """Orthonormal basis (2, D) of the plane through 3 templates and 2-D coords of the features."""
-    origin = templates[0]
-    basis, _ = torch.linalg.qr((templates[1:] - origin).T.double())
-    basis = basis.T.float()
-    return basis, (features - origin) @ basis.T
-
-
 def _projection(features: torch.Tensor, labels: torch.Tensor, templates: torch.Tensor,
                 classes: list[int]) -> tuple[np.ndarray, np.ndarray]:
     """Project the penultimate activations of `classes` onto their templates' plane."""
     mask = torch.isin(labels, torch.tensor(classes))
     feats, labs = features[mask][:MAX_PROJECTION_POINTS], labels[mask][:MAX_PROJECTION_POINTS]
-    project = getattr(calibration, "penultimate_projection", None) or _plane_projection
-    _, coords = project(feats, templates[classes])
-    coords_np = coords.detach().cpu().numpy() if isinstance(coords, torch.Tensor) \
-        else np.asarray(coords)
-    return coords_np.astype(np.float64), labs.numpy()
-
-
-def _plots() -> Any:
-    """The plotting module core.ml.plots (ImportError while it is not installed)."""
-    return importlib.import_module("core.ml.plots")
-
-
-def _fallback_png(title: str, draw: Any) -> bytes:
-    """Render a small matplotlib figure to PNG bytes (used when core.ml.plots is unavailable)."""
-    import matplotlib
-
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
-
-    fig, ax = plt.subplots(figsize=(4.5, 4.5), dpi=100)
-    draw(ax)
-    ax.set_title(title, fontsize=9)
-    buf = io.BytesIO()
-    fig.savefig(buf, format="png", bbox_inches="tight")
-    plt.close(fig)
-    return buf.getvalue()
-
-
-def _reliability_png(report: dict[str, Any], probs: torch.Tensor, labels: torch.Tensor,
-                     n_bins: int, title: str) -> bytes:
-    """Reliability diagram via core.ml.plots, or a minimal local drawing."""
-    try:
-        return _plots().reliability_diagram_png(report, title=title)
-    except (ImportError, AttributeError):
-        conf, pred = probs.max(1)
-        idx = torch.clamp(torch.ceil(conf.double() * n_bins).long() - 1, 0, n_bins - 1)
-        cnt = torch.bincount(idx, minlength=n_bins).double()
-        acc = torch.bincount(idx, weights=(pred == labels).double(), minlength=n_bins)
-        acc_np = (acc / cnt.clamp_min(1)).numpy()
-        centers = (np.arange(n_bins) + 0.5) / n_bins
-
-        def draw(ax: Any) -> None:
-            ax.bar(centers, acc_np, width=1 / n_bins, edgecolor="k", label="accuracy")
-            ax.plot([0, 1], [0, 1], "r--", label="perfect calibration")
-            ax.set_xlabel("confidence")
-            ax.set_ylabel("accuracy")
-            ax.legend(loc="upper left")
-
-        return _fallback_png(title, draw)
-
-
-def _projection_png(coords: np.ndarray, labels: np.ndarray, names: list[str], title: str
-                    ) -> bytes:
-    """Penultimate-layer projection plot via core.ml.plots, or a minimal local drawing."""
-    try:
-        return _plots().penultimate_projection_png(coords, labels, names, title=title)
-    except (ImportError, AttributeError):
-        def draw(ax: Any) -> None:
-            for k in np.unique(labels):
-                m = labels == k
-                ax.scatter(coords[m, 0], coords[m, 1], s=8, label=names[int(k)])
-            ax.legend()
-
-        return _fallback_png(title, draw)
+    _, coords = calibration.penultimate_projection(feats, templates[classes])
+    return coords.detach().cpu().numpy().astype(np.float64), labs.numpy()
 
 
 @dataclass
@@ -274,8 +201,8 @@ def finish_experiment(prep: PreparedExperiment, model: torch.nn.Module, fitted: 
 
     artifacts: dict[str, bytes] = {}
     title = f"{ds_spec.get('name', ds_spec.get('source'))} {mcfg['arch']} alpha={cfg.alpha:g}"
-    artifacts["reliability.png"] = _reliability_png(test_report, test_probs, test_labels,
-                                                    n_bins, f"reliability: {title}")
+    artifacts["reliability.png"] = plots.reliability_diagram_png(
+        test_report, title=f"reliability: {title}")
     projection: dict[str, Any] | None = None
     if k >= 3 and cfg.variant != "binary":
         classes = [int(c) for c in (cal.get("projection_classes") or [0, 1, 2])]
@@ -287,8 +214,8 @@ def finish_experiment(prep: PreparedExperiment, model: torch.nn.Module, fitted: 
         projection = {"classes": classes, "class_names": [names[c] for c in classes],
                       "points": [[round(float(a), 5), round(float(b), 5), int(c)]
                                  for (a, b), c in zip(coords, labs, strict=True)]}
-        artifacts["penultimate.png"] = _projection_png(
-            coords, labs, names, f"penultimate layer: {title}")
+        artifacts["penultimate.png"] = plots.penultimate_projection_png(
+            coords, labs, names, title=f"penultimate layer: {title}")
 
     state = {k_: v.detach().cpu().contiguous() for k_, v in model.state_dict().items()}
     model_doc = {"model": mcfg, "class_names": names,

@@ -53,9 +53,8 @@ from core.ml.loss_kernel import (
     make_plan,
     smoothing,
 )
+from core.spec import FORMS, VARIANTS  # noqa: E402  (the spec's vocabularies, written once)
 
-VARIANTS = ("uniform", "off_target", "prior", "binary")
-FORMS = ("ce", "kl")
 REDUCTIONS = ("mean", "sum", "none")
 
 # At most this many logits go straight to torch's own kernels (uniform/off_target, no weight):

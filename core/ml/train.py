@@ -28,6 +28,7 @@ from torch import Tensor, nn
 from core.ml import calibration, losses
 from core.ml.data import shift_augment
 from core.ml.errors import DeviceUnavailableError, SpecError, TrainingDivergedError, TrainingStopped
+from core.spec import OPTIMIZERS
 
 __all__ = [
     "CHECKPOINT_FORMAT",
@@ -111,8 +112,8 @@ class TrainConfig:
             patience=int(es.get("patience", 5)) if es else 0,
             n_bins=int(cal.get("n_bins", 15)),
         )
-        if cfg.optimizer not in ("sgd", "adam", "adamw"):
-            raise SpecError(f"optimizer.name={cfg.optimizer!r}; use sgd, adam or adamw")
+        if cfg.optimizer not in OPTIMIZERS:
+            raise SpecError(f"optimizer.name={cfg.optimizer!r}; use one of {', '.join(OPTIMIZERS)}")
         if cfg.early_stopping_metric is not None and cfg.early_stopping_metric not in METRICS:
             raise SpecError(
                 f"training.early_stopping.metric={cfg.early_stopping_metric!r}; use one of "

@@ -18,9 +18,9 @@ from typing import Any
 import numpy as np
 
 from core.ml.errors import InvalidDatasetError
+from core.spec import ARCHS
 
 __all__ = [
-    "ARCHITECTURES",
     "BUILTIN_DATASETS",
     "BuiltinInfo",
     "arch_incompatibility",
@@ -31,7 +31,6 @@ __all__ = [
     "validate_arrays",
 ]
 
-ARCHITECTURES = ("linear", "mlp", "cnn", "gru", "transformer")
 
 # Default limits; the API passes its configured ones.
 MAX_ROWS = 1_000_000
@@ -63,8 +62,8 @@ def arch_incompatibility(
     arch: str, n_features: int, image_shape: tuple[int, int] | None
 ) -> str | None:
     """Return why `arch` cannot run on data of this shape, or None when it can."""
-    if arch not in ARCHITECTURES:
-        return f"unknown architecture {arch!r}; choose one of {', '.join(ARCHITECTURES)}"
+    if arch not in ARCHS:
+        return f"unknown architecture {arch!r}; choose one of {', '.join(ARCHS)}"
     if arch in ("linear", "mlp"):
         return None
     if image_shape is None:
@@ -84,7 +83,7 @@ def arch_incompatibility(
 
 def compatible_archs(n_features: int, image_shape: tuple[int, int] | None) -> list[str]:
     """Architectures that fit: linear/mlp always; cnn/gru/transformer need an image shape."""
-    return [a for a in ARCHITECTURES if arch_incompatibility(a, n_features, image_shape) is None]
+    return [a for a in ARCHS if arch_incompatibility(a, n_features, image_shape) is None]
 
 
 # --------------------------------------------------------------------------- canonical bytes

@@ -13,6 +13,7 @@ import torch.nn.functional as F
 from core.ml import losses
 from core.ml.losses import label_smoothed_cross_entropy
 
+
 @pytest.fixture(autouse=True, params=["auto", "fused"])
 def loss_path(request, monkeypatch):
     """Each test runs with small stacks in torch's kernels (as shipped) and with the fused

@@ -8,7 +8,7 @@ from typing import Any
 
 import pytest
 
-from core.ml import experiment
+from core.ml import plots
 from core.ml.errors import TrainingStopped
 from core.ml.experiment import ExperimentOutput, run_experiment
 from core.ml.sweep import TrialHooks, run_trials, stack_key
@@ -42,8 +42,8 @@ SPECS = [spec(a, s) for s in SEEDS for a in ALPHAS]
 def _no_png_rendering() -> Iterator[None]:
     """Stub the matplotlib figures (most of the runtime); both paths share finish_experiment."""
     with pytest.MonkeyPatch.context() as mp:
-        mp.setattr(experiment, "_reliability_png", lambda *a, **k: b"png")
-        mp.setattr(experiment, "_projection_png", lambda *a, **k: b"png")
+        mp.setattr(plots, "reliability_diagram_png", lambda *a, **k: b"png")
+        mp.setattr(plots, "penultimate_projection_png", lambda *a, **k: b"png")
         yield
 
 
