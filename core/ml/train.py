@@ -21,6 +21,7 @@ from typing import Any
 
 import torch
 import torch.nn.functional as F
+from pydantic import ValidationError
 from safetensors.torch import load as safetensors_load
 from safetensors.torch import save as safetensors_save
 from torch import Tensor, nn
@@ -28,7 +29,7 @@ from torch import Tensor, nn
 from core.ml import calibration, losses
 from core.ml.data import shift_augment
 from core.ml.errors import DeviceUnavailableError, SpecError, TrainingDivergedError, TrainingStopped
-from core.spec import OPTIMIZERS
+from core.spec import JobSpec
 
 __all__ = [
     "CHECKPOINT_FORMAT",
@@ -89,39 +90,27 @@ class TrainConfig:
 
     @classmethod
     def from_spec(cls, spec: dict[str, Any]) -> TrainConfig:
-        """Read the resolved job spec (training, optimizer, loss, calibration blocks)."""
-        tr, opt = spec.get("training", {}), spec.get("optimizer", {})
-        loss, cal = spec.get("loss", {}), spec.get("calibration", {})
-        es = tr.get("early_stopping", {"metric": "val_nll", "patience": 5})
-        prior = loss.get("prior")
-        cfg = cls(
-            epochs=int(tr.get("epochs", 30)),
-            batch_size=int(tr.get("batch_size", 128)),
-            seed=int(tr.get("seed", 0)),
-            device=str(tr.get("device", "auto")),
-            augment=bool(tr.get("augment", False)),
-            optimizer=str(opt.get("name", "adamw")),
-            lr=float(opt.get("lr", 1e-3)),
-            weight_decay=float(opt.get("weight_decay", 0.0)),
-            momentum=float(opt.get("momentum", 0.9)),
-            alpha=float(loss.get("alpha", 0.1)),
-            variant=str(loss.get("variant", "uniform")),
-            prior=[float(p) for p in prior] if prior is not None else None,
-            form=str(loss.get("form", "ce")),
-            early_stopping_metric=str(es["metric"]) if es else None,
-            patience=int(es.get("patience", 5)) if es else 0,
-            n_bins=int(cal.get("n_bins", 15)),
+        """Read a (resolved) job spec dict through the JobSpec model: its defaults, its checks."""
+        try:
+            job = JobSpec.model_validate(spec)
+        except ValidationError as exc:
+            first = exc.errors()[0]
+            where = ".".join(str(p) for p in first["loc"])
+            raise SpecError(f"{where}: {first['msg']}") from exc
+        return cls.from_job_spec(job)
+
+    @classmethod
+    def from_job_spec(cls, job: JobSpec) -> TrainConfig:
+        """The training, optimizer, loss and calibration blocks of a validated JobSpec."""
+        tr, opt, loss, es = job.training, job.optimizer, job.loss, job.training.early_stopping
+        return cls(
+            epochs=tr.epochs, batch_size=tr.batch_size, seed=tr.seed, device=tr.device,
+            augment=tr.augment, optimizer=opt.name, lr=opt.lr, weight_decay=opt.weight_decay,
+            momentum=opt.momentum, alpha=loss.alpha, variant=loss.variant,
+            prior=None if loss.prior is None else [float(p) for p in loss.prior],
+            form=loss.form, early_stopping_metric=es.metric if es else None,
+            patience=es.patience if es else 0, n_bins=job.calibration.n_bins,
         )
-        if cfg.optimizer not in OPTIMIZERS:
-            raise SpecError(f"optimizer.name={cfg.optimizer!r}; use one of {', '.join(OPTIMIZERS)}")
-        if cfg.early_stopping_metric is not None and cfg.early_stopping_metric not in METRICS:
-            raise SpecError(
-                f"training.early_stopping.metric={cfg.early_stopping_metric!r}; use one of "
-                f"{', '.join(METRICS)}"
-            )
-        if cfg.epochs < 1 or cfg.batch_size < 1:
-            raise SpecError("training.epochs and training.batch_size must be >= 1")
-        return cfg
 
 
 @dataclass
