@@ -12,6 +12,7 @@ from sklearn.metrics import brier_score_loss, log_loss
 from torchmetrics.functional.classification import multiclass_calibration_error
 
 from core.ml import calibration as C
+from core.ml import metrics
 from core.ml.calibration import (
     CalibrationMetrics,
     brier_score,
@@ -105,11 +106,11 @@ def test_bin_index_at_float_edges(dtype):
     m = 15
     ks = list(range(m + 1))
     c = torch.tensor([k / m for k in ks], dtype=dtype)
-    assert C._bin_index(c, m).tolist() == [max(k - 1, 0) for k in ks]
+    assert C.bin_index(c, m).tolist() == [max(k - 1, 0) for k in ks]
     above = torch.nextafter(c[:-1], torch.tensor(2.0, dtype=dtype))  # just above edge k
-    assert C._bin_index(above, m).tolist() == [min(k, m - 1) for k in ks[:-1]]
+    assert C.bin_index(above, m).tolist() == [min(k, m - 1) for k in ks[:-1]]
     below = torch.nextafter(c[1:], torch.tensor(-1.0, dtype=dtype))  # just below edge k
-    assert C._bin_index(below, m).tolist() == [k - 1 for k in ks[1:]]
+    assert C.bin_index(below, m).tolist() == [k - 1 for k in ks[1:]]
 
 
 @pytest.mark.parametrize("n_bins", [1, 3, 10, 20, 100])
@@ -119,7 +120,7 @@ def test_bin_index_matches_bucketize_on_edges(n_bins):
         x = torch.cat([grid, torch.nextafter(grid, 2 * torch.ones_like(grid)).clamp(max=1)])
         x = torch.cat([x, torch.rand(1000, dtype=dtype)])
         ref = torch.bucketize(x, grid[1:-1], right=False)  # e_{b} < x <= e_{b+1}
-        assert torch.equal(C._bin_index(x, n_bins), ref)
+        assert torch.equal(C.bin_index(x, n_bins), ref)
 
 
 @pytest.mark.parametrize("dtype", [torch.float32, torch.float64])
@@ -172,7 +173,7 @@ def test_classwise_ece_matches_dense_reference(dtype, rel):
     m = 15
     ref = 0.0
     for k in range(7):
-        bins = C._bin_index(probs[:, k], m)
+        bins = C.bin_index(probs[:, k], m)
         acc = (labels == k).double()
         s_p = torch.bincount(bins, weights=probs[:, k].double(), minlength=m)
         s_a = torch.bincount(bins, weights=acc, minlength=m)
@@ -256,11 +257,11 @@ def _assert_reports_close(a: dict, b: dict, rel: float) -> None:
 def test_chunked_pass_equals_single_chunk(monkeypatch):
     logits, probs, labels = _random(999, 12, seed=6)
     one = calibration_report(probs, labels, logits=logits)
-    monkeypatch.setattr(C, "_CHUNK_ELEMS", 12 * 37)
+    monkeypatch.setattr(metrics, "CHUNK_ELEMS", 12 * 37)
     _assert_reports_close(one, calibration_report(probs, labels, logits=logits), rel=1e-6)
     p64 = probs.double() / probs.double().sum(dim=1, keepdim=True)
     one64 = calibration_report(p64, labels, logits=logits)
-    monkeypatch.setattr(C, "_CHUNK_ELEMS", 1 << 20)
+    monkeypatch.setattr(metrics, "CHUNK_ELEMS", 1 << 20)
     _assert_reports_close(one64, calibration_report(p64, labels, logits=logits), rel=1e-12)
 
 
