@@ -12,20 +12,20 @@ from fastapi.security import HTTPAuthorizationCredentials, HTTPBearer
 from sqlalchemy.orm import Session
 
 from core.config import Settings, get_settings
-from core.db import POOL_SIZE, get_sessionmaker, session_scope
+from core.db import POOL_SIZE, session_scope
 from core.errors import ConflictError, UnauthorizedError, ValidationAppError
 from core.models import Tenant
 from core.services import idempotency, tenants
 
 
 def get_db() -> Iterator[Session]:
-    """A session per request; handlers commit, anything uncommitted is rolled back."""
-    session = get_sessionmaker()()
-    try:
+    """The request's unit of work: commits when the handler returns, rolls back if it raises.
+
+    Services only flush; the effects they collect (enqueue, announce) run after this commit.
+    Its scope is the handler (`scope="function"`), so the commit comes before the response.
+    """
+    with session_scope() as session:
         yield session
-    finally:
-        session.rollback()
-        session.close()
 
 
 # Threads that hot read paths (GET /v1/jobs/{id}) may run DB work in at once, per event loop:
@@ -46,7 +46,7 @@ def db_limiter() -> CapacityLimiter:
 
 
 SettingsDep = Annotated[Settings, Depends(get_settings)]
-SessionDep = Annotated[Session, Depends(get_db)]
+SessionDep = Annotated[Session, Depends(get_db, scope="function")]
 
 
 bearer_scheme = HTTPBearer(
@@ -88,9 +88,7 @@ def resolve_tenant(request: Request, session: Session, settings: Settings) -> Te
             return tenant
         raise UnauthorizedError("The API key is invalid or revoked")
     if settings.auth_disabled:
-        tenant = tenants.get_or_create_tenant(session, name="local")
-        session.commit()
-        return tenant
+        return tenants.get_or_create_tenant(session, name="local")  # the caller commits
     raise UnauthorizedError("Send an API key as 'Authorization: Bearer <key>'")
 
 
@@ -138,13 +136,8 @@ async def idempotency_guard(request: Request) -> None:
 def _claim_idempotency_key(
     request: Request, settings: Settings, key: str, fingerprint: str
 ) -> None:
-    session = get_sessionmaker()()
-    try:
-        tenant_id = resolve_tenant(request, session, settings).id
-    finally:
-        session.rollback()
-        session.close()
     with session_scope() as own:
+        tenant_id = resolve_tenant(request, own, settings).id
         claim = idempotency.claim_key(
             own,
             tenant_id=tenant_id,

@@ -3,11 +3,13 @@
 from __future__ import annotations
 
 import asyncio
+import logging
+import time
 import weakref
-from collections.abc import Iterator, Mapping
+from collections.abc import Callable, Iterator, Mapping
 from contextlib import contextmanager
 from functools import lru_cache
-from typing import Any
+from typing import Any, TypeVar
 
 import psycopg
 from anyio.lowlevel import RunVar
@@ -15,10 +17,13 @@ from psycopg.rows import DictRow, dict_row
 from sqlalchemy import JSON, MetaData, create_engine, event
 from sqlalchemy.dialects.postgresql import JSONB
 from sqlalchemy.engine import Engine
+from sqlalchemy.exc import DBAPIError, InterfaceError, OperationalError
 from sqlalchemy.orm import DeclarativeBase, Session, sessionmaker
 
 from core.config import get_settings
 
+logger = logging.getLogger("softlabel.db")
+T = TypeVar("T")
 NAMING_CONVENTION = {
     "ix": "ix_%(column_0_label)s",
     "uq": "uq_%(table_name)s_%(column_0_name)s",
@@ -152,13 +157,37 @@ def async_read_pool() -> AsyncReadPool | None:
 
 @lru_cache
 def get_sessionmaker() -> sessionmaker[Session]:
-    """The process-wide session factory."""
+    """The process-wide session factory (its sessions run their effects after commit)."""
+    import core.services.effects  # noqa: F401 - registers the after-commit hook
+
     return sessionmaker(bind=get_engine(), expire_on_commit=False)
+
+
+def is_transient(exc: BaseException) -> bool:
+    """True for database errors that a retry on a fresh connection may cure."""
+    if isinstance(exc, OperationalError | InterfaceError):
+        return True
+    return isinstance(exc, DBAPIError) and bool(exc.connection_invalidated)
+
+
+def with_db_retry(fn: Callable[[], T], *, what: str, deadline_s: float = 60.0) -> T:
+    """Call `fn` (one whole transaction), retrying transient DB errors with backoff."""
+    give_up = time.monotonic() + deadline_s
+    delay = 0.2
+    while True:
+        try:
+            return fn()
+        except Exception as exc:
+            if not is_transient(exc) or time.monotonic() + delay > give_up:
+                raise
+            logger.warning("%s: database unavailable (%s); retrying in %.1f s", what, exc, delay)
+            time.sleep(delay)
+            delay = min(delay * 2, 3.0)
 
 
 @contextmanager
 def session_scope() -> Iterator[Session]:
-    """A session whose transaction commits on success and rolls back on error."""
+    """The task scope: a session whose transaction commits on success, rolls back on error."""
     session = get_sessionmaker()()
     try:
         yield session

@@ -3,14 +3,8 @@
 from __future__ import annotations
 
 import secrets
-from datetime import UTC, datetime
 
 
 def new_id(prefix: str) -> str:
     """Return an id such as `job_3q8v...` (128 random bits, URL-safe)."""
     return f"{prefix}_{secrets.token_hex(16)}"
-
-
-def utcnow() -> datetime:
-    """The current time, timezone-aware UTC."""
-    return datetime.now(UTC)

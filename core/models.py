@@ -20,21 +20,13 @@ from sqlalchemy import (
 from sqlalchemy.orm import Mapped, mapped_column
 
 from core.db import Base, JSONDoc
-from core.ids import utcnow
+from core.states import FailureReason, JobStatus
+from core.timeutil import utcnow
 
 TS = DateTime(timezone=True)
 
-JOB_STATUSES = ("queued", "running", "succeeded", "failed", "canceled")
-TERMINAL_STATUSES = ("succeeded", "failed", "canceled")
-FAILURE_REASONS = (
-    "invalid_dataset",
-    "diverged",
-    "timeout",
-    "worker_lost",
-    "canceled",
-    "internal",
-    "device_unavailable",
-)
+JOB_STATUSES = tuple(JobStatus)
+FAILURE_REASONS = tuple(FailureReason)
 
 
 class Tenant(Base):

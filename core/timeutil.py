@@ -5,6 +5,11 @@ from __future__ import annotations
 from datetime import UTC, datetime
 
 
+def utcnow() -> datetime:
+    """The current time, timezone-aware UTC."""
+    return datetime.now(UTC)
+
+
 def as_utc(value: datetime | None) -> datetime | None:
     """Attach UTC to a naive datetime read back from SQLite."""
     if value is None:

@@ -87,7 +87,8 @@ def test_digits_job_succeeds_with_calibrated_result(http: httpx.Client) -> None:
     header_len = int.from_bytes(model.content[:8], "little")
     header = json.loads(io.BytesIO(model.content[8 : 8 + header_len]).read())
     assert any(k.startswith("head.") for k in header)
-    assert http.get(f"/v1/jobs/{job_id}/artifacts/checkpoint.pt").status_code == 404
+    for private in ("checkpoint.safetensors", "checkpoint.pt"):
+        assert http.get(f"/v1/jobs/{job_id}/artifacts/{private}").status_code == 404
 
 
 def test_failing_job_ends_failed_with_reason_not_stuck_running(http: httpx.Client) -> None:

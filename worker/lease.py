@@ -1,4 +1,4 @@
-"""The lease keeper: a thread that renews a running job's lease and watches for cancel."""
+"""Lease keepers: threads that renew the leases of a running job or group, and watch for cancel."""
 
 from __future__ import annotations
 
@@ -13,10 +13,10 @@ from typing import Any
 from core.config import Settings
 from core.db import session_scope
 from core.services import jobs as job_service
+from core.states import LeaseState, StopReason
 
 logger = logging.getLogger("softlabel.worker")
-SHUTDOWN = "shutdown"
-TIMEOUT = "timeout"
+DONE = "done"  # GroupLeaseKeeper: a trial that has ended is no longer renewed
 _ACTIVE: set[LeaseKeeper] = set()
 _ACTIVE_LOCK = threading.Lock()
 
@@ -61,20 +61,22 @@ class LeaseKeeper:
         except Exception as exc:  # noqa: BLE001 - DB blips: retry at the next beat
             logger.warning("lease renewal failed: %s", exc, extra={"job_id": self.job_id})
             return
-        if state == "cancel":
-            self.request_stop("canceled")
-        elif state == "lost":
-            self.request_stop("lease_lost")
+        if state == LeaseState.CANCEL:
+            self.request_stop(StopReason.CANCELED)
+        elif state == LeaseState.LOST:
+            self.request_stop(StopReason.LEASE_LOST)
 
     def _run(self) -> None:
         while not self._halt.wait(self.settings.heartbeat_seconds):
             self.renew_once()
 
 
-def request_shutdown(reason: str = SHUTDOWN) -> int:
+def request_shutdown(reason: str = StopReason.SHUTDOWN) -> int:
     """Ask every running job of this process to stop for `reason`; returns how many."""
     with _ACTIVE_LOCK:
-        keepers = [k for k in _ACTIVE if k.stop_reason not in (SHUTDOWN, TIMEOUT)]
+        keepers = [
+            k for k in _ACTIVE if k.stop_reason not in (StopReason.SHUTDOWN, StopReason.TIMEOUT)
+        ]
     for keeper in keepers:
         keeper.request_stop(reason)
     return len(keepers)
@@ -92,7 +94,7 @@ def _on_sigterm(signum: int, frame: FrameType | None) -> None:
     """
     hard = _TASK["hard_limit"]
     late = hard > 0 and time.monotonic() - _TASK["started"] >= hard - 1.0
-    reason = TIMEOUT if late else SHUTDOWN
+    reason = StopReason.TIMEOUT if late else StopReason.SHUTDOWN
     if request_shutdown(reason):
         logger.warning("SIGTERM: stopping the running job (%s)", reason)
         return
@@ -118,3 +120,61 @@ def install_soft_shutdown(hard_limit_s: float = 0.0) -> None:
         return
     _PREVIOUS[:] = [current]
     signal.signal(signal.SIGTERM, _on_sigterm)
+
+
+class GroupLeaseKeeper(LeaseKeeper):
+    """One heartbeat thread renewing the leases of every trial of a group."""
+
+    def __init__(self, *, job_ids: list[str], owner: str, settings: Settings) -> None:
+        super().__init__(job_id=job_ids[0], owner=owner, settings=settings)
+        self.job_ids = list(job_ids)
+        self.states: dict[str, str] = {job_id: LeaseState.OK for job_id in job_ids}
+        self._lock = threading.Lock()
+
+    def __enter__(self) -> GroupLeaseKeeper:
+        super().__enter__()
+        return self
+
+    def renew_once(self) -> None:
+        """Renew every still-live lease; a trial that is canceled or lost is masked out."""
+        with self._lock:
+            live = [j for j in self.job_ids if self.states[j] == LeaseState.OK]
+        if not live:
+            return
+        try:
+            with session_scope() as session:
+                answers = {
+                    job_id: job_service.renew_lease(
+                        session,
+                        job_id=job_id,
+                        owner=self.owner,
+                        lease_seconds=self.settings.lease_seconds,
+                    )
+                    for job_id in live
+                }
+        except Exception as exc:  # noqa: BLE001 - DB blips: retry at the next beat
+            logger.warning("group lease renewal failed: %s", exc, extra={"job_id": self.job_id})
+            return
+        with self._lock:
+            self.states.update({j: s for j, s in answers.items() if s != LeaseState.OK})
+            if all(s in (LeaseState.LOST, DONE) for s in self.states.values()):
+                self.request_stop(StopReason.LEASE_LOST)
+
+    def retire(self, job_id: str) -> None:
+        """Stop renewing a trial that has ended (e.g. diverged)."""
+        with self._lock:
+            self.states[job_id] = DONE
+
+    def masked(self, job_id: str) -> bool:
+        """True once the trial was canceled or its lease went to another attempt."""
+        with self._lock:
+            return self.states[job_id] != LeaseState.OK
+
+    def group_stop_reason(self) -> str | None:
+        """Why the whole group must stop: shutdown, or every lease lost or canceled."""
+        if self.stop_reason:
+            return self.stop_reason
+        with self._lock:
+            if all(s != LeaseState.OK for s in self.states.values()):
+                return StopReason.CANCELED
+        return None

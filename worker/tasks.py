@@ -15,7 +15,7 @@ from core.queue import (
     TASK_RUN_JOB,
     get_celery,
 )
-from core.services import webhooks
+from core.services import effects, webhooks
 from core.services.reconcile import reconcile_once
 
 logger = logging.getLogger("softlabel.worker")
@@ -31,9 +31,7 @@ def run_job(job_id: str) -> str:
     job_id_var.set(job_id)
     outcome = execute_job(job_id, settings=get_settings())
     logger.info("job finished: %s", outcome, extra={"job_id": job_id})
-    if outcome in ("succeeded", "failed", "canceled"):
-        webhooks.schedule_terminal(job_id)  # after the terminal transition has committed
-    return outcome
+    return str(outcome)
 
 
 @celery_app.task(name=TASK_RUN_GROUP, acks_late=True, reject_on_worker_lost=True)
@@ -43,18 +41,13 @@ def run_group(job_ids: list[str]) -> dict[str, str]:
 
     outcomes = execute_group(list(job_ids), settings=get_settings())
     logger.info("trial group finished: %s", outcomes)
-    for job_id, outcome in outcomes.items():
-        if outcome in ("succeeded", "failed", "canceled"):
-            webhooks.schedule_terminal(job_id)  # after the terminal transition has committed
-    return outcomes
+    return {job_id: str(outcome) for job_id, outcome in outcomes.items()}
 
 
 @celery_app.task(name=TASK_FINALIZE_SWEEP, acks_late=True)
 def finalize_sweep(sweep_id: str) -> bool:
     """Write a sweep's report and plots once all its trials have ended (idempotent)."""
-    from worker.group_runner import finalize_sweep as finalize
-
-    return finalize(sweep_id)
+    return effects.finalize_sweep(sweep_id)
 
 
 @celery_app.task(name=TASK_RECONCILE, acks_late=False)
@@ -66,6 +59,7 @@ def reconcile() -> dict[str, int]:
         "failed": len(report.failed),
         "timed_out": len(report.timed_out),
         "reenqueued": len(report.reenqueue),
+        "idempotency_keys_purged": report.purged_keys,
     }
 
 

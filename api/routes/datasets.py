@@ -247,7 +247,7 @@ async def receive_upload(request: Request, *, limit: int) -> Upload:
 def _store_upload(
     session: Session, *, tenant_id: str, upload: Upload, settings: Settings
 ) -> tuple[Dataset, bool]:
-    """Parse, validate and store an upload (sync: runs in the threadpool), then commit."""
+    """Parse, validate and store an upload (sync: runs in the threadpool); the request commits."""
     fmt = dataset_service.resolve_format(
         fmt=upload.fields.get("format"), filename=upload.filename, media_type=upload.media_type
     )
@@ -267,7 +267,6 @@ def _store_upload(
         size_bytes=len(upload.data),
         settings=settings,
     )
-    session.commit()
     return dataset, created
 
 
@@ -342,5 +341,4 @@ def delete_dataset(
     dataset_service.delete_dataset(
         session, tenant_id=tenant.id, dataset_id=dataset_id, settings=settings
     )
-    session.commit()
     return Response(status_code=status.HTTP_204_NO_CONTENT)

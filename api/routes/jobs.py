@@ -7,14 +7,12 @@ import logging
 import time
 from collections.abc import AsyncIterator, Mapping
 from datetime import datetime
-from functools import lru_cache
 from typing import Annotated, Any
 
 import anyio
 from anyio import to_thread
 from fastapi import APIRouter, Body, Header, Query, Request, Response, status
 from fastapi.responses import StreamingResponse
-from sqlalchemy import Dialect, Select, and_, bindparam, select
 
 from api.deps import (
     BearerCredentials,
@@ -38,21 +36,20 @@ from api.schemas import (
 )
 from core import storage
 from core.config import Settings
-from core.db import async_read_pool, get_engine, get_sessionmaker, session_scope
+from core.db import async_read_pool, session_scope
 from core.errors import (
     ConflictError,
     NotFoundError,
-    TooManyRequestsError,
     UnauthorizedError,
     ValidationAppError,
 )
-from core.models import TERMINAL_STATUSES, ApiKey, Job
-from core.queue import enqueue_job
+from core.services import job_reads, webhooks
 from core.services import jobs as job_service
-from core.services import webhooks
+from core.services.effects import effects
 from core.services.specs import check_job_spec
 from core.services.tenants import hash_key
 from core.spec import EXAMPLE_SPEC, JobSpec
+from core.states import TERMINAL_STATUSES, JobStatus
 from core.timeutil import iso
 
 router = APIRouter(prefix="/v1/jobs", tags=["jobs"])
@@ -63,21 +60,6 @@ PROBLEMS: dict[int | str, dict[str, Any]] = {
     422: {"model": Problem, "description": "Invalid request"},
 }
 NOT_FOUND: dict[int | str, dict[str, Any]] = {404: {"model": Problem, "description": "No such job"}}
-
-
-def enqueue_committed(session: SessionDep, job_ids: list[str]) -> None:
-    """Hand committed jobs to the broker; if it is down, the reconciler does it later."""
-    sent = []
-    for job_id in job_ids:
-        try:
-            enqueue_job(job_id)
-            sent.append(job_id)
-        except Exception as exc:  # noqa: BLE001 - the job is stored; the reconciler retries
-            logger.warning(
-                "enqueue failed, reconciler will retry", extra={"job_id": job_id, "error": str(exc)}
-            )
-    job_service.mark_enqueued(session, job_ids=sent)
-    session.commit()
 
 
 @router.post(
@@ -96,22 +78,15 @@ def submit_job(
     """Validate the spec, store the job as queued, enqueue it after commit."""
     webhooks.validate_spec_url(spec.webhook_url, settings=settings)
     resolved, dataset_id = check_job_spec(session, tenant_id=tenant.id, spec=spec)
-    active = job_service.count_active_jobs(session, tenant_id=tenant.id)
-    if active >= settings.max_active_jobs_per_tenant:
-        raise TooManyRequestsError(
-            f"{active} jobs are queued or running (limit {settings.max_active_jobs_per_tenant}); "
-            "wait for some to finish",
-            retry_after=30,
-        )
     job = job_service.create_job(
         session,
         tenant_id=tenant.id,
         spec=resolved,
         max_attempts=settings.max_attempts,
         dataset_id=dataset_id,
+        max_active_jobs=settings.max_active_jobs_per_tenant,
     )
-    session.commit()
-    enqueue_committed(session, [job.id])
+    effects(session).enqueue_job(job.id)
     response.headers["Location"] = f"/v1/jobs/{job.id}"
     return JobOut.from_job(job)
 
@@ -137,77 +112,36 @@ def list_jobs(
         if not sep or not key:
             raise ValidationAppError("tag must look like key:value, e.g. team:vision")
         tag_pair = (key, value)
-    filters = job_service.JobFilter(
+    filters = job_reads.JobFilter(
         status=status_,
         tag=tag_pair,
         created_after=created_after,
         created_before=created_before,
         sweep_id=sweep_id,
     )
-    rows, next_cursor = job_service.list_jobs(
+    rows, next_cursor = job_reads.list_jobs(
         session, tenant_id=tenant.id, limit=limit, cursor=cursor, filters=filters
     )
     return JobPage(items=[JobOut.from_job(j) for j in rows], next_cursor=next_cursor)
-
-
-_JOB_OUT_COLUMNS = (
-    Job.id,
-    Job.status,
-    Job.cancel_requested,
-    Job.attempt,
-    Job.max_attempts,
-    Job.sweep_id,
-    Job.tags,
-    Job.progress,
-    Job.failure_reason,
-    Job.failure_message,
-    Job.created_at,
-    Job.queued_at,
-    Job.started_at,
-    Job.finished_at,
-    Job.spec,
-)
-# Authentication and the job in one round trip: no row, the key is invalid or revoked (401,
-# the same test as tenants.authenticate); a row without a job, no such job for this tenant
-# (404, the same as a missing one).
-_JOB_BY_KEY = (
-    select(ApiKey.tenant_id.label("auth_tenant_id"), *_JOB_OUT_COLUMNS)
-    .select_from(ApiKey)
-    .outerjoin(Job, and_(Job.id == bindparam("job_id"), Job.tenant_id == ApiKey.tenant_id))
-    .where(ApiKey.key_hash == bindparam("key_hash"), ApiKey.revoked_at.is_(None))
-)
-_JOB_BY_TENANT = select(*_JOB_OUT_COLUMNS).where(
-    Job.id == bindparam("job_id"), Job.tenant_id == bindparam("tenant_id")
-)
 
 
 def _load_job(request: Request, settings: Settings, job_id: str) -> Mapping[Any, Any] | None:
     """The caller's job as a row of its JobOut columns (None: no such job for the tenant)."""
     token = bearer_token(request)
     if token is not None:
-        with get_engine().connect() as conn:
-            row = (
-                conn.execute(_JOB_BY_KEY, {"job_id": job_id, "key_hash": hash_key(token)})
-                .mappings()
-                .first()
-            )
-        if row is None:
-            raise UnauthorizedError("The API key is invalid or revoked")
-        request.state.tenant_id = row["auth_tenant_id"]
-        return row if row["id"] is not None else None
-    session = get_sessionmaker()()  # no key: 401, or the local tenant when auth is disabled
-    try:
+        row = job_reads.job_row_by_key(job_id=job_id, key_hash=hash_key(token))
+        return _authenticated(request, row)
+    with session_scope() as session:  # no key: 401, or the local tenant when auth is disabled
         tenant = resolve_tenant(request, session, settings)
-        params = {"job_id": job_id, "tenant_id": tenant.id}
-        return session.execute(_JOB_BY_TENANT, params).mappings().first()
-    finally:
-        session.rollback()
-        session.close()
+        return job_reads.job_row(session, tenant_id=tenant.id, job_id=job_id)
 
 
-@lru_cache(maxsize=4)
-def _compiled(statement: Select[Any], dialect: Dialect) -> str:
-    return str(statement.compile(dialect=dialect))
+def _authenticated(request: Request, row: Mapping[Any, Any] | None) -> Mapping[Any, Any] | None:
+    """The job of a key-and-job row; 401 when the key matched nothing."""
+    if row is None:
+        raise UnauthorizedError("The API key is invalid or revoked")
+    request.state.tenant_id = row["auth_tenant_id"]
+    return row if row["id"] is not None else None
 
 
 @router.get("/{job_id}", response_model=JobOut, responses={**PROBLEMS, **NOT_FOUND})
@@ -220,13 +154,10 @@ async def get_job(job_id: str, request: Request, _credentials: BearerCredentials
     pool = async_read_pool() if token is not None else None
     row: Mapping[Any, Any] | None
     if token is not None and pool is not None:
-        query = _compiled(_JOB_BY_KEY, get_engine().dialect)
-        row = await pool.fetchone(query, {"job_id": job_id, "key_hash": hash_key(token)})
-        if row is None:
-            raise UnauthorizedError("The API key is invalid or revoked")
-        request.state.tenant_id = row["auth_tenant_id"]
-        if row["id"] is None:
-            row = None
+        found = await job_reads.job_row_by_key_async(
+            pool, job_id=job_id, key_hash=hash_key(token)
+        )
+        row = _authenticated(request, found)
     else:
         settings = request_settings(request)
         row = await to_thread.run_sync(_load_job, request, settings, job_id, limiter=db_limiter())
@@ -303,9 +234,8 @@ def cancel_job(job_id: str, session: SessionDep, tenant: TenantDep) -> JobOut:
     `cancel_requested: true`. Cancelling a finished job is 409.
     """
     job = job_service.cancel_job(session, tenant_id=tenant.id, job_id=job_id)
-    session.commit()
-    if job.status == "canceled":
-        webhooks.schedule_terminal(job.id)
+    if job.status == JobStatus.CANCELED:
+        effects(session).announce_terminal(job.id)
     return JobOut.from_job(job)
 
 
@@ -326,7 +256,7 @@ def _read_events(job_id: str, after_id: int) -> tuple[str | None, list[tuple[int
         job = job_service.get_job_by_id(session, job_id=job_id)
         if job is None:
             return None, []
-        rows = job_service.events_after(session, job_id=job_id, after_id=after_id)
+        rows = job_reads.events_after(session, job_id=job_id, after_id=after_id)
         out = []
         for row in rows:
             data = {"job_id": job_id, **(row.data or {}), "at": iso(row.created_at)}

@@ -3,28 +3,19 @@
 from __future__ import annotations
 
 from collections.abc import Iterator
-from typing import Any
 
 from fastapi import APIRouter, Response
 from prometheus_client import REGISTRY, CollectorRegistry, generate_latest
 from prometheus_client.core import GaugeMetricFamily, HistogramMetricFamily, Metric
 from prometheus_client.registry import Collector
-from sqlalchemy import Float, case, cast, func, select
 from sqlalchemy.orm import Session
 
 from api.deps import SessionDep
-from core.models import JOB_STATUSES, TERMINAL_STATUSES, Job
+from core.services import metrics as metric_queries
 
 router = APIRouter(tags=["operations"])
 PROMETHEUS_TEXT = "text/plain; version=0.0.4; charset=utf-8"
 DURATION_BUCKETS = (1.0, 2.5, 5.0, 10.0, 30.0, 60.0, 120.0, 300.0, 600.0, 1800.0, 3600.0)
-
-
-def _duration_expr(session: Session) -> Any:
-    """Seconds from started_at to finished_at, per dialect."""
-    if session.get_bind().dialect.name == "sqlite":
-        return (func.julianday(Job.finished_at) - func.julianday(Job.started_at)) * 86400.0
-    return cast(func.extract("epoch", Job.finished_at - Job.started_at), Float)
 
 
 class JobStatsCollector(Collector):
@@ -39,11 +30,7 @@ class JobStatsCollector(Collector):
 
     def collect(self) -> Iterator[Metric]:
         """Yield the metric families."""
-        counts = dict.fromkeys(JOB_STATUSES, 0)
-        for job_status, n in self.session.execute(
-            select(Job.status, func.count()).group_by(Job.status)
-        ):
-            counts[job_status] = int(n)
+        counts = metric_queries.job_counts(self.session)
         jobs = GaugeMetricFamily("softlabel_jobs", "Jobs by status", labels=["status"])
         for job_status, n in counts.items():
             jobs.add_metric([job_status], n)
@@ -57,29 +44,16 @@ class JobStatsCollector(Collector):
         running.add_metric([], counts["running"])
         yield running
 
-        duration = _duration_expr(self.session)
-        columns = [func.count(), func.coalesce(func.sum(duration), 0.0)]
-        columns += [func.sum(case((duration <= b, 1), else_=0)) for b in DURATION_BUCKETS]
-        query = (
-            select(Job.status, *columns)
-            .where(
-                Job.status.in_(TERMINAL_STATUSES),
-                Job.started_at.is_not(None),
-                Job.finished_at.is_not(None),
-            )
-            .group_by(Job.status)
-        )
         hist = HistogramMetricFamily(
             "softlabel_job_duration_seconds",
             "Wall time from start to end of finished jobs",
             labels=["status"],
         )
-        for row in self.session.execute(query):
-            job_status, total, total_s, *bucket_counts = row
-            pairs = zip(DURATION_BUCKETS, bucket_counts, strict=True)
-            buckets = [(repr(b), int(c or 0)) for b, c in pairs]
-            buckets.append(("+Inf", int(total)))
-            hist.add_metric([job_status], buckets, float(total_s or 0.0))
+        for row in metric_queries.duration_histogram(self.session, buckets=DURATION_BUCKETS):
+            pairs = zip(DURATION_BUCKETS, row.buckets, strict=True)
+            buckets = [(repr(b), c) for b, c in pairs]
+            buckets.append(("+Inf", row.count))
+            hist.add_metric([row.status], buckets, row.total_s)
         yield hist
 
 

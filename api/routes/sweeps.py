@@ -11,10 +11,9 @@ from api.deps import CursorQuery, LimitQuery, SessionDep, SettingsDep, TenantDep
 from api.schemas import Problem, SweepOut, SweepPage
 from core.errors import ConflictError
 from core.models import Sweep
-from core.queue import enqueue_finalize_sweep, enqueue_group, enqueue_job
-from core.services import jobs as job_service
 from core.services import sweeps as sweep_service
 from core.services import webhooks
+from core.services.effects import effects
 from core.spec import SweepSpec
 
 router = APIRouter(prefix="/v1/sweeps", tags=["sweeps"])
@@ -41,22 +40,6 @@ EXAMPLE_SWEEP: dict[str, Any] = {
 }
 
 
-def _enqueue_groups(session: SessionDep, groups: list[list[str]]) -> None:
-    """Hand each committed group to the broker; if it is down, the reconciler sends the trials."""
-    sent: list[str] = []
-    for group in groups:
-        try:
-            if len(group) == 1:
-                enqueue_job(group[0])
-            else:
-                enqueue_group(group)
-            sent.extend(group)
-        except Exception as exc:  # noqa: BLE001 - stored; the reconciler sends them one by one
-            logger.warning("enqueue of a trial group failed, reconciler will retry: %s", exc)
-    job_service.mark_enqueued(session, job_ids=sent)
-    session.commit()
-
-
 def _out(session: SessionDep, sweep: Sweep, groups: int | None = None) -> SweepOut:
     progress = sweep_service.sweep_progress(session, sweep_id=sweep.id)
     state = sweep_service.live_status(sweep, progress)
@@ -66,10 +49,7 @@ def _out(session: SessionDep, sweep: Sweep, groups: int | None = None) -> SweepO
 def _finalize_if_stuck(session: SessionDep, sweep: Sweep) -> None:
     """Ask a worker for the report when every trial ended a while ago and none was written."""
     if sweep_service.needs_finalizing(session, sweep=sweep, idle_seconds=FINALIZE_GRACE_SECONDS):
-        try:
-            enqueue_finalize_sweep(sweep.id)
-        except Exception as exc:  # noqa: BLE001 - asked again at the next read
-            logger.warning("could not request the sweep report: %s", exc)
+        effects(session).finalize_sweep(sweep.id)  # asked again at the next read if lost
 
 
 @router.post(
@@ -100,8 +80,9 @@ def submit_sweep(
         max_attempts=settings.max_attempts,
         max_active_jobs=settings.max_active_jobs_per_tenant,
     )
-    session.commit()
-    _enqueue_groups(session, created.groups)
+    fx = effects(session)
+    for group in created.groups:
+        fx.enqueue_group(group)
     response.headers["Location"] = f"/v1/sweeps/{created.sweep.id}"
     return _out(session, created.sweep, groups=len(created.groups))
 
@@ -189,10 +170,6 @@ def get_artifact(sweep_id: str, name: str, session: SessionDep, tenant: TenantDe
 def cancel_sweep(sweep_id: str, session: SessionDep, tenant: TenantDep) -> SweepOut:
     """Cancel every unfinished trial: queued ones at once, running ones within seconds."""
     sweep = sweep_service.cancel_sweep(session, tenant_id=tenant.id, sweep_id=sweep_id)
-    session.commit()
     if sweep_service.all_trials_done(session, sweep_id=sweep.id):
-        try:
-            enqueue_finalize_sweep(sweep.id)  # no worker holds a trial: ask one for the report
-        except Exception as exc:  # noqa: BLE001 - the next GET asks again
-            logger.warning("could not request the sweep report: %s", exc)
+        effects(session).finalize_sweep(sweep.id)  # no worker holds a trial: ask one for it
     return _out(session, sweep)

@@ -23,12 +23,14 @@ from sqlalchemy.orm import Session
 from core import storage
 from core.config import Settings
 from core.errors import ConflictError, NotFoundError, ValidationAppError
-from core.ids import new_id, utcnow
+from core.ids import new_id
 from core.ml.errors import InvalidDatasetError
 from core.ml.upload import dataset_sha256, parse_upload, to_npz_bytes
-from core.models import TERMINAL_STATUSES, Dataset, Job, Tenant
+from core.models import Dataset, Job, Tenant
 from core.services.jobs import ACTIVE_STATUSES
 from core.services.pagination import newest_first_page
+from core.states import TERMINAL_STATUSES
+from core.timeutil import utcnow
 
 FORMATS = ("csv", "parquet", "npz")
 EXTENSIONS = {".csv": "csv", ".parquet": "parquet", ".pq": "parquet", ".npz": "npz"}
@@ -278,6 +280,19 @@ def create_dataset(
 def dataset_key(dataset_id: str) -> str:
     """The artifact key of a dataset's canonical NPZ (what workers load)."""
     return f"datasets/{dataset_id}.npz"
+
+
+def stored_arrays(session: Session, *, dataset_id: str) -> bytes | None:
+    """The canonical NPZ bytes of a dataset (workers), or None when none is stored."""
+    found = storage.get_artifact(session, key=dataset_key(dataset_id))
+    return found[1] if found else None
+
+
+def class_names_of(session: Session, *, dataset_id: str) -> list[str] | None:
+    """The class names stored with an uploaded dataset, or None."""
+    row = session.get(Dataset, dataset_id)
+    names = (row.info or {}).get("class_names") if row is not None else None
+    return [str(n) for n in names] if names else None
 
 
 def get_dataset(session: Session, *, tenant_id: str, dataset_id: str) -> Dataset:

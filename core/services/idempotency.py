@@ -20,9 +20,8 @@ from sqlalchemy import delete
 from sqlalchemy.exc import IntegrityError
 from sqlalchemy.orm import Session
 
-from core.ids import utcnow
 from core.models import IdempotencyKey
-from core.timeutil import as_utc
+from core.timeutil import as_utc, utcnow
 
 STALE_IN_FLIGHT = timedelta(minutes=10)
 MAX_KEY_LENGTH = 200

@@ -1,21 +1,55 @@
-"""Job queries and state transitions; every transition is one conditional UPDATE."""
+"""Job queries and every change of a job's state, lease and attempt (their only home).
+
+Each transition is one conditional UPDATE (claim one job or a group, renew, record
+progress, finish, fail, cancel, release with or without using an attempt); no other module
+writes job.status, the lease or the attempt (tests/test_state_changes.py checks it).
+Services only flush: the request or task scope owns the transaction.
+"""
 
 from __future__ import annotations
 
 from dataclasses import dataclass
-from datetime import datetime, timedelta
-from typing import Any, Literal
+from datetime import timedelta
+from typing import Any
 
 from sqlalchemy import and_, func, select, update
 from sqlalchemy.orm import Session
 
-from core.errors import ConflictError, NotFoundError
-from core.ids import new_id, utcnow
-from core.models import TERMINAL_STATUSES, Job, JobEvent
-from core.services.pagination import newest_first_page
+from core.errors import ConflictError, NotFoundError, TooManyRequestsError
+from core.ids import new_id
+from core.models import Job, JobEvent
+from core.states import ACTIVE_STATUSES, TERMINAL_STATUSES, FailureReason, JobStatus, LeaseState
+from core.timeutil import as_utc, utcnow
 
-ACTIVE_STATUSES = ("queued", "running")
-LeaseState = Literal["ok", "cancel", "lost"]
+CANCELED_MESSAGE = "Canceled on request"
+
+
+@dataclass(frozen=True)
+class ClaimedJob:
+    """What a worker needs from a job row, read once after the claim."""
+
+    id: str
+    tenant_id: str
+    spec: dict[str, Any]
+    attempt: int
+    dataset_id: str | None
+    sweep_id: str | None
+    queued_s: float
+
+
+def _claimed(job: Job) -> ClaimedJob:
+    """The ClaimedJob of a freshly claimed row; queued_s is queued_at → started_at."""
+    queued_at, started = as_utc(job.queued_at), as_utc(job.started_at)
+    queued_s = (started - queued_at).total_seconds() if queued_at and started else 0.0
+    return ClaimedJob(
+        id=job.id,
+        tenant_id=job.tenant_id,
+        spec=job.spec,
+        attempt=job.attempt,
+        dataset_id=job.dataset_id,
+        sweep_id=job.sweep_id,
+        queued_s=max(queued_s, 0.0),
+    )
 
 
 def add_event(
@@ -34,15 +68,18 @@ def create_job(
     max_attempts: int,
     sweep_id: str | None = None,
     dataset_id: str | None = None,
+    max_active_jobs: int | None = None,
 ) -> Job:
-    """Store a new queued job."""
+    """Store a new queued job (refused with 429 above `max_active_jobs` active ones)."""
+    if max_active_jobs is not None:
+        ensure_capacity(session, tenant_id=tenant_id, adding=1, limit=max_active_jobs)
     now = utcnow()
     job = Job(
         id=new_id("job"),
         tenant_id=tenant_id,
         sweep_id=sweep_id,
         dataset_id=dataset_id,
-        status="queued",
+        status=JobStatus.QUEUED,
         spec=spec,
         tags=dict(spec.get("tags") or {}),
         attempt=1,
@@ -54,7 +91,9 @@ def create_job(
     )
     session.add(job)
     session.flush()
-    add_event(session, job_id=job.id, kind="status", data={"status": "queued", "attempt": 1})
+    add_event(
+        session, job_id=job.id, kind="status", data={"status": JobStatus.QUEUED, "attempt": 1}
+    )
     return job
 
 
@@ -83,40 +122,16 @@ def count_active_jobs(session: Session, *, tenant_id: str) -> int:
     )
 
 
-@dataclass(frozen=True)
-class JobFilter:
-    """Filters of the job list."""
-
-    status: str | None = None
-    tag: tuple[str, str] | None = None
-    created_after: datetime | None = None
-    created_before: datetime | None = None
-    sweep_id: str | None = None
-
-
-def list_jobs(
-    session: Session,
-    *,
-    tenant_id: str,
-    limit: int,
-    cursor: str | None = None,
-    filters: JobFilter | None = None,
-) -> tuple[list[Job], str | None]:
-    """A page of the tenant's jobs, newest first, and the cursor of the next page."""
-    f = filters or JobFilter()
-    query = select(Job).where(Job.tenant_id == tenant_id)
-    if f.status:
-        query = query.where(Job.status == f.status)
-    if f.sweep_id:
-        query = query.where(Job.sweep_id == f.sweep_id)
-    if f.created_after:
-        query = query.where(Job.created_at > f.created_after)
-    if f.created_before:
-        query = query.where(Job.created_at < f.created_before)
-    if f.tag:
-        key, value = f.tag
-        query = query.where(Job.tags[key].as_string() == value)
-    return newest_first_page(session, query, Job, limit=limit, cursor=cursor)
+def ensure_capacity(session: Session, *, tenant_id: str, adding: int, limit: int) -> None:
+    """TooManyRequestsError when `adding` jobs would take the tenant above `limit` active ones."""
+    active = count_active_jobs(session, tenant_id=tenant_id)
+    if active + adding <= limit:
+        return
+    added = f" and the sweep adds {adding}" if adding > 1 else ""
+    raise TooManyRequestsError(
+        f"{active} jobs are queued or running{added} (limit {limit}); wait for some to finish",
+        retry_after=30,
+    )
 
 
 def mark_enqueued(session: Session, *, job_ids: list[str]) -> None:
@@ -124,36 +139,64 @@ def mark_enqueued(session: Session, *, job_ids: list[str]) -> None:
     if job_ids:
         session.execute(
             update(Job)
-            .where(Job.id.in_(job_ids), Job.status == "queued")
+            .where(Job.id.in_(job_ids), Job.status == JobStatus.QUEUED)
             .values(enqueued_at=utcnow())
         )
 
 
-def claim_job(session: Session, *, job_id: str, owner: str, lease_seconds: float) -> bool:
-    """queued → running with a lease, in one conditional update; False if not claimable."""
+def _claim_values(owner: str, lease_seconds: float) -> dict[str, Any]:
     now = utcnow()
-    result = session.execute(
+    return {
+        "status": JobStatus.RUNNING,
+        "lease_owner": owner,
+        "lease_expires_at": now + timedelta(seconds=lease_seconds),
+        "started_at": func.coalesce(Job.started_at, now),
+        "updated_at": now,
+    }
+
+
+def claim_group(
+    session: Session, *, job_ids: list[str], owner: str, lease_seconds: float
+) -> list[ClaimedJob]:
+    """queued → running with a lease for every claimable job of `job_ids`, in one UPDATE.
+
+    The claimed jobs come back in the order of `job_ids` (an empty list: none claimable).
+    """
+    if not job_ids:
+        return []
+    session.execute(
         update(Job)
-        .where(Job.id == job_id, Job.status == "queued", Job.cancel_requested.is_(False))
-        .values(
-            status="running",
-            lease_owner=owner,
-            lease_expires_at=now + timedelta(seconds=lease_seconds),
-            started_at=func.coalesce(Job.started_at, now),
-            updated_at=now,
+        .where(
+            Job.id.in_(job_ids),
+            Job.status == JobStatus.QUEUED,
+            Job.cancel_requested.is_(False),
         )
+        .values(**_claim_values(owner, lease_seconds))
+        .execution_options(synchronize_session=False)
     )
-    if result.rowcount != 1:  # type: ignore[attr-defined]
-        return False
-    job = session.get(Job, job_id)
-    attempt = job.attempt if job else None
-    add_event(
-        session,
-        job_id=job_id,
-        kind="status",
-        data={"status": "running", "attempt": attempt, "worker": owner},
+    rows = session.scalars(
+        select(Job)
+        .where(Job.id.in_(job_ids), Job.status == JobStatus.RUNNING, Job.lease_owner == owner)
+        .execution_options(populate_existing=True)
     )
-    return True
+    by_id = {job.id: job for job in rows}
+    claimed = [_claimed(by_id[job_id]) for job_id in job_ids if job_id in by_id]
+    for job in claimed:
+        add_event(
+            session,
+            job_id=job.id,
+            kind="status",
+            data={"status": JobStatus.RUNNING, "attempt": job.attempt, "worker": owner},
+        )
+    return claimed
+
+
+def claim_job(
+    session: Session, *, job_id: str, owner: str, lease_seconds: float
+) -> ClaimedJob | None:
+    """queued → running with a lease, in one conditional update; None if not claimable."""
+    claimed = claim_group(session, job_ids=[job_id], owner=owner, lease_seconds=lease_seconds)
+    return claimed[0] if claimed else None
 
 
 def renew_lease(session: Session, *, job_id: str, owner: str, lease_seconds: float) -> LeaseState:
@@ -161,29 +204,50 @@ def renew_lease(session: Session, *, job_id: str, owner: str, lease_seconds: flo
     now = utcnow()
     result = session.execute(
         update(Job)
-        .where(Job.id == job_id, Job.status == "running", Job.lease_owner == owner)
+        .where(_owned_running(job_id, owner))
         .values(lease_expires_at=now + timedelta(seconds=lease_seconds))
     )
     if result.rowcount != 1:  # type: ignore[attr-defined]
-        return "lost"
+        return LeaseState.LOST
     cancel = session.scalar(select(Job.cancel_requested).where(Job.id == job_id))
-    return "cancel" if cancel else "ok"
+    return LeaseState.CANCEL if cancel else LeaseState.OK
 
 
 def _owned_running(job_id: str, owner: str) -> Any:
-    return and_(Job.id == job_id, Job.status == "running", Job.lease_owner == owner)
+    return and_(Job.id == job_id, Job.status == JobStatus.RUNNING, Job.lease_owner == owner)
 
 
-def record_progress(session: Session, *, job_id: str, owner: str, progress: dict[str, Any]) -> bool:
-    """Store the latest progress of a running job the caller owns."""
+def is_owned(session: Session, *, job_id: str, owner: str, lock: bool = False) -> bool:
+    """Whether the job is running under `owner`'s lease (`lock`: and lock its row until commit)."""
+    query = select(Job.id).where(_owned_running(job_id, owner))
+    return session.scalar(query.with_for_update() if lock else query) is not None
+
+
+def succeeded_in_attempt(session: Session, *, job_id: str, attempt: int) -> bool:
+    """Whether the job succeeded with `attempt`'s result (after a commit of unknown outcome)."""
+    job = session.get(Job, job_id)
+    return (
+        job is not None
+        and job.status == JobStatus.SUCCEEDED
+        and (job.result or {}).get("attempt") == attempt
+    )
+
+
+def record_progress(
+    session: Session, *, job_id: str, owner: str, progress: list[dict[str, Any]]
+) -> bool:
+    """Store the newest of `progress` on a running job the caller owns; an event per entry."""
+    if not progress:
+        return True
     result = session.execute(
         update(Job)
         .where(_owned_running(job_id, owner))
-        .values(progress=progress, updated_at=utcnow())
+        .values(progress=progress[-1], updated_at=utcnow())
     )
     if result.rowcount != 1:  # type: ignore[attr-defined]
         return False
-    add_event(session, job_id=job_id, kind="progress", data=progress)
+    session.add_all([JobEvent(job_id=job_id, kind="progress", data=p) for p in progress])
+    session.flush()
     return True
 
 
@@ -192,7 +256,7 @@ def _finish(
     *,
     job_id: str,
     owner: str,
-    status: str,
+    status: JobStatus,
     values: dict[str, Any],
     event: dict[str, Any],
 ) -> bool:
@@ -218,17 +282,24 @@ def _finish(
 def complete_job(session: Session, *, job_id: str, owner: str, result: dict[str, Any]) -> bool:
     """running → succeeded with the result document (one transaction, owner-checked)."""
     return _finish(
-        session, job_id=job_id, owner=owner, status="succeeded", values={"result": result}, event={}
+        session,
+        job_id=job_id,
+        owner=owner,
+        status=JobStatus.SUCCEEDED,
+        values={"result": result},
+        event={},
     )
 
 
-def fail_job(session: Session, *, job_id: str, owner: str, reason: str, message: str) -> bool:
+def fail_job(
+    session: Session, *, job_id: str, owner: str, reason: FailureReason, message: str
+) -> bool:
     """running → failed with a typed reason and a message saying what to change."""
     return _finish(
         session,
         job_id=job_id,
         owner=owner,
-        status="failed",
+        status=JobStatus.FAILED,
         values={"failure_reason": reason, "failure_message": message},
         event={"reason": reason, "message": message},
     )
@@ -240,31 +311,74 @@ def finish_canceled(session: Session, *, job_id: str, owner: str) -> bool:
         session,
         job_id=job_id,
         owner=owner,
-        status="canceled",
-        values={"failure_reason": "canceled", "failure_message": "Canceled on request"},
-        event={"reason": "canceled"},
+        status=JobStatus.CANCELED,
+        values={"failure_reason": FailureReason.CANCELED, "failure_message": CANCELED_MESSAGE},
+        event={"reason": FailureReason.CANCELED},
     )
+
+
+def _back_to_queue(session: Session, *, job_id: str, owner: str, attempt: int | None) -> bool:
+    """running → queued, the lease dropped; `attempt` set when a new attempt starts."""
+    now = utcnow()
+    values: dict[str, Any] = {
+        "status": JobStatus.QUEUED,
+        "lease_owner": None,
+        "lease_expires_at": None,
+        "queued_at": now,
+        "enqueued_at": None,
+        "updated_at": now,
+    }
+    if attempt is not None:
+        values["attempt"] = attempt
+    result = session.execute(update(Job).where(_owned_running(job_id, owner)).values(**values))
+    return result.rowcount == 1  # type: ignore[attr-defined,no-any-return]
 
 
 def release_job(session: Session, *, job_id: str, owner: str) -> bool:
     """running → queued without using up an attempt (graceful worker shutdown)."""
-    now = utcnow()
-    result = session.execute(
-        update(Job)
-        .where(_owned_running(job_id, owner))
-        .values(
-            status="queued",
-            lease_owner=None,
-            lease_expires_at=None,
-            queued_at=now,
-            enqueued_at=None,
-            updated_at=now,
+    if not _back_to_queue(session, job_id=job_id, owner=owner, attempt=None):
+        return False
+    add_event(
+        session,
+        job_id=job_id,
+        kind="status",
+        data={"status": JobStatus.QUEUED, "released": True},
+    )
+    return True
+
+
+def requeue_expired(session: Session, *, job: Job) -> bool:
+    """running with an expired lease → queued for the next attempt (the reconciler)."""
+    owner, attempt = job.lease_owner, job.attempt + 1
+    if owner is None or not _back_to_queue(session, job_id=job.id, owner=owner, attempt=attempt):
+        return False
+    add_event(
+        session,
+        job_id=job.id,
+        kind="status",
+        data={"status": JobStatus.QUEUED, "attempt": attempt, "reason": "lease_expired"},
+    )
+    return True
+
+
+def fail_expired(session: Session, *, job: Job, reason: FailureReason, message: str) -> bool:
+    """running with an expired lease (same owner) → failed with `reason` (the reconciler)."""
+    if job.lease_owner is None:
+        return False
+    return fail_job(session, job_id=job.id, owner=job.lease_owner, reason=reason, message=message)
+
+
+def expired_leases(session: Session, *, limit: int) -> list[Job]:
+    """Running jobs whose lease expired, oldest expiry first, locked (SKIP LOCKED)."""
+    return list(
+        session.scalars(
+            select(Job)
+            .where(Job.status == JobStatus.RUNNING, Job.lease_expires_at < utcnow())
+            .order_by(Job.lease_expires_at)
+            .limit(limit)
+            .with_for_update(skip_locked=True)
         )
     )
-    if result.rowcount != 1:  # type: ignore[attr-defined]
-        return False
-    add_event(session, job_id=job_id, kind="status", data={"status": "queued", "released": True})
-    return True
 
 
 def cancel_job(session: Session, *, tenant_id: str, job_id: str) -> Job:
@@ -275,38 +389,30 @@ def cancel_job(session: Session, *, tenant_id: str, job_id: str) -> Job:
         raise ConflictError(f"Job {job_id} is already {job.status} and cannot be canceled")
     result = session.execute(
         update(Job)
-        .where(Job.id == job_id, Job.status == "queued")
+        .where(Job.id == job_id, Job.status == JobStatus.QUEUED)
         .values(
-            status="canceled",
+            status=JobStatus.CANCELED,
             finished_at=now,
             updated_at=now,
             cancel_requested=True,
-            failure_reason="canceled",
-            failure_message="Canceled on request",
+            failure_reason=FailureReason.CANCELED,
+            failure_message=CANCELED_MESSAGE,
         )
     )
     if result.rowcount == 1:  # type: ignore[attr-defined]
         add_event(
-            session, job_id=job_id, kind="status", data={"status": "canceled", "reason": "canceled"}
+            session,
+            job_id=job_id,
+            kind="status",
+            data={"status": JobStatus.CANCELED, "reason": FailureReason.CANCELED},
         )
     else:
         session.execute(
             update(Job)
-            .where(Job.id == job_id, Job.status == "running")
+            .where(Job.id == job_id, Job.status == JobStatus.RUNNING)
             .values(cancel_requested=True, updated_at=now)
         )
         add_event(session, job_id=job_id, kind="cancel_requested", data={})
     session.flush()
     session.refresh(job)
     return job
-
-
-def events_after(session: Session, *, job_id: str, after_id: int) -> list[JobEvent]:
-    """A job's events with id greater than `after_id`, oldest first."""
-    return list(
-        session.scalars(
-            select(JobEvent)
-            .where(JobEvent.job_id == job_id, JobEvent.id > after_id)
-            .order_by(JobEvent.id)
-        )
-    )

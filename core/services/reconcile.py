@@ -7,16 +7,16 @@ import threading
 from dataclasses import dataclass, field
 from datetime import datetime, timedelta
 
-from sqlalchemy import or_, select, update
+from sqlalchemy import or_, select
 from sqlalchemy.orm import Session
 
 from core.config import Settings
 from core.db import session_scope
-from core.ids import utcnow
 from core.models import Job, JobEvent
-from core.queue import enqueue_job
-from core.services.jobs import add_event, fail_job, mark_enqueued
-from core.timeutil import as_utc
+from core.services import idempotency, jobs
+from core.services.effects import effects
+from core.states import FailureReason, JobStatus
+from core.timeutil import as_utc, utcnow
 
 logger = logging.getLogger("softlabel.reconcile")
 
@@ -29,6 +29,7 @@ class ReconcileReport:
     failed: list[str] = field(default_factory=list)
     timed_out: list[str] = field(default_factory=list)
     reenqueue: list[str] = field(default_factory=list)
+    purged_keys: int = 0
 
 
 def attempt_started_at(session: Session, job_id: str) -> datetime | None:
@@ -45,11 +46,11 @@ def attempt_started_at(session: Session, job_id: str) -> datetime | None:
     return None
 
 
-def _fail_expired(session: Session, job: Job, *, reason: str, message: str) -> bool:
-    """running (expired lease, same owner) → failed with `reason`."""
-    if job.lease_owner is None:
-        return False
-    return fail_job(session, job_id=job.id, owner=job.lease_owner, reason=reason, message=message)
+def _timeout_message(time_limit_s: float) -> str:
+    return (
+        f"The job exceeded the hard time limit of {time_limit_s:g} s and was stopped; "
+        "use fewer epochs or a smaller model"
+    )
 
 
 def reclaim_expired_leases(
@@ -59,62 +60,29 @@ def reclaim_expired_leases(
 
     An attempt that ran longer than the hard time limit (`time_limit_s`) was killed for it:
     the job ends failed/timeout instead of running again. At max_attempts: worker_lost.
+    Ended jobs are announced, requeued ones enqueued, after the caller commits.
     """
     report = ReconcileReport()
     now = utcnow()
-    expired = list(
-        session.scalars(
-            select(Job)
-            .where(Job.status == "running", Job.lease_expires_at < now)
-            .order_by(Job.lease_expires_at)
-            .limit(limit)
-            .with_for_update(skip_locked=True)
-        )
-    )
-    for job in expired:
+    fx = effects(session)
+    for job in jobs.expired_leases(session, limit=limit):
         started = attempt_started_at(session, job.id) if time_limit_s else None
         if time_limit_s and started and (now - started).total_seconds() >= time_limit_s:
-            message = (
-                f"The job exceeded the hard time limit of {time_limit_s:g} s and was stopped; "
-                "use fewer epochs or a smaller model"
-            )
-            if _fail_expired(session, job, reason="timeout", message=message):
+            message = _timeout_message(time_limit_s)
+            if jobs.fail_expired(session, job=job, reason=FailureReason.TIMEOUT, message=message):
                 report.timed_out.append(job.id)
+                fx.announce_terminal(job.id)
         elif job.attempt >= job.max_attempts:
             message = (
                 f"The worker running this job was lost {job.attempt} "
                 f"times (max_attempts={job.max_attempts})"
             )
-            if _fail_expired(session, job, reason="worker_lost", message=message):
+            reason = FailureReason.WORKER_LOST
+            if jobs.fail_expired(session, job=job, reason=reason, message=message):
                 report.failed.append(job.id)
-        else:
-            result = session.execute(
-                update(Job)
-                .where(
-                    Job.id == job.id, Job.status == "running", Job.lease_owner == job.lease_owner
-                )
-                .values(
-                    status="queued",
-                    attempt=job.attempt + 1,
-                    lease_owner=None,
-                    lease_expires_at=None,
-                    queued_at=now,
-                    enqueued_at=None,
-                    updated_at=now,
-                )
-            )
-            if result.rowcount == 1:  # type: ignore[attr-defined]
-                add_event(
-                    session,
-                    job_id=job.id,
-                    kind="status",
-                    data={
-                        "status": "queued",
-                        "attempt": job.attempt + 1,
-                        "reason": "lease_expired",
-                    },
-                )
-                report.requeued.append(job.id)
+                fx.announce_terminal(job.id)
+        elif jobs.requeue_expired(session, job=job):
+            report.requeued.append(job.id)
     session.flush()
     return report
 
@@ -126,7 +94,7 @@ def stale_queued_jobs(session: Session, *, grace_seconds: float, limit: int = 50
         session.scalars(
             select(Job.id)
             .where(
-                Job.status == "queued",
+                Job.status == JobStatus.QUEUED,
                 or_(Job.enqueued_at.is_(None), Job.enqueued_at < cutoff),
                 Job.queued_at < cutoff,
             )
@@ -137,7 +105,8 @@ def stale_queued_jobs(session: Session, *, grace_seconds: float, limit: int = 50
 
 
 def reconcile_once(settings: Settings) -> ReconcileReport:
-    """One pass: reclaim expired leases, then (re-)enqueue every job the broker may have lost.
+    """One pass: reclaim expired leases, (re-)enqueue every job the broker may have lost, and
+    delete expired idempotency keys; the effects run after the pass commits.
 
     Safe to run in several processes at once: expired rows are locked with SKIP LOCKED and
     every transition is conditional; a job enqueued twice is claimed once.
@@ -145,43 +114,11 @@ def reconcile_once(settings: Settings) -> ReconcileReport:
     with session_scope() as session:
         report = reclaim_expired_leases(session, time_limit_s=settings.task_time_limit)
         report.reenqueue = stale_queued_jobs(session, grace_seconds=settings.queued_grace_seconds)
-    announce_terminal(report.failed + report.timed_out)
-    to_send = list(dict.fromkeys(report.requeued + report.reenqueue))
-    sent = []
-    for job_id in to_send:
-        try:
-            enqueue_job(job_id)
-            sent.append(job_id)
-        except Exception:  # noqa: BLE001 - broker down: the next pass tries again
-            break
-    with session_scope() as session:
-        mark_enqueued(session, job_ids=sent)
+        fx = effects(session)
+        for job_id in dict.fromkeys(report.requeued + report.reenqueue):
+            fx.enqueue_job(job_id)
+        report.purged_keys = idempotency.purge_expired(session)
     return report
-
-
-def announce_terminal(job_ids: list[str]) -> None:
-    """After the reconciler ended jobs: their webhooks, and the report of their sweeps."""
-    if not job_ids:
-        return
-    from core.queue import enqueue_finalize_sweep
-    from core.services.webhooks import schedule_terminal
-
-    for job_id in job_ids:
-        try:
-            schedule_terminal(job_id)
-        except Exception as exc:  # noqa: BLE001 - a missed webhook must not stop reconciling
-            logger.warning("webhook scheduling failed for %s: %s", job_id, exc)
-    with session_scope() as session:
-        sweep_ids = {
-            sweep_id
-            for sweep_id in session.scalars(select(Job.sweep_id).where(Job.id.in_(job_ids)))
-            if sweep_id
-        }
-    for sweep_id in sweep_ids:
-        try:
-            enqueue_finalize_sweep(sweep_id)
-        except Exception as exc:  # noqa: BLE001 - GET /v1/sweeps/{id} also triggers it
-            logger.warning("sweep finalize enqueue failed for %s: %s", sweep_id, exc)
 
 
 def reconcile_forever(

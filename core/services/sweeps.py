@@ -7,23 +7,23 @@ import itertools
 import logging
 from collections.abc import Callable
 from dataclasses import dataclass
-from datetime import timedelta
 from typing import Any
 
 from pydantic import ValidationError
 from sqlalchemy import func, select, update
 from sqlalchemy.orm import Session
 
-from core.errors import ConflictError, NotFoundError, TooManyRequestsError, ValidationAppError
-from core.ids import new_id, utcnow
-from core.models import TERMINAL_STATUSES, Job, Sweep
+from core.errors import ConflictError, NotFoundError, ValidationAppError
+from core.ids import new_id
+from core.models import Job, Sweep
 from core.services import jobs as job_service
 from core.services.pagination import newest_first_page
 from core.services.specs import check_job_spec
 from core.services.sweep_report import Trial, build_report, context_slug, plot_rows
 from core.spec import JobSpec, SweepSpec, set_path, stack_key
+from core.states import TERMINAL_STATUSES, SweepStatus
 from core.storage import get_artifact, put_artifact
-from core.timeutil import as_utc
+from core.timeutil import as_utc, utcnow
 
 logger = logging.getLogger("softlabel.sweeps")
 ALPHA, SEED = "loss.alpha", "training.seed"
@@ -143,13 +143,7 @@ def create_sweep(
             extra={"n_trials": n, "max_trials": max_trials},
         )
     if max_active_jobs is not None:
-        active = job_service.count_active_jobs(session, tenant_id=tenant_id)
-        if active + n > max_active_jobs:
-            raise TooManyRequestsError(
-                f"{active} jobs are queued or running and the sweep adds {n} "
-                f"(limit {max_active_jobs}); wait for some to finish",
-                retry_after=30,
-            )
+        job_service.ensure_capacity(session, tenant_id=tenant_id, adding=n, limit=max_active_jobs)
     specs, points, dataset_id = expand_trials(session, tenant_id=tenant_id, request=request)
     base = request.base.resolved()
     base["loss"].pop("alpha", None)
@@ -231,49 +225,23 @@ def live_status(sweep: Sweep, progress: dict[str, Any]) -> str:
     return "running" if started else "queued"
 
 
-def claim_group(
-    session: Session, *, job_ids: list[str], owner: str, lease_seconds: float
-) -> list[str]:
-    """queued → running with a lease for every claimable job of a group, in one UPDATE."""
-    if not job_ids:
-        return []
-    now = utcnow()
-    session.execute(
-        update(Job)
-        .where(Job.id.in_(job_ids), Job.status == "queued", Job.cancel_requested.is_(False))
-        .values(
-            status="running",
-            lease_owner=owner,
-            lease_expires_at=now + timedelta(seconds=lease_seconds),
-            started_at=func.coalesce(Job.started_at, now),
-            updated_at=now,
-        )
-        .execution_options(synchronize_session=False)
-    )
-    claimed = list(
-        session.execute(
-            select(Job.id, Job.attempt, Job.sweep_id).where(
-                Job.id.in_(job_ids), Job.status == "running", Job.lease_owner == owner
-            )
-        )
-    )
-    by_id = {row.id: row for row in claimed}
-    ordered = [job_id for job_id in job_ids if job_id in by_id]
-    for job_id in ordered:
-        job_service.add_event(
-            session,
-            job_id=job_id,
-            kind="status",
-            data={"status": "running", "attempt": by_id[job_id].attempt, "worker": owner},
-        )
-    sweep_ids = {row.sweep_id for row in claimed if row.sweep_id}
+def mark_running(session: Session, *, sweep_ids: set[str]) -> None:
+    """queued → running for sweeps whose first trials a worker has claimed."""
     if sweep_ids:
         session.execute(
             update(Sweep)
-            .where(Sweep.id.in_(sweep_ids), Sweep.status == "queued")
-            .values(status="running")
+            .where(Sweep.id.in_(sweep_ids), Sweep.status == SweepStatus.QUEUED)
+            .values(status=SweepStatus.RUNNING)
+            .execution_options(synchronize_session=False)
         )
-    return ordered
+
+
+def sweep_ids_of(session: Session, *, job_ids: list[str]) -> list[str]:
+    """The distinct sweeps that the given jobs are trials of."""
+    if not job_ids:
+        return []
+    rows = session.scalars(select(Job.sweep_id).where(Job.id.in_(job_ids)).distinct())
+    return sorted(sweep_id for sweep_id in rows if sweep_id)
 
 
 def cancel_sweep(session: Session, *, tenant_id: str, sweep_id: str) -> Sweep:
@@ -392,7 +360,7 @@ def finalize_sweep_if_done(
 
     The sweep row's conditional update (status not yet final) is the guard: of two workers
     finishing the last trials together, one writes; the other's update matches no row and
-    its transaction (plots included) is rolled back. The caller commits.
+    writes nothing (the plots are stored only after it). The caller commits.
     """
     sweep = session.get(Sweep, sweep_id)
     if sweep is None or sweep.status in TERMINAL_STATUSES:
@@ -412,8 +380,7 @@ def finalize_sweep_if_done(
         .execution_options(synchronize_session=False)
     )
     if result.rowcount != 1:  # type: ignore[attr-defined]
-        session.rollback()
-        return False
+        return False  # another worker wrote it; nothing of ours was added
     for name, data in images.items():
         put_artifact(
             session, key=sweep_artifact_key(sweep_id, name), data=data, tenant_id=sweep.tenant_id

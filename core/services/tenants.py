@@ -9,8 +9,9 @@ from sqlalchemy import select
 from sqlalchemy.orm import Session
 
 from core.errors import ConflictError, NotFoundError
-from core.ids import new_id, utcnow
+from core.ids import new_id
 from core.models import ApiKey, Tenant
+from core.timeutil import utcnow
 
 KEY_PREFIX = "sl_"
 

@@ -25,7 +25,8 @@ from sqlalchemy.orm import Session
 
 from core.config import Settings
 from core.errors import ValidationAppError
-from core.models import TERMINAL_STATUSES, Job, Tenant, WebhookDelivery
+from core.models import Job, Tenant, WebhookDelivery
+from core.states import TERMINAL_STATUSES
 from core.timeutil import iso
 
 logger = logging.getLogger("softlabel.webhooks")

@@ -9,6 +9,7 @@ from typing import Any
 from core import storage
 from core.db import session_scope
 from tests.processes import wait_for_job
+from worker.checkpoints import CHECKPOINT_NAME
 
 FAST = {"model": {"hidden": [32]}, "training": {"epochs": 3}}
 LONG = {"model": {"hidden": [32]}, "training": {"epochs": 400, "early_stopping": None}}
@@ -65,7 +66,7 @@ def test_running_job_stops_within_5s_keeps_checkpoint_and_streams_events(
     assert final["failure"]["reason"] == "canceled"
     assert final["progress"]["epoch"] < 400
     with session_scope() as s:
-        found = storage.get_artifact(s, key=storage.job_artifact_key(job_id, "checkpoint.pt"))
+        found = storage.get_artifact(s, key=storage.job_artifact_key(job_id, CHECKPOINT_NAME))
     assert found is not None and len(found[1]) > 0
     assert client.post(f"/v1/jobs/{job_id}/cancel").status_code == 409
 

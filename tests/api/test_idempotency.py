@@ -8,9 +8,9 @@ from typing import Any
 from sqlalchemy import func, select, update
 
 from core.db import session_scope
-from core.ids import utcnow
 from core.models import IdempotencyKey, Job, Tenant
 from core.services import idempotency
+from core.timeutil import utcnow
 
 SPEC = {"model": {"hidden": [32]}, "training": {"epochs": 3}, "tags": {"k": "v"}}
 

@@ -11,20 +11,20 @@ from sqlalchemy import select, update
 from core.db import session_scope
 from core.models import Artifact, Job
 from core.services import jobs as job_service
+from core.services.jobs import ClaimedJob
 from core.storage import get_artifact, job_artifact_key
 from tests.worker.faults import SMALL, create_job, make_tenant, status_events
-from worker import runner
-from worker.runner import CHECKPOINT_NAME, CheckpointWriter, ClaimedJob
+from worker import checkpoints
+from worker.checkpoints import CHECKPOINT_NAME, CheckpointWriter
 
 
 def _claimed(owner: str = "w1") -> ClaimedJob:
     tenant, _ = make_tenant()
     job_id = create_job(tenant, SMALL)
     with session_scope() as s:
-        assert job_service.claim_job(s, job_id=job_id, owner=owner, lease_seconds=30)
-        job = job_service.get_job_by_id(s, job_id=job_id)
-        assert job is not None
-        return ClaimedJob(job.id, tenant, job.spec, job.attempt, None, 0.0)
+        job = job_service.claim_job(s, job_id=job_id, owner=owner, lease_seconds=30)
+        assert job is not None and job.tenant_id == tenant
+        return job
 
 
 def _stored(job: ClaimedJob) -> bytes | None:
@@ -62,7 +62,7 @@ def _hand_over(writer: CheckpointWriter, epoch: int) -> None:
 def test_paced_latest_wins_and_progress_never_ahead_of_the_checkpoint(
     db: str, monkeypatch: pytest.MonkeyPatch
 ) -> None:
-    monkeypatch.setattr(runner, "CHECKPOINT_INTERVAL_S", 0.3)
+    monkeypatch.setattr(checkpoints, "CHECKPOINT_INTERVAL_S", 0.3)
     job = _claimed()
     encoded: list[int] = []
     with CheckpointWriter(job, "w1", epochs=50) as writer:

@@ -38,6 +38,7 @@ from tests.worker.faults import (
     wait_status,
     wait_until,
 )
+from worker.checkpoints import CHECKPOINT_NAME
 
 pytestmark = pytest.mark.slow
 
@@ -295,7 +296,7 @@ def test_soft_time_limit_fails_with_timeout_and_keeps_checkpoint(
     assert job.status == "failed" and job.failure_reason == "timeout", job.failure_message
     assert job.result is None and int(job.progress.get("epoch") or 0) >= 1
     with session_scope() as s:
-        key = job_artifact_key(job_id, "checkpoint.pt")
+        key = job_artifact_key(job_id, CHECKPOINT_NAME)
         assert s.scalar(select(func.count()).select_from(Artifact).where(Artifact.key == key))
 
 

@@ -9,10 +9,10 @@ from sqlalchemy import update
 
 from core.config import get_settings
 from core.db import session_scope
-from core.ids import utcnow
 from core.models import Job, JobEvent
 from core.services import jobs as job_service
 from core.services.reconcile import reclaim_expired_leases, reconcile_once, stale_queued_jobs
+from core.timeutil import utcnow
 from tests.worker.faults import SMALL, count_status, create_job, job_row, make_tenant
 
 

@@ -13,7 +13,8 @@ from core.db import session_scope
 from core.models import Job
 from core.services import jobs as job_service
 from tests.worker.faults import SMALL, count_status, create_job, job_row, make_tenant, wait_epoch
-from worker.runner import _transition, execute_job
+from worker.attempt import _transition
+from worker.runner import execute_job
 
 # Long enough to be running when its first progress shows: the worker stores checkpoints and
 # progress at most once per CHECKPOINT_INTERVAL_S, and 40 such epochs take well under that.

@@ -1,0 +1,240 @@
+"""One attempt of a job, shared by the single-job and the group runner.
+
+Claim, load the data, end the attempt (failed, canceled, released to the queue) or store
+its result; each ending is one owner-checked transaction that announces terminal jobs
+(webhooks, sweep reports) through the after-commit effects. FAILURES maps the exceptions
+of core.ml to failure reasons, for single jobs and groups alike.
+"""
+
+from __future__ import annotations
+
+import io
+import logging
+import os
+import socket
+import time
+import uuid
+from collections.abc import Callable
+from typing import Any
+
+import numpy as np
+from sqlalchemy.orm import Session
+
+from core import __version__
+from core.config import Settings, get_settings
+from core.db import is_transient, session_scope, with_db_retry
+from core.ml.errors import (
+    DeviceUnavailableError,
+    InvalidDatasetError,
+    SpecError,
+    TrainingDivergedError,
+)
+from core.services import datasets as dataset_service
+from core.services import jobs as job_service
+from core.services import sweeps as sweep_service
+from core.services.effects import effects
+from core.services.jobs import ClaimedJob
+from core.states import FailureReason, JobStatus
+from core.storage import job_artifact_key, put_artifact
+
+logger = logging.getLogger("softlabel.worker")
+# The one table from an exception of core.ml to the failure reason of its job (or group).
+FAILURES: tuple[tuple[type[BaseException], FailureReason], ...] = (
+    (TrainingDivergedError, FailureReason.DIVERGED),
+    (InvalidDatasetError, FailureReason.INVALID_DATASET),
+    (SpecError, FailureReason.INVALID_DATASET),
+    (DeviceUnavailableError, FailureReason.DEVICE_UNAVAILABLE),
+)
+
+
+def failure_of(exc: BaseException) -> tuple[FailureReason, str]:
+    """The failure reason and message of a job whose training raised `exc`."""
+    for kind, reason in FAILURES:
+        if isinstance(exc, kind):
+            return reason, str(exc)
+    return FailureReason.INTERNAL, f"{type(exc).__name__}: {exc}"
+
+
+def worker_identity() -> str:
+    """A unique lease owner name for this process."""
+    return f"{socket.gethostname()}:{os.getpid()}:{uuid.uuid4().hex[:8]}"
+
+
+def claim(job_ids: list[str], *, owner: str, settings: Settings) -> list[ClaimedJob]:
+    """Claim every claimable job of `job_ids` (queued → running); the sweeps start running."""
+    with session_scope() as session:
+        claimed = job_service.claim_group(
+            session, job_ids=job_ids, owner=owner, lease_seconds=settings.lease_seconds
+        )
+        sweep_service.mark_running(
+            session, sweep_ids={job.sweep_id for job in claimed if job.sweep_id}
+        )
+        return claimed
+
+
+def load_upload(dataset_id: str) -> tuple[np.ndarray, np.ndarray]:
+    """The (X, y) arrays of an uploaded dataset, read pickle-free from the artifact store."""
+
+    def read() -> bytes | None:
+        with session_scope() as session:
+            return dataset_service.stored_arrays(session, dataset_id=dataset_id)
+
+    blob = with_db_retry(read, what="load dataset")
+    if blob is None:
+        raise FileNotFoundError(f"dataset {dataset_id} has no stored data")
+    with np.load(io.BytesIO(blob), allow_pickle=False) as npz:
+        return npz["X"], npz["y"]
+
+
+def upload_class_names(dataset_id: str | None) -> list[str] | None:
+    """The class names stored with an uploaded dataset (None for builtin/synthetic data)."""
+    if dataset_id is None:
+        return None
+
+    def read() -> list[str] | None:
+        with session_scope() as session:
+            return dataset_service.class_names_of(session, dataset_id=dataset_id)
+
+    return with_db_retry(read, what="load dataset class names")
+
+
+def _owned_by(job_id: str, owner: str) -> bool:
+    """Whether the job is still running under our lease (after a commit of unknown outcome)."""
+    with session_scope() as session:
+        return job_service.is_owned(session, job_id=job_id, owner=owner)
+
+
+def _transition(job_id: str, owner: str, what: str, apply: Callable[[Session], bool]) -> bool:
+    """Run an owner-checked transition; a commit whose outcome is unknown is checked first."""
+    give_up = time.monotonic() + 60.0
+    delay = 0.2
+    while True:
+        try:
+            with session_scope() as session:
+                return apply(session)
+        except Exception as exc:
+            if not is_transient(exc) or time.monotonic() + delay > give_up:
+                raise
+            logger.warning("%s: commit failed (%s); checking before retrying", what, exc)
+        time.sleep(delay)
+        delay = min(delay * 2, 3.0)
+        try:
+            if not with_db_retry(lambda: _owned_by(job_id, owner), what=f"{what} check"):
+                return False  # it committed after all, or the lease went to another attempt
+        except Exception as exc:  # noqa: BLE001 - give the transition itself another try
+            logger.warning("%s: check failed (%s)", what, exc)
+
+
+def end_attempt(
+    job_id: str,
+    owner: str,
+    status: JobStatus,
+    reason: FailureReason = FailureReason.INTERNAL,
+    message: str = "",
+) -> bool:
+    """End this worker's attempt: canceled, failed with a reason, or released to the queue.
+
+    A released job is enqueued again after the commit; a terminal one is announced.
+    """
+
+    def apply(session: Session) -> bool:
+        if status == JobStatus.QUEUED:
+            done = job_service.release_job(session, job_id=job_id, owner=owner)
+            if done:
+                effects(session, in_worker=True).enqueue_job(job_id)
+            return done
+        if status == JobStatus.CANCELED:
+            done = job_service.finish_canceled(session, job_id=job_id, owner=owner)
+        else:
+            done = job_service.fail_job(
+                session, job_id=job_id, owner=owner, reason=reason, message=message
+            )
+        if done:
+            effects(session, in_worker=True).announce_terminal(job_id)
+        return done
+
+    return _transition(job_id, owner, f"end {status}", apply)
+
+
+def fail(job: ClaimedJob, owner: str, exc: BaseException) -> None:
+    """End the attempt failed with the reason FAILURES gives `exc` (unknown ones logged)."""
+    reason, message = failure_of(exc)
+    if reason == FailureReason.INTERNAL:
+        logger.error("job failed", exc_info=exc, extra={"job_id": job.id})
+    end_attempt(job.id, owner, JobStatus.FAILED, reason, message)
+
+
+def release_group(jobs: list[ClaimedJob], owner: str) -> None:
+    """Give the jobs back to the queue (soft shutdown) and re-enqueue them as one task."""
+
+    def apply(session: Session) -> bool:
+        released = [
+            job.id for job in jobs if job_service.release_job(session, job_id=job.id, owner=owner)
+        ]
+        effects(session, in_worker=True).enqueue_group(released)
+        return bool(released)
+
+    _transition(jobs[0].id, owner, "release", apply)
+
+
+def _result_document(
+    job: ClaimedJob, result: dict[str, Any], links: dict[str, str]
+) -> dict[str, Any]:
+    timing = result.get("timing") or {}
+    environment = result.get("environment") or {}
+    return {
+        "job_id": job.id,
+        "spec": job.spec,
+        **result,
+        "artifacts": links,
+        "timing": {"queued_s": round(job.queued_s, 4), **timing},
+        "environment": {**environment, "version": __version__},
+        "attempt": job.attempt,
+    }
+
+
+def store_result(
+    job: ClaimedJob, owner: str, result: dict[str, Any], artifacts: dict[str, bytes]
+) -> bool:
+    """Artifacts, result, status and finished_at in one transaction (owner-checked)."""
+    links = {name: f"/v1/jobs/{job.id}/artifacts/{name}" for name in artifacts}
+
+    def apply(session: Session) -> bool:
+        document = _result_document(job, result, links)
+        if not job_service.complete_job(session, job_id=job.id, owner=owner, result=document):
+            return False  # the lease was lost: another attempt owns the job now
+        for name, data in artifacts.items():
+            put_artifact(
+                session,
+                key=job_artifact_key(job.id, name),
+                data=data,
+                tenant_id=job.tenant_id,
+                job_id=job.id,
+            )
+        effects(session, in_worker=True).announce_terminal(job.id)
+        return True
+
+    if _transition(job.id, owner, "store result", apply):
+        return True
+
+    def ours() -> bool:
+        with session_scope() as session:
+            return job_service.succeeded_in_attempt(session, job_id=job.id, attempt=job.attempt)
+
+    return with_db_retry(ours, what="verify result")
+
+
+def timeout_message(settings: Settings) -> str:
+    """The failure message of a job that hit its (soft) time limit."""
+    return (
+        f"The job exceeded the time limit of {settings.task_soft_time_limit} s; "
+        "use fewer epochs or a smaller model"
+    )
+
+
+def hard_timeout_message() -> str:
+    """The failure message of a job stopped at the hard time limit."""
+    return (
+        f"The job exceeded the hard time limit of {get_settings().task_time_limit} s and was "
+        "stopped; use fewer epochs or a smaller model"
+    )
