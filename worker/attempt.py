@@ -30,6 +30,7 @@ from core.ml.errors import (
     TrainingDivergedError,
 )
 from core.services import datasets as dataset_service
+from core.services import job_reads
 from core.services import jobs as job_service
 from core.services import sweeps as sweep_service
 from core.services.effects import effects
@@ -219,7 +220,7 @@ def store_result(
 
     def ours() -> bool:
         with session_scope() as session:
-            return job_service.succeeded_in_attempt(session, job_id=job.id, attempt=job.attempt)
+            return job_reads.succeeded_in_attempt(session, job_id=job.id, attempt=job.attempt)
 
     return with_db_retry(ours, what="verify result")
 

@@ -14,6 +14,7 @@ from sqlalchemy.orm import Session
 from core.db import AsyncReadPool, get_engine
 from core.models import ApiKey, Job, JobEvent
 from core.services.pagination import newest_first_page
+from core.states import JobStatus
 
 
 @dataclass(frozen=True)
@@ -118,3 +119,13 @@ def job_row(session: Session, *, tenant_id: str, job_id: str) -> Mapping[Any, An
     """The tenant's job as a row of its JobOut columns, or None."""
     params = {"job_id": job_id, "tenant_id": tenant_id}
     return session.execute(_JOB_BY_TENANT, params).mappings().first()
+
+
+def succeeded_in_attempt(session: Session, *, job_id: str, attempt: int) -> bool:
+    """Whether the job succeeded with `attempt`'s result (after a commit of unknown outcome)."""
+    job = session.get(Job, job_id)
+    return (
+        job is not None
+        and job.status == JobStatus.SUCCEEDED
+        and (job.result or {}).get("attempt") == attempt
+    )

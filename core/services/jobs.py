@@ -223,16 +223,6 @@ def is_owned(session: Session, *, job_id: str, owner: str, lock: bool = False) -
     return session.scalar(query.with_for_update() if lock else query) is not None
 
 
-def succeeded_in_attempt(session: Session, *, job_id: str, attempt: int) -> bool:
-    """Whether the job succeeded with `attempt`'s result (after a commit of unknown outcome)."""
-    job = session.get(Job, job_id)
-    return (
-        job is not None
-        and job.status == JobStatus.SUCCEEDED
-        and (job.result or {}).get("attempt") == attempt
-    )
-
-
 def record_progress(
     session: Session, *, job_id: str, owner: str, progress: list[dict[str, Any]]
 ) -> bool:
@@ -366,19 +356,6 @@ def fail_expired(session: Session, *, job: Job, reason: FailureReason, message: 
     if job.lease_owner is None:
         return False
     return fail_job(session, job_id=job.id, owner=job.lease_owner, reason=reason, message=message)
-
-
-def expired_leases(session: Session, *, limit: int) -> list[Job]:
-    """Running jobs whose lease expired, oldest expiry first, locked (SKIP LOCKED)."""
-    return list(
-        session.scalars(
-            select(Job)
-            .where(Job.status == JobStatus.RUNNING, Job.lease_expires_at < utcnow())
-            .order_by(Job.lease_expires_at)
-            .limit(limit)
-            .with_for_update(skip_locked=True)
-        )
-    )
 
 
 def cancel_job(session: Session, *, tenant_id: str, job_id: str) -> Job:

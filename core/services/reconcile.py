@@ -53,6 +53,19 @@ def _timeout_message(time_limit_s: float) -> str:
     )
 
 
+def expired_leases(session: Session, *, limit: int) -> list[Job]:
+    """Running jobs whose lease expired, oldest expiry first, locked (SKIP LOCKED)."""
+    return list(
+        session.scalars(
+            select(Job)
+            .where(Job.status == JobStatus.RUNNING, Job.lease_expires_at < utcnow())
+            .order_by(Job.lease_expires_at)
+            .limit(limit)
+            .with_for_update(skip_locked=True)
+        )
+    )
+
+
 def reclaim_expired_leases(
     session: Session, *, limit: int = 500, time_limit_s: float | None = None
 ) -> ReconcileReport:
@@ -65,7 +78,7 @@ def reclaim_expired_leases(
     report = ReconcileReport()
     now = utcnow()
     fx = effects(session)
-    for job in jobs.expired_leases(session, limit=limit):
+    for job in expired_leases(session, limit=limit):
         started = attempt_started_at(session, job.id) if time_limit_s else None
         if time_limit_s and started and (now - started).total_seconds() >= time_limit_s:
             message = _timeout_message(time_limit_s)

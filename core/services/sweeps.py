@@ -3,13 +3,11 @@
 from __future__ import annotations
 
 import contextlib
-import itertools
 import logging
 from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Any
 
-from pydantic import ValidationError
 from sqlalchemy import func, select, update
 from sqlalchemy.orm import Session
 
@@ -18,22 +16,14 @@ from core.ids import new_id
 from core.models import Job, Sweep
 from core.services import jobs as job_service
 from core.services.pagination import newest_first_page
-from core.services.specs import check_job_spec
+from core.services.sweep_grid import SHORT_AXIS_NAMES, expand_trials, trial_tags
 from core.services.sweep_report import Trial, build_report, context_slug, plot_rows
-from core.spec import JobSpec, SweepSpec, set_path, stack_key
+from core.spec import SweepSpec, stack_key
 from core.states import TERMINAL_STATUSES, SweepStatus
 from core.storage import get_artifact, put_artifact
 from core.timeutil import as_utc, utcnow
 
 logger = logging.getLogger("softlabel.sweeps")
-ALPHA, SEED = "loss.alpha", "training.seed"
-SHORT_AXIS_NAMES = {
-    "loss.alpha": "alpha",
-    "training.seed": "seed",
-    "label_noise": "label_noise",
-    "model.arch": "arch",
-    "optimizer.weight_decay": "weight_decay",
-}
 # Render the plots of a report: (report rows, trials) -> {artifact name: PNG bytes}.
 PlotRenderer = Callable[[dict[str, Any]], dict[str, bytes]]
 
@@ -49,79 +39,6 @@ class CreatedSweep:
 def sweep_artifact_key(sweep_id: str, name: str) -> str:
     """The storage key of a sweep's artifact (plots, under sweeps/{id}/)."""
     return f"sweeps/{sweep_id}/{name}"
-
-
-def _axis_error(axis: str, value: Any, message: str) -> ValidationAppError:
-    field = "alphas" if axis == ALPHA else "seeds" if axis == SEED else f"axes.{axis}"
-    detail = f"{field} value {value!r} gives an invalid trial: {message}"
-    return ValidationAppError(
-        detail,
-        extra={
-            "errors": [
-                {
-                    "loc": ["body", *field.split(".", 1)],
-                    "field": field,
-                    "msg": detail,
-                    "type": "value_error",
-                }
-            ]
-        },
-    )
-
-
-def _culprit(point: dict[str, Any], fields: list[str]) -> tuple[str, Any]:
-    """The grid axis behind a trial's error, matched on the offending field's top-level name."""
-    axes = [a for a in point if a not in (ALPHA, SEED)]
-    for field in fields:
-        for axis in axes:
-            if field.split(".")[0] == axis.split(".")[0]:
-                return axis, point[axis]
-    axis = axes[0] if axes else ALPHA
-    return axis, point[axis]
-
-
-def expand_trials(
-    session: Session, *, tenant_id: str, request: SweepSpec
-) -> tuple[list[dict[str, Any]], list[dict[str, Any]], str | None]:
-    """Every trial of the grid as (resolved spec, grid point); each checked like a job spec."""
-    grid = request.grid()
-    base = request.base.resolved()
-    specs, points, dataset_id = [], [], None
-    checked: dict[str, tuple[dict[str, Any], str | None]] = {}
-    for values in itertools.product(*grid.values()):
-        point = dict(zip(grid, values, strict=True))
-        raw = {k: v for k, v in base.items() if k not in ("tags",)}
-        raw = JobSpec.model_validate(raw).resolved()  # a deep copy
-        for path, value in point.items():
-            set_path(raw, path, value)
-        key = stack_key(raw)
-        if key not in checked:  # α and seed never change what check_job_spec decides
-            try:
-                spec = JobSpec.model_validate(raw)
-            except ValidationError as exc:
-                msg = "; ".join(str(e.get("msg")) for e in exc.errors())
-                locs = [".".join(str(p) for p in e.get("loc", ())) for e in exc.errors()]
-                raise _axis_error(*_culprit(point, locs), msg) from exc
-            try:
-                checked[key] = check_job_spec(session, tenant_id=tenant_id, spec=spec)
-            except ValidationAppError as exc:
-                fields = [str(e.get("field", "")) for e in exc.extra.get("errors", [])]
-                raise _axis_error(*_culprit(point, fields), exc.detail) from exc
-        dataset_id = checked[key][1]
-        spec_doc = JobSpec.model_validate(raw).resolved()
-        specs.append(spec_doc)
-        points.append(point)
-    return specs, points, dataset_id
-
-
-def _trial_tags(base_tags: dict[str, str], sweep_id: str, point: dict[str, Any]) -> dict[str, str]:
-    tags = dict(base_tags)
-    tags["sweep_id"] = sweep_id
-    for path, value in point.items():
-        tags[SHORT_AXIS_NAMES.get(path, path)] = (
-            f"{value:g}" if isinstance(value, float) else str(value)
-        )
-    return tags
 
 
 def create_sweep(
@@ -169,7 +86,7 @@ def create_sweep(
     session.flush()
     groups: dict[str, list[str]] = {}
     for spec, point in zip(specs, points, strict=True):
-        spec["tags"] = _trial_tags(request.base.tags, sweep.id, point)
+        spec["tags"] = trial_tags(request.base.tags, sweep.id, point)
         job = job_service.create_job(
             session,
             tenant_id=tenant_id,
@@ -389,16 +306,6 @@ def finalize_sweep_if_done(
     session.refresh(sweep)
     logger.info("sweep finalized", extra={"sweep_id": sweep_id, "status": status})
     return True
-
-
-def finalize_for_job(
-    session: Session, *, job_id: str, renderer: PlotRenderer | None = render_plots
-) -> bool:
-    """finalize_sweep_if_done for the sweep of a job (no-op for a standalone job)."""
-    sweep_id = session.scalar(select(Job.sweep_id).where(Job.id == job_id))
-    if not sweep_id:
-        return False
-    return finalize_sweep_if_done(session, sweep_id=sweep_id, renderer=renderer)
 
 
 def needs_finalizing(session: Session, *, sweep: Sweep, idle_seconds: float) -> bool:
