@@ -9,6 +9,7 @@ from api.errors import install_error_handlers
 from api.middleware import install_middleware
 from api.openapi import install_openapi
 from api.routes import catalog, datasets, health, jobs, metrics, sweeps, webhooks
+from core import __version__
 from core.config import get_settings
 from core.logging import configure_logging
 
@@ -27,7 +28,7 @@ def create_app() -> FastAPI:
     configure_logging(json_logs=get_settings().log_json)
     app = FastAPI(
         title="Softlabel",
-        version="1.0.0",
+        version=__version__,
         description=API_DESCRIPTION,
         dependencies=[Depends(idempotency_guard)],
     )

@@ -73,11 +73,3 @@ class PayloadTooLargeError(AppError):
     status_code = 413
     type_slug = "payload-too-large"
     title = "Payload too large"
-
-
-class ServiceUnavailableError(AppError):
-    """A dependency (database, broker) is unreachable."""
-
-    status_code = 503
-    type_slug = "unavailable"
-    title = "Service unavailable"

@@ -30,12 +30,13 @@ def broker_transport_options(settings: Settings) -> dict[str, Any]:
         options["socket_connect_timeout"] = 5
     if settings.resolved_broker_url.startswith("filesystem"):
         folder = settings.broker_folder
-        for sub in ("out", "processed"):
+        for sub in ("out", "processed", "control"):
             (folder / sub).mkdir(parents=True, exist_ok=True)
         options.update(
             data_folder_in=str(folder / "out"),
             data_folder_out=str(folder / "out"),
             processed_folder=str(folder / "processed"),
+            control_folder=str(folder / "control"),  # kombu's default is ./control
             store_processed=False,
             polling_interval=0.05,
         )

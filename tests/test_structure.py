@@ -155,3 +155,23 @@ def test_the_runners_do_not_import_each_other() -> None:
     single = _imports(trees["worker/runner.py"])
     group = _imports(trees["worker/group_runner.py"])
     assert "worker.group_runner" not in single and "worker.runner" not in group
+
+
+def test_one_version_string() -> None:
+    import tomllib
+
+    from api.main import create_app
+    from core import __version__
+
+    declared = tomllib.loads((ROOT / "pyproject.toml").read_text())["project"]["version"]
+    assert __version__ == declared == create_app().version
+
+
+def test_utcnow_lives_only_in_timeutil() -> None:
+    homes = [
+        rel
+        for rel, tree, _ in _modules()
+        for node in ast.walk(tree)
+        if isinstance(node, ast.FunctionDef) and node.name == "utcnow"
+    ]
+    assert homes == ["core/timeutil.py"]

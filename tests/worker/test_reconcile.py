@@ -5,7 +5,7 @@ from __future__ import annotations
 import threading
 from datetime import timedelta
 
-from sqlalchemy import update
+from sqlalchemy import select, update
 
 from core.config import get_settings
 from core.db import session_scope
@@ -121,3 +121,33 @@ def test_stale_queued_jobs_are_found(db: str) -> None:
     with session_scope() as s:
         assert stale_queued_jobs(s, grace_seconds=60) == [never_sent]
     assert fresh
+
+
+def test_reconciler_purges_expired_idempotency_keys_only(db: str, redis_url: str) -> None:
+    from core.models import IdempotencyKey
+    from core.services import idempotency
+
+    tenant, _ = make_tenant()
+    with session_scope() as s:
+        for key in ("old-1", "old-2", "fresh"):
+            claim = idempotency.claim_key(
+                s,
+                tenant_id=tenant,
+                key=key,
+                method="POST",
+                path="/v1/jobs",
+                request_hash=key,
+                ttl_hours=1,
+            )
+            assert claim.state == "new"
+        s.execute(
+            update(IdempotencyKey)
+            .where(IdempotencyKey.key.in_(("old-1", "old-2")))
+            .values(expires_at=utcnow() - timedelta(seconds=1))
+        )
+    report = reconcile_once(get_settings())
+    assert report.purged_keys == 2
+    with session_scope() as s:
+        left = sorted(s.scalars(select(IdempotencyKey.key)))
+    assert left == ["fresh"]
+    assert reconcile_once(get_settings()).purged_keys == 0
