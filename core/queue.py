@@ -24,7 +24,7 @@ def visibility_timeout(settings: Settings) -> int:
 
 
 def broker_transport_options(settings: Settings) -> dict[str, Any]:
-    """Transport options; visibility_timeout is above the hard time limit (docs/architecture.md, Reliability)."""
+    """Transport options; visibility_timeout is above the hard time limit (docs/architecture.md)."""
     options: dict[str, Any] = {"visibility_timeout": visibility_timeout(settings)}
     if settings.resolved_broker_url.startswith("redis"):
         options["socket_connect_timeout"] = 5

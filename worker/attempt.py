@@ -36,7 +36,7 @@ from core.services import sweeps as sweep_service
 from core.services.effects import effects
 from core.services.jobs import ClaimedJob
 from core.states import FailureReason, JobStatus
-from core.storage import job_artifact_key, put_artifact
+from worker.checkpoints import store_job_artifact
 
 logger = logging.getLogger("softlabel.worker")
 # The one table from an exception of core.ml to the failure reason of its job (or group).
@@ -205,13 +205,7 @@ def store_result(
         if not job_service.complete_job(session, job_id=job.id, owner=owner, result=document):
             return False  # the lease was lost: another attempt owns the job now
         for name, data in artifacts.items():
-            put_artifact(
-                session,
-                key=job_artifact_key(job.id, name),
-                data=data,
-                tenant_id=job.tenant_id,
-                job_id=job.id,
-            )
+            store_job_artifact(session, job, name, data)
         effects(session, in_worker=True).announce_terminal(job.id)
         return True
 

@@ -8,6 +8,8 @@ import time
 from collections.abc import Callable
 from typing import Any
 
+from sqlalchemy.orm import Session
+
 from core.db import is_transient, session_scope, with_db_retry
 from core.ml.errors import TrainingStopped
 from core.services import jobs as job_service
@@ -25,6 +27,17 @@ CHECKPOINT_INTERVAL_S = 1.0
 CHECKPOINT_DUTY = 20.0
 
 
+def store_job_artifact(session: Session, job: ClaimedJob, name: str, data: bytes) -> None:
+    """Store one of a job's artifacts under its key (the caller's transaction)."""
+    put_artifact(
+        session,
+        key=job_artifact_key(job.id, name),
+        data=data,
+        tenant_id=job.tenant_id,
+        job_id=job.id,
+    )
+
+
 def write_checkpoint(job: ClaimedJob, owner: str, blob: bytes) -> None:
     """Store the checkpoint if this worker still owns the job; else stop (lease lost)."""
 
@@ -32,13 +45,7 @@ def write_checkpoint(job: ClaimedJob, owner: str, blob: bytes) -> None:
         with session_scope() as session:
             if not job_service.is_owned(session, job_id=job.id, owner=owner, lock=True):
                 raise TrainingStopped(StopReason.LEASE_LOST)  # another attempt owns the job
-            put_artifact(
-                session,
-                key=job_artifact_key(job.id, CHECKPOINT_NAME),
-                data=blob,
-                tenant_id=job.tenant_id,
-                job_id=job.id,
-            )
+            store_job_artifact(session, job, CHECKPOINT_NAME, blob)
 
     with_db_retry(write, what="save checkpoint")
 

@@ -9,17 +9,7 @@ from core.config import Settings
 from core.ml.errors import TrainingStopped, TrialDivergedError
 from core.services.jobs import ClaimedJob
 from core.states import FailureReason, JobStatus, LeaseState, StopReason
-from worker.attempt import (
-    claim,
-    end_attempt,
-    failure_of,
-    load_upload,
-    release_group,
-    store_result,
-    timeout_message,
-    upload_class_names,
-    worker_identity,
-)
+from worker import attempt
 from worker.checkpoints import record_progress_row
 from worker.lease import GroupLeaseKeeper
 
@@ -31,21 +21,21 @@ def execute_group(job_ids: list[str], *, settings: Settings, owner: str | None =
     """Train a group of stackable trials together; returns the outcome per claimed job id."""
     from celery.exceptions import SoftTimeLimitExceeded
 
-    owner = owner or worker_identity()
-    jobs = claim(job_ids, owner=owner, settings=settings)
+    owner = owner or attempt.worker_identity()
+    jobs = attempt.claim(job_ids, owner=owner, settings=settings)
     if not jobs:
         logger.info("delivery could not claim any trial of the group; nothing to do")
         return {}
     try:
         return _train_group(jobs, owner, settings)
     except SoftTimeLimitExceeded:
-        _end_all(jobs, owner, FailureReason.TIMEOUT, timeout_message(settings))
+        _end_all(jobs, owner, FailureReason.TIMEOUT, attempt.timeout_message(settings))
         return {job.id: JobStatus.FAILED for job in jobs}
 
 
 def _end_all(jobs: list[ClaimedJob], owner: str, reason: FailureReason, message: str) -> Outcomes:
     for job in jobs:
-        end_attempt(job.id, owner, JobStatus.FAILED, reason, message)
+        attempt.end_attempt(job.id, owner, JobStatus.FAILED, reason, message)
     return {job.id: JobStatus.FAILED for job in jobs}
 
 
@@ -60,19 +50,20 @@ def _train_group(jobs: list[ClaimedJob], owner: str, settings: Settings) -> Outc
                 break
             except TrialDivergedError as exc:
                 bad = pending.pop(exc.trial)
-                end_attempt(bad.id, owner, JobStatus.FAILED, FailureReason.DIVERGED, str(exc))
+                diverged = FailureReason.DIVERGED
+                attempt.end_attempt(bad.id, owner, JobStatus.FAILED, diverged, str(exc))
                 outcomes[bad.id] = JobStatus.FAILED
                 lease.retire(bad.id)
             except TrainingStopped as stop:
                 if stop.reason == StopReason.SHUTDOWN:
-                    release_group(pending, owner)
+                    attempt.release_group(pending, owner)
                     return {**outcomes, **{job.id: "released" for job in pending}}
                 outputs = {}
                 break
             except Exception as exc:
                 if not _is_ours(exc):
                     raise
-                reason, message = failure_of(exc)
+                reason, message = attempt.failure_of(exc)
                 if reason == FailureReason.INTERNAL:
                     logger.error("trial group failed", exc_info=exc, extra={"job_id": jobs[0].id})
                 return {**outcomes, **_end_all(pending, owner, reason, message)}
@@ -80,7 +71,7 @@ def _train_group(jobs: list[ClaimedJob], owner: str, settings: Settings) -> Outc
                 return outcomes
         lease.renew_once()  # a cancel or a lost lease that came during the last epoch
         if lease.stop_reason == StopReason.SHUTDOWN:
-            release_group(pending, owner)
+            attempt.release_group(pending, owner)
             return {**outcomes, **{job.id: "released" for job in pending}}
     for job in pending:
         outcomes[job.id] = _store_trial(job, owner, lease.states[job.id], outputs.get(job.id))
@@ -110,9 +101,9 @@ def _train_stacked(group: list[ClaimedJob], owner: str, lease: GroupLeaseKeeper)
     first = group[0]
     results = run_trials(
         [j.spec for j in group],
-        arrays=load_upload(first.dataset_id) if first.dataset_id else None,
+        arrays=attempt.load_upload(first.dataset_id) if first.dataset_id else None,
         hooks=hooks,
-        class_names=upload_class_names(first.dataset_id),
+        class_names=attempt.upload_class_names(first.dataset_id),
     )
     return {job.id: out for job, out in zip(group, results, strict=True)}
 
@@ -122,11 +113,11 @@ def _store_trial(job: ClaimedJob, owner: str, state: str, output: Any) -> str:
     if state == LeaseState.LOST:
         return StopReason.LEASE_LOST  # another attempt owns it: write nothing
     if state == LeaseState.CANCEL:
-        end_attempt(job.id, owner, JobStatus.CANCELED)
+        attempt.end_attempt(job.id, owner, JobStatus.CANCELED)
         return JobStatus.CANCELED
     if output is None:
         message = "the stacked trainer returned no output"
-        end_attempt(job.id, owner, JobStatus.FAILED, FailureReason.INTERNAL, message)
+        attempt.end_attempt(job.id, owner, JobStatus.FAILED, FailureReason.INTERNAL, message)
         return JobStatus.FAILED
-    stored = store_result(job, owner, output.result, output.artifacts)
+    stored = attempt.store_result(job, owner, output.result, output.artifacts)
     return JobStatus.SUCCEEDED if stored else StopReason.LEASE_LOST

@@ -41,15 +41,8 @@ def _claimed(job: Job) -> ClaimedJob:
     """The ClaimedJob of a freshly claimed row; queued_s is queued_at → started_at."""
     queued_at, started = as_utc(job.queued_at), as_utc(job.started_at)
     queued_s = (started - queued_at).total_seconds() if queued_at and started else 0.0
-    return ClaimedJob(
-        id=job.id,
-        tenant_id=job.tenant_id,
-        spec=job.spec,
-        attempt=job.attempt,
-        dataset_id=job.dataset_id,
-        sweep_id=job.sweep_id,
-        queued_s=max(queued_s, 0.0),
-    )
+    copied = ("id", "tenant_id", "spec", "attempt", "dataset_id", "sweep_id")
+    return ClaimedJob(**{name: getattr(job, name) for name in copied}, queued_s=max(queued_s, 0.0))
 
 
 def add_event(
