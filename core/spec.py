@@ -68,6 +68,7 @@ class SplitSpec(Strict):
     val: float = Field(default=0.15, gt=0, lt=0.5)
     test: float = Field(default=0.15, gt=0, lt=0.5)
     seed: int = Field(default=0, ge=0, le=2**31 - 1)
+    train_fraction: float = Field(default=1.0, gt=0, le=1)
 
 
 class ModelSpec(Strict):
@@ -149,6 +150,45 @@ class CalibrationSpec(Strict):
     )
 
 
+# --- Evaluation under shift (issue 16) -----------------------------------------------------
+
+ShiftName = Literal["translate", "rotate", "gaussian_noise", "blur", "contrast", "feature_dropout"]
+SHIFT_NAMES: tuple[str, ...] = get_args(ShiftName)
+IMAGE_SHIFTS = ("translate", "rotate", "gaussian_noise", "blur", "contrast")
+TABULAR_SHIFTS = ("gaussian_noise", "feature_dropout")
+
+
+class ShiftSpec(Strict):
+    """One test-time perturbation of the clean test split, at intensities 1–5."""
+
+    name: ShiftName
+    intensities: list[Annotated[int, Field(ge=1, le=5)]] = Field(
+        default_factory=lambda: [1, 2, 3, 4, 5], min_length=1, max_length=5
+    )
+
+    @field_validator("intensities")
+    @classmethod
+    def _distinct_intensities(cls, value: list[int]) -> list[int]:
+        if len(set(value)) != len(value):
+            raise ValueError(f"intensities must not repeat a value, but got {value}")
+        return sorted(value)
+
+
+class EvaluationSpec(Strict):
+    """Extra evaluation: test-time shifts (seeded; the seed picks noise, directions, masks)."""
+
+    shifts: list[ShiftSpec] = Field(default_factory=list, max_length=len(SHIFT_NAMES))
+    seed: int = Field(default=0, ge=0, le=2**31 - 1)
+
+    @field_validator("shifts")
+    @classmethod
+    def _distinct_shifts(cls, value: list[ShiftSpec]) -> list[ShiftSpec]:
+        names = [s.name for s in value]
+        if len(set(names)) != len(names):
+            raise ValueError(f"evaluation.shifts must not name a perturbation twice: {names}")
+        return value
+
+
 class JobSpec(Strict):
     """A complete job spec; every omitted field takes the documented default."""
 
@@ -160,6 +200,7 @@ class JobSpec(Strict):
     optimizer: OptimizerSpec = Field(default_factory=OptimizerSpec)
     training: TrainingSpec = Field(default_factory=TrainingSpec)
     calibration: CalibrationSpec = Field(default_factory=CalibrationSpec)
+    evaluation: EvaluationSpec = Field(default_factory=EvaluationSpec)
     tags: dict[Annotated[str, Field(max_length=64)], Annotated[str, Field(max_length=256)]] = Field(
         default_factory=dict, max_length=32
     )
@@ -210,8 +251,11 @@ class SweepAxes(Strict):
     optimizer_weight_decay: list[Annotated[float, Field(ge=0, le=1)]] | None = Field(
         default=None, alias="optimizer.weight_decay", min_length=1, max_length=16
     )
+    split_train_fraction: list[Annotated[float, Field(gt=0, le=1)]] | None = Field(
+        default=None, alias="split.train_fraction", min_length=1, max_length=16
+    )
 
-    @field_validator("label_noise", "model_arch", "optimizer_weight_decay")
+    @field_validator("label_noise", "model_arch", "optimizer_weight_decay", "split_train_fraction")
     @classmethod
     def _no_repeats(cls, value: list[Any] | None) -> list[Any] | None:
         return None if value is None else _distinct(value, "an axis")
@@ -222,6 +266,7 @@ class SweepAxes(Strict):
             "label_noise": self.label_noise,
             "model.arch": self.model_arch,
             "optimizer.weight_decay": self.optimizer_weight_decay,
+            "split.train_fraction": self.split_train_fraction,
         }
         return {name: list(v) for name, v in values.items() if v is not None}
 
@@ -236,6 +281,7 @@ class SweepSpec(Strict):
     )
     objective: ValMetric = "val_nll"
     axes: SweepAxes | None = None
+    target_accuracy: float = Field(default=0.9, gt=0, le=1)
 
     @field_validator("base", mode="before")
     @classmethod

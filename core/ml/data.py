@@ -37,6 +37,7 @@ __all__ = [
     "shift_augment",
     "split_indices",
     "standardize",
+    "subsample_train",
     "to_view",
     "view_for_arch",
 ]
@@ -173,6 +174,25 @@ def split_indices(
     return tr, va, te
 
 
+def subsample_train(y_train: np.ndarray, fraction: float, seed: int) -> np.ndarray:
+    """Seeded stratified subsample of the training rows: per class max(1, round(fraction * n_k)).
+
+    Returns sorted positions into `y_train`; fraction 1 keeps every row (the identity).
+    """
+    if not 0.0 < fraction <= 1.0:
+        raise SpecError(f"Expected argument `split.train_fraction` to be in (0, 1], but got "
+                        f"{fraction}")
+    if fraction == 1.0:
+        return np.arange(len(y_train), dtype=np.int64)
+    rng = np.random.default_rng([seed, 0x66726163])  # "frac": a stream distinct from the split
+    keep = []
+    for k in np.unique(y_train):
+        idx = np.flatnonzero(y_train == k)
+        n_keep = max(1, round(fraction * len(idx)))
+        keep.append(rng.choice(idx, size=n_keep, replace=False))
+    return np.sort(np.concatenate(keep)).astype(np.int64)
+
+
 def standardize(
     X_train: np.ndarray, *others: np.ndarray
 ) -> tuple[np.ndarray, np.ndarray, list[np.ndarray]]:
@@ -231,14 +251,16 @@ def prepare_data(
     test: float = 0.15,
     split_seed: int = 0,
     label_noise: float = 0.0,
+    train_fraction: float = 1.0,
 ) -> PreparedData:
-    """Split (seeded, stratified), standardise on train only, add label noise to train only.
+    """Split (seeded, stratified), subsample train, standardise on (kept) train, label noise.
 
-    Label noise is seeded from the split seed, so every training seed and every alpha of a
-    sweep sees the same noisy labels.
+    Label noise and the train subsample are seeded from the split seed, so every training
+    seed and every alpha of a sweep sees the same rows and the same noisy labels.
     """
     n_classes = int(y.max()) + 1
     tr, va, te = split_indices(y, val, test, split_seed)
+    tr = tr[subsample_train(y[tr], train_fraction, split_seed)]
     mean, std, (X_tr, X_va, X_te) = standardize(X[tr], X[va], X[te])
     y_noisy, changed = add_label_noise(y[tr], label_noise, n_classes, split_seed)
     return PreparedData(

@@ -130,7 +130,8 @@ def prepare_experiment(
     X, y, image_shape = load_dataset(ds_spec, arrays=arrays)
     data = prepare_data(X, y, image_shape, val=float(split.get("val", 0.15)),
                         test=float(split.get("test", 0.15)), split_seed=int(split.get("seed", 0)),
-                        label_noise=float(spec.get("label_noise", 0.0)))
+                        label_noise=float(spec.get("label_noise", 0.0)),
+                        train_fraction=float(split.get("train_fraction", 1.0)))
     k = data.n_classes
     names = list(class_names) if class_names else class_names_for(ds_spec, k)
     if len(names) != k:
@@ -198,6 +199,8 @@ def finish_experiment(prep: PreparedExperiment, model: torch.nn.Module, fitted: 
         scaled = {"temperature": T, "test": calibration.calibration_report(
             torch.softmax(scaled_logits.double(), dim=1).float(), test_labels, n_bins,
             logits=scaled_logits, alpha=cfg.alpha)}
+    shift = importlib.import_module("core.ml.shifts").shift_block(
+        prep, model, scaled, val_logits, val_labels)  # None without evaluation.shifts
 
     artifacts: dict[str, bytes] = {}
     title = f"{ds_spec.get('name', ds_spec.get('source'))} {mcfg['arch']} alpha={cfg.alpha:g}"
@@ -234,6 +237,7 @@ def finish_experiment(prep: PreparedExperiment, model: torch.nn.Module, fitted: 
         },
         "test": test_report,
         "temperature_scaled": scaled,
+        "shift": shift,
         "history": fitted.history,
         "best_epoch": fitted.best_epoch,
         "stopped_early": fitted.stopped_early,

@@ -11,7 +11,7 @@ from sqlalchemy.orm import Session
 from core.errors import ValidationAppError
 from core.ml.upload import BUILTIN_DATASETS, arch_incompatibility, compatible_archs
 from core.models import Dataset
-from core.spec import JobSpec
+from core.spec import IMAGE_SHIFTS, TABULAR_SHIFTS, JobSpec
 
 
 @dataclass(frozen=True)
@@ -57,6 +57,19 @@ def data_shape(session: Session, *, tenant_id: str, spec: JobSpec) -> DataShape:
     return DataShape(row.n_features, row.n_classes, tuple(shape) if shape else None, row.id)
 
 
+def _check_shifts(spec: JobSpec, shape: DataShape) -> None:
+    """Every evaluation shift must fit the data: image perturbations need an image shape."""
+    fits = IMAGE_SHIFTS if shape.image_shape is not None else TABULAR_SHIFTS
+    kind = "image" if shape.image_shape is not None else "tabular (non-image)"
+    for i, shift in enumerate(spec.evaluation.shifts):
+        if shift.name not in fits:
+            raise _invalid(
+                f"evaluation.shifts.{i}.name",
+                f"shift {shift.name!r} does not apply to {kind} data; shifts that fit this "
+                f"dataset: {', '.join(fits)}",
+            )
+
+
 def check_job_spec(
     session: Session, *, tenant_id: str, spec: JobSpec
 ) -> tuple[dict[str, Any], str | None]:
@@ -84,6 +97,7 @@ def check_job_spec(
             f"loss.prior must have one entry per class "
             f"({shape.n_classes}), but has {len(spec.loss.prior)}",
         )
+    _check_shifts(spec, shape)
     classes = spec.calibration.projection_classes
     if classes is not None and (len(set(classes)) != 3 or max(classes) >= shape.n_classes):
         raise _invalid(

@@ -19,6 +19,7 @@ SHORT_AXIS_NAMES = {
     "label_noise": "label_noise",
     "model.arch": "arch",
     "optimizer.weight_decay": "weight_decay",
+    "split.train_fraction": "train_fraction",
 }
 
 

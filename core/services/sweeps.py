@@ -200,7 +200,7 @@ def _trials(session: Session, sweep_id: str) -> list[Trial]:
     for job in rows:
         spec = job.spec
         context = {}
-        for axis in ("model.arch", "label_noise", "optimizer.weight_decay"):
+        for axis in ("model.arch", "label_noise", "optimizer.weight_decay", "split.train_fraction"):
             node: Any = spec
             for part in axis.split("."):
                 node = node.get(part) if isinstance(node, dict) else None
