@@ -201,8 +201,11 @@ def pareto_front(rows: Sequence[dict[str, Any]]) -> list[int]:
     return sorted(front, key=lambda i: rows[i]["test"]["ece"]["mean"])
 
 
-def build_report(trials: Sequence[Trial], *, objective: str) -> dict[str, Any]:
+def build_report(
+    trials: Sequence[Trial], *, objective: str, target_accuracy: float = 0.9
+) -> dict[str, Any]:
     """The sweep comparison (without plot links, which the caller adds)."""
+    from core.services import curve_report  # it builds on this module
     groups: dict[tuple[str, float], list[Trial]] = {}
     contexts: dict[str, dict[str, Any]] = {}
     for t in trials:
@@ -251,6 +254,8 @@ def build_report(trials: Sequence[Trial], *, objective: str) -> dict[str, Any]:
             }
             for i in front
         ],
+        "learning_curves": curve_report.learning_curves(trials, target_accuracy=target_accuracy),
+        "shift": curve_report.shift_curves(trials),
         "bootstrap": {
             "statistic": "seed-mean test ECE",
             "method": "percentile bootstrap over test examples via the reliability bins "

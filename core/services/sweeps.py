@@ -71,6 +71,7 @@ def create_sweep(
         "seeds": list(request.seeds),
         "objective": request.objective,
         "axes": request.axes.as_grid() if request.axes else {},
+        "target_accuracy": request.target_accuracy,
     }
     now = utcnow()
     sweep = Sweep(
@@ -226,7 +227,11 @@ def compute_report(session: Session, sweep: Sweep) -> dict[str, Any]:
         Trial(t.job_id, t.status, t.alpha, t.seed, {a: t.context[a] for a in axes}, t.result)
         for t in _trials(session, sweep.id)
     ]
-    report = build_report(trials, objective=str(request.get("objective", "val_nll")))
+    report = build_report(
+        trials,
+        objective=str(request.get("objective", "val_nll")),
+        target_accuracy=float(request.get("target_accuracy", 0.9)),
+    )
     return {
         "sweep_id": sweep.id,
         "axes": {
@@ -258,6 +263,9 @@ def render_plots(report: dict[str, Any]) -> dict[str, bytes]:
         out[f"reliability_overlay{suffix}.png"] = plots.reliability_overlay_png(
             overlay, title=title
         )
+    from core.ml import curve_plots  # learning curves and ECE under shift (issue 16)
+
+    out.update(curve_plots.render(report))
     return out
 
 
