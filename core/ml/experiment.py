@@ -29,6 +29,7 @@ from core.ml.data import (
 )
 from core.ml.errors import SpecError
 from core.ml.nets import build_model, model_config
+from core.ml.shifts import shift_block
 from core.ml.train import FitResult, TrainConfig, TrainHooks, evaluate, fit
 from core.ml.upload import arch_incompatibility
 
@@ -199,8 +200,7 @@ def finish_experiment(prep: PreparedExperiment, model: torch.nn.Module, fitted: 
         scaled = {"temperature": T, "test": calibration.calibration_report(
             torch.softmax(scaled_logits.double(), dim=1).float(), test_labels, n_bins,
             logits=scaled_logits, alpha=cfg.alpha)}
-    shift = importlib.import_module("core.ml.shifts").shift_block(
-        prep, model, scaled, val_logits, val_labels)  # None without evaluation.shifts
+    shift = shift_block(prep, model, scaled, val_logits, val_labels)  # None without shifts
 
     artifacts: dict[str, bytes] = {}
     title = f"{ds_spec.get('name', ds_spec.get('source'))} {mcfg['arch']} alpha={cfg.alpha:g}"
