@@ -11,6 +11,7 @@ from fastapi import Depends, Query, Request
 from fastapi.security import HTTPAuthorizationCredentials, HTTPBearer
 from sqlalchemy.orm import Session
 
+from api.ui.session import browser_tenant
 from core.config import Settings, get_settings
 from core.db import POOL_SIZE, session_scope
 from core.errors import ConflictError, UnauthorizedError, ValidationAppError
@@ -87,6 +88,9 @@ def resolve_tenant(request: Request, session: Session, settings: Settings) -> Te
             request.state.tenant_id = tenant.id
             return tenant
         raise UnauthorizedError("The API key is invalid or revoked")
+    browser = browser_tenant(request, session)  # the dashboard's session cookie
+    if browser is not None:
+        return browser
     if settings.auth_disabled:
         return tenants.get_or_create_tenant(session, name="local")  # the caller commits
     raise UnauthorizedError("Send an API key as 'Authorization: Bearer <key>'")

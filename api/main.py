@@ -9,6 +9,7 @@ from api.errors import install_error_handlers
 from api.middleware import install_middleware
 from api.openapi import install_openapi
 from api.routes import catalog, datasets, health, jobs, metrics, sweeps, webhooks
+from api.ui.app import mount_ui
 from core import __version__
 from core.config import get_settings
 from core.logging import configure_logging
@@ -42,4 +43,5 @@ def create_app() -> FastAPI:
     app.include_router(metrics.router)
     app.include_router(datasets.router)
     app.include_router(catalog.router)
+    mount_ui(app)
     return app

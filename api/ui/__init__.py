@@ -1,0 +1,1 @@
+"""The web dashboard under /ui (see api/ui/app.py)."""
