@@ -118,11 +118,33 @@ def keys_revoke(key_id: str) -> None:
 
 
 @app.command()
-def demo(alphas: str = "0,0.05,0.1,0.2", epochs: int = 30) -> None:
+def demo(
+    alphas: str = "0,0.05,0.1,0.2",
+    epochs: int = 30,
+    serve: bool = typer.Option(True, help="Keep serving the dashboard until Ctrl-C"),
+) -> None:
     """Start the API and a worker (embedded mode), run an α comparison on digits, print it."""
     from softlabel.demo import run_demo
 
-    raise typer.Exit(run_demo([float(a) for a in alphas.split(",")], epochs=epochs))
+    raise typer.Exit(run_demo([float(a) for a in alphas.split(",")], epochs=epochs, serve=serve))
+
+
+@app.command()
+def ui(
+    sweep: str | None = typer.Option(None, help="Open this sweep's page"),
+    job: str | None = typer.Option(None, help="Open this job's page"),
+    open_browser: bool = typer.Option(True, "--open/--no-open", help="Open a web browser"),
+) -> None:
+    """Print (and open) the dashboard URL of the server at SOFTLABEL_API_URL."""
+    import webbrowser
+
+    from core.config import get_settings
+
+    base = get_settings().api_url.rstrip("/")
+    path = f"/ui/sweeps/{sweep}" if sweep else f"/ui/jobs/{job}" if job else "/ui/jobs"
+    typer.echo(f"{base}{path}")
+    if open_browser:
+        webbrowser.open(f"{base}{path}")
 
 
 commands.register(app)  # submit, sweep, status, result, cancel (the HTTP client)

@@ -111,7 +111,18 @@ def _save_plots(client: httpx.Client, sweep_id: str, report: dict[str, Any], out
                 (out / f"alpha_{row['alpha']:g}_{name}").write_bytes(art.content)
 
 
-def run_demo(alphas: list[float], *, epochs: int = 30) -> int:
+def serve_until_interrupted(api: subprocess.Popen[bytes], url: str, key: str) -> None:
+    """Keep the API and worker up for the dashboard until Ctrl-C (or the API exits)."""
+    print(f"Dashboard: {url}")
+    print(f"  log in with the demo's API key {key}; serving until Ctrl-C", flush=True)
+    try:
+        while api.poll() is None:
+            time.sleep(0.5)
+    except KeyboardInterrupt:
+        print("\nstopping the demo")
+
+
+def run_demo(alphas: list[float], *, epochs: int = 30, serve: bool = True) -> int:
     """Run the demo end to end (one α sweep over HTTP); returns a process exit code."""
     env = _demo_env()
     DEMO_DIR.mkdir(parents=True, exist_ok=True)
@@ -171,6 +182,10 @@ def run_demo(alphas: list[float], *, epochs: int = 30) -> int:
         print(f"Pareto front of (accuracy, ECE): alpha in [{front}]")
         print(f"Report: {base}/v1/sweeps/{sweep_id}/report")
         print(f"Plots written to {out_dir.resolve()}")
+        if serve:
+            serve_until_interrupted(api, f"{base}/ui/sweeps/{sweep_id}", key)
+        else:
+            print(f"Dashboard (while serving): {base}/ui/sweeps/{sweep_id}")
         return 0
     finally:
         _stop(api)

@@ -24,7 +24,7 @@ def test_demo_runs_embedded_and_prints_a_row_per_alpha(tmp_path: Path) -> None:
     env = {k: v for k, v in os.environ.items() if not k.startswith("SOFTLABEL_")}
     env["MPLBACKEND"] = "Agg"
     result = subprocess.run(
-        [*_softlabel(), "demo", "--epochs", "3", "--alphas", ",".join(ALPHAS)],
+        [*_softlabel(), "demo", "--no-serve", "--epochs", "3", "--alphas", ",".join(ALPHAS)],
         cwd=tmp_path,
         env=env,
         stdin=subprocess.DEVNULL,
@@ -48,6 +48,8 @@ def test_demo_runs_embedded_and_prints_a_row_per_alpha(tmp_path: Path) -> None:
         if match:
             rows[float(match.group(1))] = float(match.group(2))
     assert set(rows) == {float(a) for a in ALPHAS}, detail
+    dashboard = r"Dashboard \(while serving\): http://127\.0\.0\.1:\d+/ui/sweeps/swp_"
+    assert re.search(dashboard, result.stdout), detail
     assert all(0.0 < acc <= 1.0 for acc in rows.values()), detail
 
     out = tmp_path / "var" / "demo" / "out"

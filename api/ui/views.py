@@ -71,7 +71,7 @@ def metric_table(result: dict[str, Any]) -> dict[str, Any]:
     """Rows of scalar metrics with one value per column (None where a column lacks one)."""
     columns = metric_columns(result)
     rows = [
-        {"name": m, "values": [block.get(m) for _, block in columns]}
+        {"name": m, "cells": [block.get(m) for _, block in columns]}
         for m in SCALAR_TEST_METRICS
         if any(isinstance(block.get(m), int | float) for _, block in columns)
     ]

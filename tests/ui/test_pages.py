@@ -141,3 +141,22 @@ def test_static_files_are_ours_and_carry_the_vendored_licence(browser: TestClien
                  "/ui/static/vendor/uplot/uPlot.iife.min.js"):
         assert browser.get(path).status_code == 200, path
     assert "MIT" in browser.get("/ui/static/vendor/uplot/LICENSE").text
+
+
+def test_softlabel_ui_prints_the_dashboard_url(monkeypatch: pytest.MonkeyPatch) -> None:
+    from typer.testing import CliRunner
+
+    from core.config import get_settings
+    from softlabel.cli import app
+
+    monkeypatch.setenv("SOFTLABEL_API_URL", "http://example.test:8000/")
+    get_settings.cache_clear()
+    try:
+        runner = CliRunner()
+        plain = runner.invoke(app, ["ui", "--no-open"])
+        sweep = runner.invoke(app, ["ui", "--no-open", "--sweep", "swp_1"])
+    finally:
+        monkeypatch.delenv("SOFTLABEL_API_URL")
+        get_settings.cache_clear()
+    assert plain.exit_code == 0 and plain.output.strip() == "http://example.test:8000/ui/jobs"
+    assert sweep.output.strip() == "http://example.test:8000/ui/sweeps/swp_1"

@@ -1,0 +1,5 @@
+"""Fixtures of the browser tests."""
+
+from tests.ui.browser import chromium
+
+__all__ = ["chromium"]
