@@ -49,10 +49,12 @@ function frame(container, opts) {
   const sx = (v) => m.l + (v - x0) / ((x1 - x0) || 1) * (width - m.l - m.r);
   const sy = (v) => height - m.b - (v - y0) / ((y1 - y0) || 1) * (height - m.t - m.b);
   el("rect", { x: m.l, y: m.t, width: width - m.l - m.r, height: height - m.t - m.b, class: "plot-bg" }, svg);
+  const digits = (lo, hi) => Math.max(1, Math.min(4, Math.ceil(1 - Math.log10(Math.abs(hi - lo) / 4 || 1))));
+  const dx = digits(x0, x1), dy = digits(y0, y1);
   for (let i = 0; i <= 4; i++) {
     const vx = x0 + (x1 - x0) * i / 4, vy = y0 + (y1 - y0) * i / 4;
-    el("text", { x: sx(vx), y: height - m.b + 14, class: "tick", "text-anchor": "middle" }, svg).textContent = fmt(vx, 2);
-    el("text", { x: m.l - 4, y: sy(vy) + 4, class: "tick", "text-anchor": "end" }, svg).textContent = fmt(vy, 2);
+    el("text", { x: sx(vx), y: height - m.b + 14, class: "tick", "text-anchor": "middle" }, svg).textContent = fmt(vx, dx);
+    el("text", { x: m.l - 4, y: sy(vy) + 4, class: "tick", "text-anchor": "end" }, svg).textContent = fmt(vy, dy);
     el("line", { x1: m.l, x2: width - m.r, y1: sy(vy), y2: sy(vy), class: "grid" }, svg);
   }
   el("text", { x: (m.l + width - m.r) / 2, y: height - 4, class: "axis", "text-anchor": "middle" }, svg).textContent = opts.xLabel || "";
@@ -97,7 +99,7 @@ function scatterChart(container, series, opts) {
   const xs = series.flatMap((s) => s.points.map((p) => p[0]));
   const ys = series.flatMap((s) => s.points.map((p) => p[1]));
   const pad = (lo, hi) => { const d = (hi - lo) * 0.08 || 0.01; return [lo - d, hi + d]; };
-  const c = frame(container, { x: pad(Math.min(...xs), Math.max(...xs)), y: pad(Math.min(...ys), Math.max(...ys)), ...opts });
+  const c = frame(container, { x: pad(Math.min(...xs), Math.max(...xs)), y: pad(Math.min(...ys), Math.max(...ys)), height: opts.height, ...opts });
   series.forEach((s, i) => {
     const color = COLORS[i % COLORS.length];
     if (s.line) {
@@ -253,7 +255,7 @@ function sweepCharts(report) {
     label: `α=${r.alpha}${suffix(Object.entries(r.context || {}).map(([k, v]) => `${k}=${v}`).join(", "))}`, line: true, r: 2.5,
     points: r.reliability.filter((b) => b.count).map((b) => [b.confidence, b.accuracy, `α=${r.alpha}, bin ${fmt(b.lo, 2)}–${fmt(b.hi, 2)}: accuracy ${fmt(b.accuracy)}, confidence ${fmt(b.confidence)}, n=${b.count}`]),
   })).filter((s) => s.points.length);
-  if (overlay.length) scatterChart($("#chart-overlay"), [{ label: "perfect calibration", line: true, r: 0, points: [[0, 0, ""], [1, 1, ""]] }, ...overlay], { xLabel: "confidence", yLabel: "accuracy" });
+  if (overlay.length) scatterChart($("#chart-overlay"), [{ label: "perfect calibration", line: true, r: 0, points: [[0, 0, ""], [1, 1, ""]] }, ...overlay], { xLabel: "confidence", yLabel: "accuracy", x: [0, 1], y: [0, 1] });
 }
 
 function datasetsPage() {
