@@ -18,7 +18,7 @@ from api.ui import views
 from core.config import Settings
 from core.db import session_scope
 from core.errors import NotFoundError, UnauthorizedError
-from core.services import jobs, sweeps
+from core.services import dashboard, jobs, sweeps
 
 POLL_SECONDS = 0.5
 KEEPALIVE_SECONDS = 15.0
@@ -37,9 +37,7 @@ def _snapshot(
             sweep = sweeps.get_sweep(session, tenant_id=tenant_id, sweep_id=sweep_id)
             progress = sweeps.sweep_progress(session, sweep_id=sweep.id)
             sweep_state = views.sweep_row(sweep, progress, sweeps.live_status(sweep, progress))
-            trials, _ = jobs.list_jobs(
-                session, tenant_id=tenant_id, limit=200, filters=jobs.JobFilter(sweep_id=sweep_id)
-            )
+            trials = dashboard.sweep_trials(session, tenant_id=tenant_id, sweep_id=sweep_id)
             states.update({j.id: views.job_state(j) for j in trials})
         for job_id in job_ids:
             if job_id not in states:

@@ -21,7 +21,7 @@ from api.ui import views
 from core.catalog import build_catalog
 from core.errors import NotFoundError
 from core.models import Tenant
-from core.services import browser_sessions, datasets, jobs, sweeps
+from core.services import browser_sessions, dashboard, datasets, jobs, sweeps
 
 TEMPLATES = Jinja2Templates(directory=str(Path(__file__).parent / "templates"))
 CSP = (
@@ -219,9 +219,7 @@ def sweep_page(
         return not_found(request, csrf, tenant)
     progress = sweeps.sweep_progress(session, sweep_id=sweep.id)
     summary = views.sweep_row(sweep, progress, sweeps.live_status(sweep, progress))
-    trials, _ = jobs.list_jobs(
-        session, tenant_id=tenant.id, limit=200, filters=jobs.JobFilter(sweep_id=sweep.id)
-    )
+    trials = dashboard.sweep_trials(session, tenant_id=tenant.id, sweep_id=sweep.id)
     report = sweep.report
     context = {
         "tenant": tenant,
@@ -229,6 +227,7 @@ def sweep_page(
         "sweep": summary,
         "report": report,
         "rows": views.report_table(report) if report else [],
+        "pooled_bins": views.pooled_bin_lines(report) if report else [],
         "trials": sorted((views.job_row(j) for j in trials), key=trial_order),
         "page_data": {"sweep": summary, "report": report},
     }

@@ -116,3 +116,18 @@ def report_table(report: dict[str, Any]) -> list[dict[str, Any]]:
     """The report's rows with their context as text, for the sweep table."""
     rows = report["rows"]
     return [{**row, "context_label": context_label(row.get("context") or {})} for row in rows]
+
+
+def _fmt(x: Any, digits: int = 4) -> str:
+    return "–" if x is None else f"{x:.{digits}f}"
+
+
+def pooled_bin_lines(report: dict[str, Any]) -> list[tuple[Any, str, int, str, str]]:
+    """The overlay's table: (α, bin, count, confidence, accuracy) per non-empty pooled bin."""
+    return [
+        (row["alpha"], f"{b['lo']:.3f}–{b['hi']:.3f}", b["count"], _fmt(b["confidence"]),
+         _fmt(b["accuracy"]))
+        for row in report["rows"]
+        for b in row.get("reliability") or []
+        if b["count"]
+    ]
