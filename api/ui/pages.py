@@ -21,7 +21,7 @@ from api.ui import views
 from core.catalog import build_catalog
 from core.errors import NotFoundError
 from core.models import Tenant
-from core.services import browser_sessions, dashboard, datasets, jobs, sweeps
+from core.services import browser_sessions, dashboard, datasets, job_reads, jobs, sweeps
 
 TEMPLATES = Jinja2Templates(directory=str(Path(__file__).parent / "templates"))
 CSP = (
@@ -145,12 +145,12 @@ def jobs_page(
         return to_login(request)
     tenant, csrf = found
     key, sep, value = (tag or "").partition(":")
-    filters = jobs.JobFilter(
+    filters = job_reads.JobFilter(
         status=status if status in STATUSES else None,
         tag=(key, value) if sep and key else None,
         sweep_id=sweep_id or None,
     )
-    rows, next_cursor = jobs.list_jobs(
+    rows, next_cursor = job_reads.list_jobs(
         session, tenant_id=tenant.id, limit=50, cursor=cursor or None, filters=filters
     )
     context = {

@@ -5,7 +5,8 @@ from __future__ import annotations
 from typing import Any
 
 from core.catalog import SCALAR_TEST_METRICS
-from core.models import TERMINAL_STATUSES, Job, Sweep
+from core.models import Job, Sweep
+from core.states import TERMINAL_STATUSES
 from core.timeutil import iso
 
 ADVICE = {
