@@ -39,6 +39,38 @@ class JobLinks(BaseModel):
     cancel: str
 
 
+class ExportStatus(BaseModel):
+    """One export of a finished job or sweep (e.g. to MLflow); it never changes the outcome."""
+
+    status: str = Field(
+        examples=["succeeded"],
+        description=(
+            "pending, retrying, succeeded, failed (after every retry) or skipped (no server)"
+        ),
+    )
+    run_id: str | None = Field(default=None, description="The run in the export target")
+    error: str | None = Field(default=None, description="The last error, if any")
+    attempts: int = 0
+
+
+def exports_out(exports: dict[str, Any] | None) -> dict[str, ExportStatus]:
+    """The exports column as response models."""
+    return {name: ExportStatus(**value) for name, value in (exports or {}).items()}
+
+
+def exports_json(exports: dict[str, Any] | None) -> dict[str, Any]:
+    """The exports column as the same JSON as ExportStatus (for the hot path)."""
+    return {
+        name: {
+            "status": value.get("status"),
+            "run_id": value.get("run_id"),
+            "error": value.get("error"),
+            "attempts": value.get("attempts", 0),
+        }
+        for name, value in (exports or {}).items()
+    }
+
+
 class JobOut(BaseModel):
     """A job's status, progress, attempt and timestamps."""
 
@@ -56,6 +88,9 @@ class JobOut(BaseModel):
     started_at: str | None
     finished_at: str | None
     spec: dict[str, Any]
+    exports: dict[str, ExportStatus] = Field(
+        default_factory=dict, description="Exports of the finished job, e.g. `mlflow`"
+    )
     links: JobLinks
 
     @classmethod
@@ -82,6 +117,7 @@ class JobOut(BaseModel):
             started_at=iso(job.started_at),
             finished_at=iso(job.finished_at),
             spec=job.spec,
+            exports=exports_out(job.exports),
             links=JobLinks(
                 self=base, result=f"{base}/result", events=f"{base}/events", cancel=f"{base}/cancel"
             ),
@@ -115,6 +151,7 @@ def job_out_json(row: Mapping[Any, Any]) -> bytes:
         "started_at": iso(row["started_at"]),
         "finished_at": iso(row["finished_at"]),
         "spec": row["spec"],
+        "exports": exports_json(row.get("exports")),
         "links": {
             "self": base,
             "result": f"{base}/result",
@@ -197,6 +234,9 @@ class SweepOut(BaseModel):
     request: dict[str, Any]
     created_at: str
     finished_at: str | None
+    exports: dict[str, ExportStatus] = Field(
+        default_factory=dict, description="Exports of the finished sweep, e.g. `mlflow`"
+    )
     links: SweepLinks
 
     @classmethod
@@ -218,6 +258,7 @@ class SweepOut(BaseModel):
             request=sweep.request,
             created_at=iso(sweep.created_at) or "",
             finished_at=iso(sweep.finished_at),
+            exports=exports_out(sweep.exports),
             links=SweepLinks(
                 self=base,
                 report=f"{base}/report",

@@ -63,6 +63,18 @@ class Settings(BaseSettings):
     )
     webhook_timeout_seconds: float = Field(default=10.0, gt=0, description="Per-attempt timeout")
     log_json: bool = Field(default=True, description="Structured JSON logs (false: plain text)")
+    mlflow_tracking_uri: str = Field(
+        default="", description="Workers: export finished jobs and sweeps to this MLflow server"
+    )
+    mlflow_experiment: str = Field(
+        default="softlabel", description="MLflow experiment when a spec names none"
+    )
+    mlflow_export_max_attempts: int = Field(
+        default=5, ge=1, description="MLflow export attempts before its status is failed"
+    )
+    mlflow_export_backoff_seconds: float = Field(
+        default=5.0, gt=0, description="Delay before the 2nd MLflow export attempt; doubles"
+    )
 
     @property
     def embedded(self) -> bool:

@@ -84,6 +84,7 @@ class Sweep(Base):
     tags: Mapped[dict[str, Any]] = mapped_column(JSONDoc, default=dict)
     n_trials: Mapped[int] = mapped_column(Integer)
     report: Mapped[dict[str, Any] | None] = mapped_column(JSONDoc, nullable=True)
+    exports: Mapped[dict[str, Any]] = mapped_column(JSONDoc, default=dict)
     created_at: Mapped[datetime] = mapped_column(TS, default=utcnow)
     finished_at: Mapped[datetime | None] = mapped_column(TS, nullable=True)
 
@@ -117,6 +118,7 @@ class Job(Base):
     failure_message: Mapped[str | None] = mapped_column(Text, nullable=True)
     result: Mapped[dict[str, Any] | None] = mapped_column(JSONDoc, nullable=True)
     cancel_requested: Mapped[bool] = mapped_column(Boolean, default=False)
+    exports: Mapped[dict[str, Any]] = mapped_column(JSONDoc, default=dict)
     created_at: Mapped[datetime] = mapped_column(TS, default=utcnow)
     queued_at: Mapped[datetime] = mapped_column(TS, default=utcnow)
     enqueued_at: Mapped[datetime | None] = mapped_column(TS, nullable=True)

@@ -189,6 +189,19 @@ class EvaluationSpec(Strict):
         return value
 
 
+class MlflowTracking(Strict):
+    """Where a job's MLflow run goes; the server is the workers' SOFTLABEL_MLFLOW_TRACKING_URI."""
+
+    experiment: str = Field(min_length=1, max_length=200, pattern=r"^[\w .:/-]+$")
+    run_name: str | None = Field(default=None, min_length=1, max_length=200)
+
+
+class TrackingSpec(Strict):
+    """Experiment tracking; a spec names an experiment, never a tracking server URI."""
+
+    mlflow: MlflowTracking | None = None
+
+
 class JobSpec(Strict):
     """A complete job spec; every omitted field takes the documented default."""
 
@@ -205,6 +218,7 @@ class JobSpec(Strict):
         default_factory=dict, max_length=32
     )
     webhook_url: str | None = Field(default=None, max_length=2000)
+    tracking: TrackingSpec | None = None
 
     @field_validator("webhook_url")
     @classmethod

@@ -40,4 +40,5 @@ def _on_shutdown(sig: str = "", how: str = "", **_: Any) -> None:
     logger.warning("warm shutdown (%s): running jobs go back to the queue", sig)
 
 
+import worker.exports  # noqa: E402,F401  (registers the export task)
 import worker.tasks  # noqa: E402,F401  (registers the tasks)

@@ -6,6 +6,7 @@ import logging
 
 from core.config import get_settings
 from core.db import session_scope
+from core.exports.schedule import schedule_sweep_export
 from core.logging import configure_logging, job_id_var
 from core.queue import (
     TASK_DELIVER_WEBHOOK,
@@ -47,7 +48,10 @@ def run_group(job_ids: list[str]) -> dict[str, str]:
 @celery_app.task(name=TASK_FINALIZE_SWEEP, acks_late=True)
 def finalize_sweep(sweep_id: str) -> bool:
     """Write a sweep's report and plots once all its trials have ended (idempotent)."""
-    return effects.finalize_sweep(sweep_id)
+    done = effects.finalize_sweep(sweep_id)
+    if done:
+        schedule_sweep_export(sweep_id)  # after the report has committed
+    return done
 
 
 @celery_app.task(name=TASK_RECONCILE, acks_late=False)

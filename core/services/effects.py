@@ -52,7 +52,14 @@ def _finalize_sweep(sweep_id: str, in_worker: bool) -> None:
         enqueue_finalize_sweep(sweep_id)
 
 
-TERMINAL_EFFECTS: list[TerminalEffect] = [_schedule_webhooks, _finalize_sweeps]
+def _schedule_exports(job_ids: list[str], in_worker: bool) -> None:
+    from core.exports.schedule import schedule_exports
+
+    for job_id in job_ids:
+        schedule_exports(job_id)  # after _finalize_sweeps: a finished sweep exports its trials
+
+
+TERMINAL_EFFECTS: list[TerminalEffect] = [_schedule_webhooks, _finalize_sweeps, _schedule_exports]
 
 
 def finalize_sweep(sweep_id: str) -> bool:

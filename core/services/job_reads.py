@@ -80,6 +80,7 @@ _JOB_OUT_COLUMNS = (
     Job.started_at,
     Job.finished_at,
     Job.spec,
+    Job.exports,
 )
 # Authentication and the job in one round trip: no row, the key is invalid or revoked (401,
 # the same test as tenants.authenticate); a row without a job, no such job for this tenant
