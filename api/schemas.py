@@ -12,6 +12,15 @@ from core.models import Job, Sweep
 from core.timeutil import iso
 
 
+class FieldError(BaseModel):
+    """One invalid field of a 422 validation-error problem."""
+
+    loc: list[str]
+    field: str = Field(examples=["loss.alpha"])
+    msg: str
+    type: str
+
+
 class Problem(BaseModel):
     """An RFC 9457 problem document."""
 
@@ -20,7 +29,7 @@ class Problem(BaseModel):
     status: int
     detail: str
     instance: str | None = None
-    errors: list[dict[str, Any]] | None = None
+    errors: list[FieldError] | None = None
 
 
 class Failure(BaseModel):
