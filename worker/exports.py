@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import logging
+from typing import Any
 
 from core.config import Settings, get_settings
 from core.db import session_scope
@@ -23,6 +24,7 @@ def export_backoff_seconds(attempt: int, *, settings: Settings) -> float:
 def _export(kind: str, object_id: str, settings: Settings) -> tuple[str, dict[str, str]] | None:
     """Write the run(s); (run id, trial job id → child run id), or None when it is gone."""
     client = mlflow_export.client_for(settings.mlflow_tracking_uri)
+    loaded: tuple[dict[str, Any], list[dict[str, Any]]] | None
     with session_scope() as session:
         if kind == "job":
             job = export_service.load_job(session, job_id=object_id)

@@ -26,6 +26,7 @@ from api.deps import (
     request_settings,
     resolve_tenant,
 )
+from api.longpoll import change_listener, conditional_response, wait_for_change
 from api.schemas import (
     JobOut,
     JobPage,
@@ -48,6 +49,7 @@ from core.services import jobs as job_service
 from core.services.effects import effects
 from core.services.specs import check_job_spec
 from core.services.tenants import hash_key
+from core.services.watch import CHANNEL_JOB
 from core.spec import EXAMPLE_SPEC, JobSpec
 from core.states import TERMINAL_STATUSES, JobStatus
 from core.timeutil import iso
@@ -144,9 +146,25 @@ def _authenticated(request: Request, row: Mapping[Any, Any] | None) -> Mapping[A
     return row if row["id"] is not None else None
 
 
-@router.get("/{job_id}", response_model=JobOut, responses={**PROBLEMS, **NOT_FOUND})
-async def get_job(job_id: str, request: Request, _credentials: BearerCredentials) -> Response:
-    """Status, progress, attempt, timestamps and failure reason of one job."""
+WaitQuery = Annotated[
+    float | None,
+    Query(
+        ge=0,
+        le=60,
+        description="Long poll: answer as soon as the job changes (from the state the "
+        "`If-None-Match` ETag names, else from its state now), at most this many seconds",
+    ),
+]
+IfNoneMatch = Annotated[
+    str | None, Header(alias="If-None-Match", description="An ETag from an earlier answer")
+]
+NOT_MODIFIED: dict[int | str, dict[str, Any]] = {
+    304: {"description": "Not modified: the If-None-Match ETag is still current"}
+}
+
+
+async def _job_body(job_id: str, request: Request) -> bytes:
+    """The caller's job as the JobOut JSON body (401 for a bad key, 404 for no such job)."""
     # The hot path (P5): one query for the key and the job, awaited on the event loop on
     # Postgres (a worker thread otherwise), the body written straight from the row (the
     # same bytes as the JobOut response model).
@@ -154,16 +172,58 @@ async def get_job(job_id: str, request: Request, _credentials: BearerCredentials
     pool = async_read_pool() if token is not None else None
     row: Mapping[Any, Any] | None
     if token is not None and pool is not None:
-        found = await job_reads.job_row_by_key_async(
-            pool, job_id=job_id, key_hash=hash_key(token)
-        )
+        found = await job_reads.job_row_by_key_async(pool, job_id=job_id, key_hash=hash_key(token))
         row = _authenticated(request, found)
     else:
         settings = request_settings(request)
         row = await to_thread.run_sync(_load_job, request, settings, job_id, limiter=db_limiter())
     if row is None:
         raise NotFoundError(f"Job {job_id} does not exist")
-    return Response(content=job_out_json(row), media_type="application/json")
+    return job_out_json(row)
+
+
+async def _fetch_job_row(job_id: str) -> Mapping[Any, Any] | None:
+    """The job's row by id, once per change for all of this process's waiters."""
+    pool = async_read_pool()
+    if pool is None:
+        return None
+    return await job_reads.job_row_by_id_async(pool, job_id=job_id)
+
+
+def _job_settled(body: bytes) -> bool:
+    return bool(json.loads(body)["status"] in TERMINAL_STATUSES)
+
+
+@router.get(
+    "/{job_id}",
+    response_model=JobOut,
+    responses={**PROBLEMS, **NOT_FOUND, **NOT_MODIFIED},
+)
+async def get_job(
+    job_id: str,
+    request: Request,
+    _credentials: BearerCredentials,
+    wait: WaitQuery = None,
+    if_none_match: IfNoneMatch = None,
+) -> Response:
+    """Status, progress, attempt, timestamps and failure reason of one job.
+
+    Every answer has an `ETag`; with `If-None-Match` the answer is 304 while nothing changed.
+    With `?wait=SECONDS` (at most 60) it is a long poll that answers as soon as the job
+    changes, or at the end with its state (304 when it matches `If-None-Match`).
+    """
+    if wait is None:
+        return conditional_response(await _job_body(job_id, request), if_none_match)
+    return await wait_for_change(
+        listener=change_listener({CHANNEL_JOB: _fetch_job_row}),
+        channel=CHANNEL_JOB,
+        key=job_id,
+        load=lambda: _job_body(job_id, request),
+        render=job_out_json,
+        if_none_match=if_none_match,
+        wait=wait,
+        settled=_job_settled,
+    )
 
 
 @router.get(

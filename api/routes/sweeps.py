@@ -2,19 +2,36 @@
 
 from __future__ import annotations
 
+import json
 import logging
 from typing import Annotated, Any
 
-from fastapi import APIRouter, Body, Query, Response, status
+from anyio import to_thread
+from fastapi import APIRouter, Body, Query, Request, Response, status
 
-from api.deps import CursorQuery, LimitQuery, SessionDep, SettingsDep, TenantDep
+from api.deps import (
+    BearerCredentials,
+    CursorQuery,
+    LimitQuery,
+    SessionDep,
+    SettingsDep,
+    TenantDep,
+    db_limiter,
+    request_settings,
+    resolve_tenant,
+)
+from api.longpoll import change_listener, conditional_response, wait_for_change
+from api.routes.jobs import NOT_MODIFIED, IfNoneMatch, WaitQuery
 from api.schemas import Problem, SweepOut, SweepPage
+from core.db import session_scope
 from core.errors import ConflictError
 from core.models import Sweep
 from core.services import sweeps as sweep_service
 from core.services import webhooks
 from core.services.effects import effects
+from core.services.watch import CHANNEL_SWEEP
 from core.spec import SweepSpec
+from core.states import TERMINAL_STATUSES
 
 router = APIRouter(prefix="/v1/sweeps", tags=["sweeps"])
 logger = logging.getLogger("softlabel.api")
@@ -105,12 +122,48 @@ def list_sweeps(
     return SweepPage(items=[_out(session, s) for s in rows], next_cursor=next_cursor)
 
 
-@router.get("/{sweep_id}", response_model=SweepOut, responses={**PROBLEMS, **NOT_FOUND})
-def get_sweep(sweep_id: str, session: SessionDep, tenant: TenantDep) -> SweepOut:
-    """Status and progress (trials done / total); the trials are jobs under /v1/jobs?sweep_id=."""
-    sweep = sweep_service.get_sweep(session, tenant_id=tenant.id, sweep_id=sweep_id)
-    _finalize_if_stuck(session, sweep)
-    return _out(session, sweep)
+def _sweep_body(request: Request, sweep_id: str) -> bytes:
+    """The caller's sweep as the SweepOut JSON body (401 / 404 like every route)."""
+    with session_scope() as session:
+        tenant = resolve_tenant(request, session, request_settings(request))
+        sweep = sweep_service.get_sweep(session, tenant_id=tenant.id, sweep_id=sweep_id)
+        _finalize_if_stuck(session, sweep)
+        return _out(session, sweep).model_dump_json().encode()
+
+
+@router.get(
+    "/{sweep_id}",
+    response_model=SweepOut,
+    responses={**PROBLEMS, **NOT_FOUND, **NOT_MODIFIED},
+)
+async def get_sweep(
+    sweep_id: str,
+    request: Request,
+    _credentials: BearerCredentials,
+    wait: WaitQuery = None,
+    if_none_match: IfNoneMatch = None,
+) -> Response:
+    """Status and progress (trials done / total); the trials are jobs under /v1/jobs?sweep_id=.
+
+    `ETag` / `If-None-Match` (304) and `?wait=SECONDS` long polls as on GET /v1/jobs/{id}:
+    any trial's change or the sweep's own wakes it.
+    """
+
+    async def load() -> bytes:
+        return await to_thread.run_sync(_sweep_body, request, sweep_id, limiter=db_limiter())
+
+    if wait is None:
+        return conditional_response(await load(), if_none_match)
+    return await wait_for_change(
+        listener=change_listener({}),
+        channel=CHANNEL_SWEEP,
+        key=sweep_id,
+        load=load,
+        render=None,
+        if_none_match=if_none_match,
+        wait=wait,
+        settled=lambda body: json.loads(body)["status"] in TERMINAL_STATUSES,
+    )
 
 
 @router.get(

@@ -11,7 +11,8 @@ from typing import Any
 from sqlalchemy import select
 from sqlalchemy.orm import Session
 
-from core.models import TERMINAL_STATUSES, Artifact, Job, Sweep
+from core.models import Artifact, Job, Sweep
+from core.states import TERMINAL_STATUSES
 from core.storage import PUBLIC_JOB_ARTIFACTS, get_artifact, job_artifact_key
 
 EXPORT_STATUSES = ("pending", "retrying", "succeeded", "failed", "skipped")
@@ -19,8 +20,9 @@ JOB_ARTIFACTS = tuple(name for name in PUBLIC_JOB_ARTIFACTS if name != "model.js
 
 
 def _row(session: Session, *, kind: str, object_id: str, lock: bool = False) -> Job | Sweep | None:
-    model = Job if kind == "job" else Sweep
-    return session.get(model, object_id, with_for_update=lock)
+    if kind == "job":
+        return session.get(Job, object_id, with_for_update=lock)
+    return session.get(Sweep, object_id, with_for_update=lock)
 
 
 def claim_export(

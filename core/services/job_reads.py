@@ -96,6 +96,9 @@ _JOB_BY_TENANT = select(*_JOB_OUT_COLUMNS).where(
 )
 
 
+_JOB_BY_ID = select(*_JOB_OUT_COLUMNS).where(Job.id == bindparam("job_id"))
+
+
 @lru_cache(maxsize=4)
 def _compiled(statement: Select[Any], dialect: Dialect) -> str:
     return str(statement.compile(dialect=dialect))
@@ -114,6 +117,12 @@ async def job_row_by_key_async(
     """job_row_by_key awaited on the event loop (Postgres' AsyncReadPool)."""
     query = _compiled(_JOB_BY_KEY, get_engine().dialect)
     return await pool.fetchone(query, {"job_id": job_id, "key_hash": key_hash})
+
+
+async def job_row_by_id_async(pool: AsyncReadPool, *, job_id: str) -> Mapping[Any, Any] | None:
+    """The job's JobOut columns by id alone (a long poll's fan-out, after access was checked)."""
+    query = _compiled(_JOB_BY_ID, get_engine().dialect)
+    return await pool.fetchone(query, {"job_id": job_id})
 
 
 def job_row(session: Session, *, tenant_id: str, job_id: str) -> Mapping[Any, Any] | None:
