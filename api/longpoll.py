@@ -56,7 +56,7 @@ def conditional_response(body: bytes, if_none_match: str | None) -> Response:
     return Response(content=body, media_type="application/json", headers=headers)
 
 
-@dataclass
+@dataclass(eq=False)  # hashed by identity: one per waiting request
 class Subscription:
     """One waiting request: woken with a fetched row, or RECHECK."""
 
