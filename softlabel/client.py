@@ -1,10 +1,10 @@
 """A Python client for the Softlabel API (httpx), mirroring its resources with typed results.
 
-    from softlabel.client import Client
-    with Client() as sl:                      # SOFTLABEL_API_URL, SOFTLABEL_API_KEY
-        job = sl.jobs.submit({"loss": {"alpha": 0.1}}, idempotency_key="build-123")
-        job = sl.jobs.wait(job.id)            # polls with backoff (or stream=True: SSE)
-        if job.succeeded and sl.jobs.result(job.id).ece > 0.05: ...
+from softlabel.client import Client
+with Client() as sl:                      # SOFTLABEL_API_URL, SOFTLABEL_API_KEY
+    job = sl.jobs.submit({"loss": {"alpha": 0.1}}, idempotency_key="build-123")
+    job = sl.jobs.wait(job.id)            # polls with backoff (or stream=True: SSE)
+    if job.succeeded and sl.jobs.result(job.id).ece > 0.05: ...
 """
 
 from __future__ import annotations
@@ -19,6 +19,8 @@ from pathlib import Path
 from typing import Any
 
 import httpx
+
+from softlabel.waiting import watch
 
 TERMINAL = ("succeeded", "failed", "canceled")
 
@@ -154,13 +156,6 @@ class Event:
     data: dict[str, Any]
 
 
-def _backoff(initial: float, cap: float) -> Iterator[float]:
-    delay = initial
-    while True:
-        yield delay
-        delay = min(delay * 1.6, cap)
-
-
 class _Resource:
     def __init__(self, client: Client) -> None:
         self._c = client
@@ -171,8 +166,9 @@ class Jobs(_Resource):
 
     def submit(self, spec: dict[str, Any], *, idempotency_key: str | None = None) -> Job:
         """POST a job spec; returns the queued job."""
-        return Job.from_json(self._c.request("POST", "/v1/jobs", json=spec,
-                                             idempotency_key=idempotency_key))
+        return Job.from_json(
+            self._c.request("POST", "/v1/jobs", json=spec, idempotency_key=idempotency_key)
+        )
 
     def get(self, job_id: str) -> Job:
         """The job's current state."""
@@ -218,7 +214,7 @@ class Jobs(_Resource):
         poll_initial: float = 0.25,
         poll_max: float = 5.0,
     ) -> Job:
-        """Block until the job ends: poll with backoff, or follow the event stream."""
+        """Block until the job ends: long poll (`?wait=`), else backoff polling, or SSE."""
         deadline = None if timeout is None else time.monotonic() + timeout
         if stream:
             for event in self.events(job_id):
@@ -227,16 +223,14 @@ class Jobs(_Resource):
                 if deadline is not None and time.monotonic() > deadline:
                     raise WaitTimeout(f"job {job_id} did not finish in {timeout}s")
             return self.get(job_id)
-        for delay in _backoff(poll_initial, poll_max):
-            job = self.get(job_id)
-            if on_update is not None:
-                on_update(job)
-            if job.done:
-                return job
-            if deadline is not None and time.monotonic() + delay > deadline:
-                raise WaitTimeout(f"job {job_id} is still {job.status} after {timeout}s")
-            time.sleep(delay)
-        raise AssertionError("unreachable")  # pragma: no cover
+        doc = self._c.watch(
+            f"/v1/jobs/{job_id}",
+            done=lambda d: d.get("status") in TERMINAL,
+            on_update=None if on_update is None else (lambda d: on_update(Job.from_json(d))),
+            timeout=timeout,
+            **{"poll_initial": poll_initial, "poll_max": poll_max},
+        )
+        return Job.from_json(doc)
 
 
 class Sweeps(_Resource):
@@ -244,8 +238,9 @@ class Sweeps(_Resource):
 
     def submit(self, body: dict[str, Any], *, idempotency_key: str | None = None) -> dict[str, Any]:
         """POST a sweep (base spec, alphas, seeds ...)."""
-        return dict(self._c.request("POST", "/v1/sweeps", json=body,
-                                    idempotency_key=idempotency_key))
+        return dict(
+            self._c.request("POST", "/v1/sweeps", json=body, idempotency_key=idempotency_key)
+        )
 
     def get(self, sweep_id: str) -> dict[str, Any]:
         """The sweep's state."""
@@ -262,18 +257,14 @@ class Sweeps(_Resource):
         timeout: float | None = None,
         on_update: Callable[[dict[str, Any]], None] | None = None,
     ) -> dict[str, Any]:
-        """Poll with backoff until the sweep's status is terminal."""
-        deadline = None if timeout is None else time.monotonic() + timeout
-        for delay in _backoff(0.5, 5.0):
-            sweep = self.get(sweep_id)
-            if on_update is not None:
-                on_update(sweep)
-            if sweep.get("status") in TERMINAL:
-                return sweep
-            if deadline is not None and time.monotonic() + delay > deadline:
-                raise WaitTimeout(f"sweep {sweep_id} is still {sweep.get('status')}")
-            time.sleep(delay)
-        raise AssertionError("unreachable")  # pragma: no cover
+        """Block until the sweep's status is terminal (long poll; backoff polling as fallback)."""
+        return self._c.watch(
+            f"/v1/sweeps/{sweep_id}",
+            done=lambda d: d.get("status") in TERMINAL,
+            on_update=on_update,
+            timeout=timeout,
+            poll_initial=0.5,
+        )
 
 
 class Datasets(_Resource):
@@ -355,6 +346,25 @@ class Client:
         if response.status_code == 204 or not response.content:
             return None
         return response.json()
+
+    def poll(
+        self, path: str, *, etag: str | None, wait: float | None
+    ) -> tuple[dict[str, Any] | None, str | None]:
+        """GET with If-None-Match (and a long poll): (the document, or None if 304; its ETag)."""
+        headers = {"If-None-Match": etag} if etag else {}
+        params = {} if wait is None else {"wait": f"{wait:g}"}
+        timeout = (
+            None if wait is None else httpx.Timeout(self._http.timeout.connect, read=wait + 30)
+        )
+        kwargs: dict[str, Any] = {} if timeout is None else {"timeout": timeout}
+        response = self._http.get(path, headers=headers, params=params, **kwargs)
+        self._raise_for(response)
+        tag = response.headers.get("etag")
+        return (None if response.status_code == 304 else response.json()), tag
+
+    def watch(self, path: str, **options: Any) -> dict[str, Any]:
+        """Follow a resource until `done(doc)` (see softlabel.waiting.watch)."""
+        return watch(self, path, **options)
 
     def request_bytes(self, path: str) -> bytes:
         """GET raw bytes."""

@@ -96,9 +96,7 @@ def _wait_with_progress(client: Client, job: Job, timeout: float | None, quiet: 
 
         def update(current: Job) -> None:
             latest = current.progress.get("latest") or {}
-            shown = " ".join(
-                f"{k}={latest[k]:.4f}" for k in ("val_nll", "val_ece") if k in latest
-            )
+            shown = " ".join(f"{k}={latest[k]:.4f}" for k in ("val_nll", "val_ece") if k in latest)
             bar.update(
                 task,
                 completed=current.progress.get("epoch") or 0,
@@ -174,8 +172,17 @@ def _table(result: dict[str, Any]) -> str:
     test = result.get("test") or {}
     scaled = result.get("temperature_scaled") or {}
     scaled_test = scaled.get("test") or {}
-    names = ("accuracy", "nll", "brier", "ece", "ece_adaptive", "mce", "classwise_ece",
-             "mean_confidence", "overconfidence")
+    names = (
+        "accuracy",
+        "nll",
+        "brier",
+        "ece",
+        "ece_adaptive",
+        "mce",
+        "classwise_ece",
+        "mean_confidence",
+        "overconfidence",
+    )
     head = f"{'metric':<16} {'test':>10} {'T-scaled':>10}"
     lines = [f"job {result.get('job_id')}", head, "-" * len(head)]
     for name in names:
@@ -201,9 +208,11 @@ def result(
     with _Guard(), Client(api_url, api_key) as client:
         job = client.jobs.get(job_id)
         if job.status != "succeeded":
-            reason = f" ({job.failure.get('reason')}: {job.failure.get('message')})" if (
-                job.failure
-            ) else ""
+            reason = (
+                f" ({job.failure.get('reason')}: {job.failure.get('message')})"
+                if (job.failure)
+                else ""
+            )
             _err(f"job {job_id} is {job.status}{reason}")
             raise typer.Exit(STATUS_EXIT.get(job.status, EXIT_NOT_DONE))
         doc = client.jobs.result(job_id).raw
@@ -224,5 +233,7 @@ def cancel(
 def register(app: typer.Typer) -> None:
     """Add the client commands to the CLI."""
     for command in (submit, sweep, status, result, cancel):
-        app.command(epilog="Exit codes: 0 succeeded, 1 failed, 2 usage/input error, "
-                    "3 canceled, 4 not finished, 5 API unavailable.")(command)
+        app.command(
+            epilog="Exit codes: 0 succeeded, 1 failed, 2 usage/input error, "
+            "3 canceled, 4 not finished, 5 API unavailable."
+        )(command)

@@ -145,3 +145,33 @@ def test_sweep_etag_and_long_poll_wake_on_a_trial_change(http: httpx.Client) -> 
     poll.join(timeout=90)
     assert poll.response is not None and poll.response.status_code == 200
     assert poll.response.json()["progress"]["done"] == 1
+
+
+class CountingTransport(httpx.HTTPTransport):
+    """A real HTTP transport that counts the requests sent."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.requests: list[str] = []
+
+    def handle_request(self, request: httpx.Request) -> httpx.Response:
+        """Send the request, remembering its URL."""
+        self.requests.append(str(request.url))
+        return super().handle_request(request)
+
+
+def test_python_client_wait_uses_the_long_poll(http: httpx.Client, api_key: str) -> None:
+    from softlabel.client import Client
+
+    job_id = http.post("/v1/jobs", json=SPEC).json()["id"]
+    transport = CountingTransport()
+    outcome: list[Any] = []
+    with Client(str(http.base_url), api_key, transport=transport) as client:
+        waiter = threading.Thread(target=lambda: outcome.append(client.jobs.wait(job_id)))
+        waiter.start()
+        time.sleep(3.0)  # backoff polling (0.25 s, growing) would send about 8 requests by now
+        http.post(f"/v1/jobs/{job_id}/cancel")
+        waiter.join(timeout=90)
+    assert outcome and outcome[0].status == "canceled"
+    assert len(transport.requests) <= 3, transport.requests
+    assert any("wait=" in url for url in transport.requests)
