@@ -1,0 +1,97 @@
+"""P5 helpers: database queries per run (pg_stat_database) and 50 long-polling clients."""
+
+from __future__ import annotations
+
+import asyncio
+import time
+from typing import Any
+
+import httpx
+
+# Backends flush their transaction counts when idle, at most every 10 s (PGSTAT_IDLE_INTERVAL).
+STATS_SETTLE_S = 11.0
+
+
+def xacts(admin: Any, db_name: str) -> int:
+    """Committed + rolled back transactions of the database so far (autocommit: one per query)."""
+    from sqlalchemy import text
+
+    with admin.connect() as conn:
+        conn.execute(text("SELECT pg_stat_clear_snapshot()"))
+        row = conn.execute(
+            text("SELECT xact_commit + xact_rollback FROM pg_stat_database WHERE datname = :db"),
+            {"db": db_name},
+        ).scalar_one()
+    return int(row)
+
+
+def _pct(values: list[float], q: float) -> float:
+    ordered = sorted(values)
+    return ordered[min(len(ordered) - 1, int(round(q * (len(ordered) - 1))))]
+
+
+async def _client(
+    base: str, path: str, headers: dict[str, str], etag: str, seen: dict[int, float], last: int
+) -> int:
+    """Long-poll until the job's progress epoch reaches `last`; returns requests sent."""
+    sent = 0
+    async with httpx.AsyncClient(base_url=base, headers=headers, timeout=90) as client:
+        while True:
+            response = await client.get(path, params={"wait": 30}, headers={"If-None-Match": etag})
+            now = time.monotonic()
+            sent += 1
+            if response.status_code == 200:
+                etag = response.headers["ETag"]
+                epoch = int((response.json().get("progress") or {}).get("epoch") or 0)
+                seen.setdefault(epoch, now)
+                if epoch >= last:
+                    return sent
+
+
+async def long_poll_phase(
+    *, base: str, key: str, job_id: str, dsn: str, clients: int, changes: int
+) -> dict[str, Any]:
+    """`clients` long polls on one job; the job changes `changes` times (one UPDATE each).
+
+    Latency: from the UPDATE's commit to each client's response showing it. The next change
+    comes once every client has seen the last one and is waiting again.
+    """
+    import psycopg
+
+    headers = {"Authorization": f"Bearer {key}"}
+    path = f"/v1/jobs/{job_id}"
+    etag = httpx.get(f"{base}{path}", headers=headers).headers["ETag"]
+    seen: list[dict[int, float]] = [{} for _ in range(clients)]
+    tasks = [
+        asyncio.create_task(_client(base, path, headers, etag, seen[i], changes))
+        for i in range(clients)
+    ]
+    await asyncio.sleep(2.0)  # every client is waiting
+    latencies: list[float] = []
+    async with await psycopg.AsyncConnection.connect(dsn, autocommit=True) as conn:
+        for epoch in range(1, changes + 1):
+            await conn.execute(
+                "UPDATE job SET progress = %s::jsonb WHERE id = %s",
+                (f'{{"epoch": {epoch}, "epochs": {changes}}}', job_id),
+            )
+            committed = time.monotonic()
+            deadline = committed + 30
+            while not all(epoch in s for s in seen) and time.monotonic() < deadline:
+                await asyncio.sleep(0.002)
+            latencies += [(s[epoch] - committed) * 1000 for s in seen if epoch in s]
+            await asyncio.sleep(0.3)  # the clients' next long polls are registered
+    sent = sum(await asyncio.gather(*tasks))
+    return {
+        "changes": changes,
+        "clients": clients,
+        "deliveries": len(latencies),
+        "requests": sent + 1,
+        "p50_ms": _pct(latencies, 0.50),
+        "p99_ms": _pct(latencies, 0.99),
+        "max_ms": max(latencies),
+    }
+
+
+def run_long_poll(**kwargs: Any) -> dict[str, Any]:
+    """long_poll_phase on a fresh event loop."""
+    return asyncio.run(long_poll_phase(**kwargs))
