@@ -29,6 +29,7 @@ logger = logging.getLogger("softlabel.api")
 MAX_WAIT_SECONDS = 60.0
 FALLBACK_RECHECK_SECONDS = 1.0
 RECONNECT_SECONDS = 0.5
+IDLE_CLOSE_S = 60.0  # no long poll for this long: the LISTEN connection is closed
 RECHECK = object()  # a wake-up without a row: the waiter reloads by itself
 
 RowFetcher = Callable[[str], Awaitable[Any]]
@@ -79,6 +80,7 @@ class ChangeListener:
         self._task: asyncio.Task[None] | None = None
         self.notifications = 0
         self.fetches = 0
+        self._last_wait = time.monotonic()
 
     @property
     def live(self) -> bool:
@@ -93,12 +95,14 @@ class ChangeListener:
         with contextlib.suppress(TimeoutError):
             await asyncio.wait_for(self._ready.wait(), 5.0)
         sub = Subscription(channel, key)
+        self._last_wait = time.monotonic()
         self._waiters.setdefault((channel, key), set()).add(sub)
         try:
             yield sub
         finally:
             waiters = self._waiters.get((channel, key), set())
             waiters.discard(sub)
+            self._last_wait = time.monotonic()
             if not waiters:
                 self._waiters.pop((channel, key), None)
 
@@ -111,8 +115,11 @@ class ChangeListener:
                     for channel in (CHANNEL_JOB, CHANNEL_SWEEP):
                         await conn.execute(f"LISTEN {channel}")
                     self._ready.set()
-                    async for note in conn.notifies():
-                        self._dispatch(note.channel, note.payload)
+                    while self._waiters or time.monotonic() - self._last_wait < IDLE_CLOSE_S:
+                        async for note in conn.notifies(timeout=IDLE_CLOSE_S / 4):
+                            self._dispatch(note.channel, note.payload)
+                    self._ready.clear()
+                    return  # idle: the next long poll listens again
             except asyncio.CancelledError:
                 raise
             except Exception as exc:  # noqa: BLE001 - reconnect; waiters re-check meanwhile
