@@ -15,10 +15,10 @@ from core.timeutil import iso
 class FieldError(BaseModel):
     """One invalid field of a 422 validation-error problem."""
 
-    loc: list[str]
-    field: str = Field(examples=["loss.alpha"])
+    loc: list[str] = Field(default_factory=list, examples=[["body", "loss", "alpha"]])
+    field: str | None = Field(default=None, examples=["loss.alpha"])
     msg: str
-    type: str
+    type: str | None = None
 
 
 class Problem(BaseModel):
