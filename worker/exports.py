@@ -8,7 +8,12 @@ from typing import Any
 from core.config import Settings, get_settings
 from core.db import session_scope
 from core.exports import mlflow as mlflow_export
-from core.exports.schedule import TASK_EXPORT_MLFLOW, enqueue_export, mlflow_destination
+from core.exports.schedule import (
+    TASK_EXPORT_MLFLOW,
+    enqueue_export,
+    mlflow_destination,
+    schedule_exports,
+)
 from core.queue import get_celery
 from core.services import exports as export_service
 
@@ -58,6 +63,8 @@ def _record(kind: str, object_id: str, status: str, attempt: int, **fields: str 
 def export_mlflow(kind: str, object_id: str, attempt: int) -> str:
     """One attempt to export a finished job or sweep; the next is scheduled on failure."""
     settings = get_settings()
+    if attempt == 0:  # sent from outside a worker: decide here, with the workers' settings
+        return "scheduled" if schedule_exports(object_id, settings=settings) else "none"
     try:
         written = _export(kind, object_id, settings)
     except Exception as exc:  # noqa: BLE001 - any failure is recorded and retried

@@ -53,10 +53,13 @@ def _finalize_sweep(sweep_id: str, in_worker: bool) -> None:
 
 
 def _schedule_exports(job_ids: list[str], in_worker: bool) -> None:
-    from core.exports.schedule import schedule_exports
+    from core.exports.schedule import enqueue_export, schedule_exports
 
-    for job_id in job_ids:
-        schedule_exports(job_id)  # after _finalize_sweeps: a finished sweep exports its trials
+    for job_id in job_ids:  # after _finalize_sweeps: a finished sweep exports its trials
+        if in_worker:
+            schedule_exports(job_id)
+        else:  # the export settings are the workers': one of them decides (attempt 0)
+            enqueue_export("job", job_id, 0)
 
 
 TERMINAL_EFFECTS: list[TerminalEffect] = [_schedule_webhooks, _finalize_sweeps, _schedule_exports]

@@ -193,3 +193,18 @@ def test_a_spec_names_an_experiment_never_a_server(
     assert response.headers["content-type"].startswith("application/problem+json")
     assert any(e["field"].endswith(field) for e in response.json()["errors"]), response.json()
     assert client.get("/v1/jobs").json()["items"] == []
+
+
+def test_a_canceled_job_is_exported_as_killed(
+    client: Any, export_worker: Proc, mlflow_url: str
+) -> None:
+    from mlflow.tracking import MlflowClient
+
+    spec = {**SPEC, "training": {"epochs": 200}}
+    job_id = client.post("/v1/jobs", json=spec).json()["id"]
+    client.post(f"/v1/jobs/{job_id}/cancel")  # queued: the API ends it; running: the worker
+    assert wait_for_job(client, job_id, timeout=240)["status"] == "canceled"
+    export = wait_for_export(client, f"/v1/jobs/{job_id}")
+    assert export["status"] == "succeeded", export
+    run = MlflowClient(tracking_uri=mlflow_url).get_run(export["run_id"])
+    assert run.info.status == "KILLED" and run.data.tags["softlabel.status"] == "canceled"
