@@ -15,10 +15,10 @@ import pytest
 from sqlalchemy import func, select
 
 from core.db import session_scope
+from core.ml.pause import PAUSE_ENV
 from core.models import Artifact
 from core.services import jobs as job_service
 from core.storage import job_artifact_key
-from core.ml.pause import PAUSE_ENV
 from tests.processes import Proc, start_api, start_worker
 from tests.worker.faults import (
     SMALL,
