@@ -6,10 +6,12 @@ services all use these, so every bad string is refused the same way before the d
 
 from __future__ import annotations
 
+import re
+from datetime import datetime
 from typing import Annotated, Any
 from urllib.parse import urlsplit
 
-from pydantic import AfterValidator
+from pydantic import AfterValidator, BeforeValidator
 
 # Smallest non-zero smoothing α: α/K must stay a normal float32 for K up to 100 000 classes
 # (float32's smallest normal is 1.2e-38); anything below is refused rather than underflowing.
@@ -36,6 +38,21 @@ def check_text(value: str) -> str:
 
 
 SafeStr = Annotated[str, AfterValidator(check_text)]
+_ISO_DATE_RE = re.compile(r"^\d{4}-\d{2}-\d{2}([Tt ]|$)")
+
+
+def require_iso_datetime(value: Any) -> Any:
+    """Refuse what is not an RFC 3339 / ISO 8601 text (pydantic would read 0.5 as a Unix time)."""
+    if isinstance(value, datetime):
+        return value
+    if not isinstance(value, str) or not _ISO_DATE_RE.match(value):
+        raise ValueError(
+            f"Expected an ISO 8601 date-time such as 2026-12-01T12:00:00Z, but got {value!r}"
+        )
+    return value
+
+
+IsoDateTime = Annotated[datetime, BeforeValidator(require_iso_datetime)]
 
 
 def check_http_url(value: str) -> str:
