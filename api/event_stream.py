@@ -4,7 +4,7 @@ All open streams of one API process share one reader (`EventHub`): at most one s
 session per poll interval reads the new events and statuses of every watched job, however
 many streams are open, and streams wait on the hub, not on the pool. A tenant may hold at
 most `SOFTLABEL_MAX_EVENT_STREAMS_PER_TENANT` open streams per process (429 beyond), and an
-idle stream sends a `: keep-alive` comment every SSE_KEEPALIVE_SECONDS.
+idle stream sends a `: keep-alive` comment every `SOFTLABEL_EVENT_STREAM_HEARTBEAT_SECONDS`.
 """
 
 from __future__ import annotations
@@ -29,7 +29,6 @@ from core.services import event_feed
 from core.timeutil import iso
 
 SSE_POLL_SECONDS = 0.25
-SSE_KEEPALIVE_SECONDS = 15.0
 BATCH_LIMIT = 2000
 _KEYS = itertools.count()
 Event = tuple[int, str, str]
@@ -49,6 +48,7 @@ class EventHub:
     open_streams: dict[str, int] = field(default_factory=lambda: defaultdict(int))
     events: dict[str, list[Event]] = field(default_factory=dict)
     statuses: dict[str, str] = field(default_factory=dict)
+    read_marks: dict[str, int] = field(default_factory=dict)  # what the cache covers, per job
     last_read: float = 0.0
     lock: anyio.Lock = field(default_factory=anyio.Lock)
 
@@ -74,12 +74,17 @@ class EventHub:
     async def refresh(self) -> None:
         """Read new events for every watched job, at most once per poll interval."""
         async with self.lock:
-            if time.monotonic() - self.last_read < SSE_POLL_SECONDS * 0.9:
-                return
             after: dict[str, int] = {}
             for watch in self.by_id.values():
                 after[watch.job_id] = min(after.get(watch.job_id, watch.after_id), watch.after_id)
+            covered = all(
+                job in self.read_marks and self.read_marks[job] <= mark
+                for job, mark in after.items()
+            )
+            if covered and time.monotonic() - self.last_read < SSE_POLL_SECONDS * 0.9:
+                return  # a new stream (or one behind the cache) forces a read
             self.statuses, self.events = await to_thread.run_sync(_read, after)
+            self.read_marks = after
             self.last_read = time.monotonic()
 
     def take(self, key: int) -> tuple[list[Event], str | None]:
@@ -120,7 +125,9 @@ def event_hub() -> EventHub:
         return hub
 
 
-async def _stream(hub: EventHub, job_id: str, after_id: int) -> AsyncIterator[str]:
+async def _stream(
+    hub: EventHub, job_id: str, after_id: int, heartbeat_s: float
+) -> AsyncIterator[str]:
     key = next(_KEYS)
     hub.by_id[key] = _Watch(job_id, after_id)
     last_sent = time.monotonic()
@@ -134,7 +141,7 @@ async def _stream(hub: EventHub, job_id: str, after_id: int) -> AsyncIterator[st
                 last_sent = time.monotonic()
             if job_status is None or (job_status in TERMINAL_STATUSES and not events):
                 return
-            if time.monotonic() - last_sent > SSE_KEEPALIVE_SECONDS:
+            if time.monotonic() - last_sent >= heartbeat_s:
                 yield ": keep-alive\n\n"
                 last_sent = time.monotonic()
             await anyio.sleep(SSE_POLL_SECONDS)
@@ -162,9 +169,9 @@ class EventStreamResponse(StreamingResponse):
 
 
 def open_event_stream(
-    *, tenant_id: str, job_id: str, after_id: int, cap: int
+    *, tenant_id: str, job_id: str, after_id: int, cap: int, heartbeat_s: float
 ) -> EventStreamResponse:
     """The SSE response for a job the tenant owns (checked by the caller)."""
     hub = event_hub()
     release = hub.reserve(tenant_id, cap)
-    return EventStreamResponse(_stream(hub, job_id, after_id), release)
+    return EventStreamResponse(_stream(hub, job_id, after_id, heartbeat_s), release)

@@ -60,6 +60,9 @@ class Settings(BaseSettings):
     max_event_streams_per_tenant: int = Field(
         default=20, ge=1, description="Open /v1/jobs/{id}/events streams per tenant per API process"
     )
+    event_stream_heartbeat_seconds: float = Field(
+        default=15.0, gt=0, description="Idle event streams send a keep-alive comment this often"
+    )
     max_request_bytes: int = Field(default=1_000_000, ge=1024, description="JSON body limit")
     max_upload_bytes: int = Field(default=50_000_000, ge=1024, description="Dataset upload limit")
     max_dataset_rows: int = Field(default=1_000_000, ge=1, description="Rows per upload")

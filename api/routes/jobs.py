@@ -280,6 +280,7 @@ async def job_events(
         job_id=job_id,
         after_id=last_event_id or 0,
         cap=settings.max_event_streams_per_tenant,
+        heartbeat_s=settings.event_stream_heartbeat_seconds,
     )
 
 
