@@ -185,10 +185,10 @@ class BodyLimitMiddleware:
         self.app = app
         self._settings = settings
 
-    def limit_for(self, path: str) -> int:
-        """Uploads (/v1/datasets) get the upload limit, every other body the JSON limit."""
+    def limit_for(self, path: str, method: str = "POST") -> int:
+        """Uploads (POST /v1/datasets) get the upload limit, every other body the JSON limit."""
         settings = self._settings or get_settings()
-        if path.startswith("/v1/datasets"):
+        if method == "POST" and path.rstrip("/") == "/v1/datasets":
             return settings.max_upload_bytes
         return settings.max_request_bytes
 
@@ -197,7 +197,7 @@ class BodyLimitMiddleware:
         if scope["type"] != "http":
             await self.app(scope, receive, send)
             return
-        limit = self.limit_for(scope["path"])
+        limit = self.limit_for(scope["path"], scope["method"])
         declared = _header(scope, b"content-length")
         if declared is not None and declared.isdigit() and int(declared) > limit:
             await self._reject(scope, send, limit)

@@ -274,7 +274,9 @@ async def job_events(
 ) -> StreamingResponse:
     """Status changes and per-epoch progress as Server-Sent Events, until the job ends."""
     settings = request_settings(request)
-    tenant_id = await to_thread.run_sync(_owned_job_tenant, request, settings, job_id)
+    tenant_id = await to_thread.run_sync(
+        _owned_job_tenant, request, settings, job_id, limiter=db_limiter()
+    )
     return open_event_stream(
         tenant_id=tenant_id,
         job_id=job_id,
