@@ -87,6 +87,8 @@ def unsafe_url_text(scope: Scope) -> str | None:
     query = bytes(scope.get("query_string", b""))
     if query:
         for name, value in parse_qsl(query.decode("latin-1"), keep_blank_values=True):
+            if not name:
+                return f"The query string has a parameter without a name (={value[:40]!r})"
             problem = text_problem(name) or text_problem(value)
             if problem is not None:
                 return f"The query parameter {name[:40]!r} {problem}"

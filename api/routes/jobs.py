@@ -237,6 +237,16 @@ def cancel_job(job_id: str, session: SessionDep, tenant: TenantDep) -> JobOut:
     return JobOut.from_job(job)
 
 
+# One event of the stream (comments such as `: keep-alive` carry no fields).
+SSE_EVENT_SCHEMA: dict[str, Any] = {
+    "type": "object",
+    "properties": {
+        "id": {"type": "string", "description": "The event id (send as Last-Event-ID)"},
+        "event": {"type": "string", "enum": ["status", "progress", "cancel_requested"]},
+        "data": {"type": "string", "description": "JSON: job_id, at, and the event's fields"},
+    },
+    "required": ["id", "event", "data"],
+}
 SSE_EXAMPLE = (
     'id: 1\nevent: status\ndata: {"job_id": "job_...", "status": "queued", "attempt": 1}\n\n'
     'id: 2\nevent: status\ndata: {"job_id": "job_...", "status": "running", "attempt": 1}\n\n'
@@ -259,7 +269,7 @@ SSE_EXAMPLE = (
             "Each event's `id` can be sent back as `Last-Event-ID` to resume. A `: keep-alive` "
             "comment comes every 15 s while nothing happens.",
             "content": {
-                "text/event-stream": {"schema": {"type": "string"}, "example": SSE_EXAMPLE}
+                "text/event-stream": {"schema": SSE_EVENT_SCHEMA, "example": SSE_EXAMPLE}
             },
         },
     },

@@ -41,3 +41,19 @@ def _seeded(test: Any) -> Any:
 def test_api_conforms_to_its_schema(case: Any, auth_headers: dict[str, str]) -> None:
     response = case.call(headers=auth_headers)
     case.validate_response(response, excluded_checks=EXCLUDED, headers=auth_headers)
+
+
+@pytest.mark.skipif(not FUZZING, reason="make fuzz only (SOFTLABEL_FUZZ_EXAMPLES)")
+def test_stateful_links_hold(auth_headers: dict[str, str]) -> None:
+    """Sequences along the inferred links (create → read → cancel ...) conform too."""
+    base = schema.as_state_machine()
+
+    class Workflow(base):  # type: ignore[misc, valid-type]
+        def get_call_kwargs(self, case: Any) -> dict[str, Any]:
+            return {"headers": auth_headers}
+
+        def validate_response(self, response: Any, case: Any, **kwargs: Any) -> None:
+            case.validate_response(response, excluded_checks=EXCLUDED, headers=auth_headers)
+
+    Workflow.run(settings=settings(max_examples=max(FUZZ_EXAMPLES // 10, 10), deadline=None,
+                                   suppress_health_check=list(HealthCheck)))

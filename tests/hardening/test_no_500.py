@@ -39,7 +39,7 @@ URLS_WITH_NUL = [
     "/v1/jobs/job_x/artifacts/a%00b", "/v1/sweeps/sw_%00", "/v1/datasets/ds_%00",
     "/v1/jobs?cursor=%00", "/v1/jobs?tag=team:%00x", "/v1/jobs?tag=%00:x",
     "/v1/jobs?sweep_id=sw%00", "/v1/sweeps?cursor=abc%00", "/v1/datasets?cursor=%00",
-    "/v1/jobs?limit=5&%00=1",
+    "/v1/jobs?limit=5&%00=1", "/v1/sweeps?cursor=&limit=3&=null",
 ]
 
 
