@@ -24,8 +24,8 @@ from fastapi.responses import StreamingResponse
 
 from core.db import session_scope
 from core.errors import TooManyRequestsError
-from core.models import TERMINAL_STATUSES
 from core.services import event_feed
+from core.states import TERMINAL_STATUSES
 from core.timeutil import iso
 
 SSE_POLL_SECONDS = 0.25

@@ -63,6 +63,11 @@ class Settings(BaseSettings):
     event_stream_heartbeat_seconds: float = Field(
         default=15.0, gt=0, description="Idle event streams send a keep-alive comment this often"
     )
+    max_running_jobs_per_tenant: int = Field(
+        default=4,
+        ge=0,
+        description="Running jobs per tenant while another tenant waits (0: no cap)",
+    )
     max_request_bytes: int = Field(default=1_000_000, ge=1024, description="JSON body limit")
     max_upload_bytes: int = Field(default=50_000_000, ge=1024, description="Dataset upload limit")
     max_dataset_rows: int = Field(default=1_000_000, ge=1, description="Rows per upload")
