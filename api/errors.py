@@ -65,6 +65,22 @@ def allowed_methods(request: Request) -> str:
     return ", ".join(sorted(methods))
 
 
+def _http_problem(request: Request, exc: StarletteHTTPException) -> JSONResponse:
+    """A Starlette HTTP error as problem+json; a 405 lists every allowed method."""
+    slug = {404: "not-found", 405: "method-not-allowed"}.get(exc.status_code, "http-error")
+    headers = dict(getattr(exc, "headers", None) or {})
+    if exc.status_code == 405:
+        headers["Allow"] = allowed_methods(request)
+    return problem_response(
+        status=exc.status_code,
+        slug=slug,
+        title=str(exc.detail),
+        detail=str(exc.detail),
+        instance=request.url.path,
+        headers=headers or None,
+    )
+
+
 def install_error_handlers(app: FastAPI) -> None:
     """Register the problem+json handlers on the app."""
 
@@ -115,15 +131,4 @@ def install_error_handlers(app: FastAPI) -> None:
                     ]
                 },
             )
-        slug = {404: "not-found", 405: "method-not-allowed"}.get(exc.status_code, "http-error")
-        headers = dict(getattr(exc, "headers", None) or {})
-        if exc.status_code == 405:
-            headers["Allow"] = allowed_methods(request)
-        return problem_response(
-            status=exc.status_code,
-            slug=slug,
-            title=str(exc.detail),
-            detail=str(exc.detail),
-            instance=request.url.path,
-            headers=headers or None,
-        )
+        return _http_problem(request, exc)
