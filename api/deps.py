@@ -141,7 +141,10 @@ def _claim_idempotency_key(
     request: Request, settings: Settings, key: str, fingerprint: str
 ) -> None:
     with session_scope() as own:
-        tenant_id = resolve_tenant(request, own, settings).id
+        # the idempotency middleware authenticated first; resolving here is the fallback
+        tenant_id = getattr(request.state, "idempotency_tenant_id", None)
+        if tenant_id is None:
+            tenant_id = resolve_tenant(request, own, settings).id
         claim = idempotency.claim_key(
             own,
             tenant_id=tenant_id,

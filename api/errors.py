@@ -9,6 +9,7 @@ from fastapi import FastAPI, Request
 from fastapi.exceptions import RequestValidationError
 from fastapi.responses import JSONResponse
 from starlette.exceptions import HTTPException as StarletteHTTPException
+from starlette.routing import Match
 
 from core.errors import AppError
 
@@ -52,6 +53,32 @@ def _field_errors(exc: RequestValidationError) -> list[dict[str, Any]]:
             }
         )
     return errors
+
+
+def allowed_methods(request: Request) -> str:
+    """Every method some route of this path accepts (Starlette's 405 names one route's only)."""
+    methods: set[str] = set()
+    for route in request.app.router.routes:
+        match, _ = route.matches({**request.scope, "method": "\x00"})
+        if match is not Match.NONE:
+            methods.update(getattr(route, "methods", None) or ())
+    return ", ".join(sorted(methods))
+
+
+def _http_problem(request: Request, exc: StarletteHTTPException) -> JSONResponse:
+    """A Starlette HTTP error as problem+json; a 405 lists every allowed method."""
+    slug = {404: "not-found", 405: "method-not-allowed"}.get(exc.status_code, "http-error")
+    headers = dict(getattr(exc, "headers", None) or {})
+    if exc.status_code == 405:
+        headers["Allow"] = allowed_methods(request)
+    return problem_response(
+        status=exc.status_code,
+        slug=slug,
+        title=str(exc.detail),
+        detail=str(exc.detail),
+        instance=request.url.path,
+        headers=headers or None,
+    )
 
 
 def install_error_handlers(app: FastAPI) -> None:
@@ -104,12 +131,4 @@ def install_error_handlers(app: FastAPI) -> None:
                     ]
                 },
             )
-        slug = {404: "not-found", 405: "method-not-allowed"}.get(exc.status_code, "http-error")
-        return problem_response(
-            status=exc.status_code,
-            slug=slug,
-            title=str(exc.detail),
-            detail=str(exc.detail),
-            instance=request.url.path,
-            headers=getattr(exc, "headers", None),
-        )
+        return _http_problem(request, exc)

@@ -9,6 +9,7 @@ from api.errors import install_error_handlers
 from api.middleware import install_middleware
 from api.openapi import install_openapi
 from api.routes import catalog, datasets, health, jobs, metrics, sweeps, webhooks
+from api.safety import check_startup
 from api.ui.app import mount_ui
 from core import __version__
 from core.config import get_settings
@@ -27,6 +28,7 @@ API_DESCRIPTION = (
 def create_app() -> FastAPI:
     """Build the app: routers by resource, one problem+json error handler."""
     configure_logging(json_logs=get_settings().log_json)
+    check_startup(get_settings())
     app = FastAPI(
         title="Softlabel",
         version=__version__,

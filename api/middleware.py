@@ -1,6 +1,6 @@
 """Pure ASGI middleware: request context (id, JSON access log, latency), body limits, idempotency.
 
-Order, outermost first: RequestContext → BodyLimit → Idempotency → the app.
+Order, outermost first: RequestContext → BodyLimit → Idempotency (api/idempotency.py) → the app.
 """
 
 from __future__ import annotations
@@ -13,8 +13,8 @@ import time
 import uuid
 from collections.abc import Awaitable, Callable, MutableMapping
 from typing import Any
+from urllib.parse import parse_qsl
 
-from anyio import to_thread
 from fastapi import FastAPI, Request
 from fastapi.responses import Response
 from prometheus_client import Histogram
@@ -22,10 +22,10 @@ from starlette.exceptions import HTTPException as StarletteHTTPException
 
 from api.deps import IdempotentReplay
 from api.errors import PROBLEM_MEDIA_TYPE, PROBLEM_TYPE_BASE
+from api.idempotency import IdempotencyMiddleware
 from core.config import Settings, get_settings
-from core.db import session_scope
 from core.logging import job_id_var, request_id_var
-from core.services import idempotency as idem_service
+from core.validation import text_problem
 
 Scope = MutableMapping[str, Any]
 Message = MutableMapping[str, Any]
@@ -34,6 +34,7 @@ Send = Callable[[Message], Awaitable[None]]
 ASGIApp = Callable[[Scope, Receive, Send], Awaitable[None]]
 
 access_logger = logging.getLogger("softlabel.access")
+logger = logging.getLogger("softlabel.api")
 IDEMPOTENCY_HEADER = "idempotency-key"
 _REQUEST_ID_RE = re.compile(r"^[A-Za-z0-9._:-]{1,64}$")
 UNMATCHED_ROUTE = "<unmatched>"
@@ -53,15 +54,45 @@ def _header(scope: Scope, name: bytes) -> str | None:
     return None
 
 
-def _problem_bytes(status: int, slug: str, title: str, detail: str, instance: str) -> bytes:
+def _problem_bytes(
+    status: int, slug: str, title: str, detail: str, instance: str, **extra: Any
+) -> bytes:
     body = {
         "type": PROBLEM_TYPE_BASE + slug,
         "title": title,
         "status": status,
         "detail": detail,
         "instance": instance,
+        **extra,
     }
     return json.dumps(body, separators=(",", ":")).encode()
+
+
+async def send_problem(send: Send, status: int, body: bytes, *extra: tuple[bytes, bytes]) -> None:
+    """Send a complete problem+json response."""
+    headers = [
+        (b"content-type", PROBLEM_MEDIA_TYPE.encode()),
+        (b"content-length", str(len(body)).encode()),
+        *extra,
+    ]
+    await send({"type": "http.response.start", "status": status, "headers": headers})
+    await send({"type": "http.response.body", "body": body})
+
+
+def unsafe_url_text(scope: Scope) -> str | None:
+    """What in the path or query string the database could not store (NUL...), or None."""
+    problem = text_problem(scope.get("path", ""))
+    if problem is not None:
+        return f"The URL path {problem}"
+    query = bytes(scope.get("query_string", b""))
+    if query:
+        for name, value in parse_qsl(query.decode("latin-1"), keep_blank_values=True):
+            if not name:
+                return f"The query string has a parameter without a name (={value[:40]!r})"
+            problem = text_problem(name) or text_problem(value)
+            if problem is not None:
+                return f"The query parameter {name[:40]!r} {problem}"
+    return None
 
 
 class RequestContextMiddleware:
@@ -81,17 +112,40 @@ class RequestContextMiddleware:
         token = request_id_var.set(request_id)
         started = time.perf_counter()
         status_holder = [500]
+        started_holder = [False]
 
         async def send_with_id(message: Message) -> None:
             if message["type"] == "http.response.start":
+                started_holder[0] = True
                 status_holder[0] = int(message["status"])
                 headers = list(message.get("headers", []))
                 headers.append((b"x-request-id", request_id.encode()))
+                headers.append((b"x-content-type-options", b"nosniff"))
                 message["headers"] = headers
             await send(message)
 
         try:
-            await self.app(scope, receive, send_with_id)
+            problem = unsafe_url_text(scope)
+            if problem is not None:
+                body = _problem_bytes(
+                    422, "validation-error", "Invalid request", problem, scope["path"]
+                )
+                await send_problem(send_with_id, 422, body)
+            else:
+                await self.app(scope, receive, send_with_id)
+        except Exception:  # the last resort: any unexpected error is a problem+json 500
+            logger.exception("unhandled error in %s %s", scope["method"], scope["path"])
+            if started_holder[0]:
+                raise  # a response is half sent: nothing to do but drop the connection
+            body = _problem_bytes(
+                500,
+                "internal-error",
+                "Internal server error",
+                f"An unexpected error occurred; quote request id {request_id} when reporting it",
+                scope["path"],
+                request_id=request_id,
+            )
+            await send_problem(send_with_id, 500, body)
         finally:
             elapsed = time.perf_counter() - started
             route = scope.get("route")
@@ -133,19 +187,19 @@ class BodyLimitMiddleware:
         self.app = app
         self._settings = settings
 
-    def limit_for(self, path: str) -> int:
-        """Uploads (/v1/datasets) get the upload limit, every other body the JSON limit."""
+    def limit_for(self, path: str, method: str = "POST") -> int:
+        """Uploads (POST /v1/datasets) get the upload limit, every other body the JSON limit."""
         settings = self._settings or get_settings()
-        if path.startswith("/v1/datasets"):
+        if method == "POST" and path.rstrip("/") == "/v1/datasets":
             return settings.max_upload_bytes
         return settings.max_request_bytes
 
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
         """Enforce the limit on one HTTP request."""
-        if scope["type"] != "http" or scope["method"] in ("GET", "HEAD", "OPTIONS"):
+        if scope["type"] != "http":
             await self.app(scope, receive, send)
             return
-        limit = self.limit_for(scope["path"])
+        limit = self.limit_for(scope["path"], scope["method"])
         declared = _header(scope, b"content-length")
         if declared is not None and declared.isdigit() and int(declared) > limit:
             await self._reject(scope, send, limit)
@@ -197,107 +251,6 @@ class BodyLimitMiddleware:
             }
         )
         await send({"type": "http.response.body", "body": body})
-
-
-class IdempotencyMiddleware:
-    """For a POST with Idempotency-Key: fingerprint the body, then store the response.
-
-    The claim itself happens in the `idempotency_guard` dependency (it knows the tenant);
-    this middleware buffers the (already size-limited) body to hash it, and once the app
-    has answered stores the response before the client sees its last byte.
-    """
-
-    def __init__(self, app: ASGIApp) -> None:
-        self.app = app
-
-    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
-        """Handle one HTTP request."""
-        if scope["type"] != "http" or scope["method"] != "POST":
-            await self.app(scope, receive, send)
-            return
-        if _header(scope, IDEMPOTENCY_HEADER.encode()) is None:
-            await self.app(scope, receive, send)
-            return
-        chunks: list[bytes] = []
-        while True:
-            message = await receive()
-            if message["type"] == "http.disconnect":
-                return
-            chunks.append(message.get("body", b""))
-            if not message.get("more_body", False):
-                break
-        body = b"".join(chunks)
-        state = scope.setdefault("state", {})
-        state["idempotency_fingerprint"] = idem_service.request_fingerprint(
-            method=scope["method"],
-            path=scope["path"],
-            body=body,
-            content_type=_header(scope, b"content-type") or "",
-        )
-        replayed = False
-
-        async def replay_receive() -> Message:
-            nonlocal replayed
-            if not replayed:
-                replayed = True
-                return {"type": "http.request", "body": body, "more_body": False}
-            return await receive()
-
-        start: Message | None = None
-        parts: list[bytes] = []
-
-        async def capture_send(message: Message) -> None:
-            nonlocal start
-            claim = state.get("idempotency_claim")
-            if claim is None:
-                await send(message)
-                return
-            if message["type"] == "http.response.start":
-                start = message
-                return
-            if message["type"] == "http.response.body":
-                parts.append(message.get("body", b""))
-                if message.get("more_body", False):
-                    return
-                assert start is not None
-                await to_thread.run_sync(_store_response, claim, start, b"".join(parts))
-                state.pop("idempotency_claim", None)
-                await send(start)
-                await send({"type": "http.response.body", "body": b"".join(parts)})
-                return
-            await send(message)
-
-        try:
-            await self.app(scope, replay_receive, capture_send)
-        finally:
-            claim = state.pop("idempotency_claim", None)
-            if claim is not None:  # no complete response: let a retry run again
-                await to_thread.run_sync(_release, claim)
-
-
-def _store_response(claim: tuple[str, str], start: Message, body: bytes) -> None:
-    tenant_id, key = claim
-    headers = {
-        bytes(k).decode("latin-1").lower(): bytes(v).decode("latin-1")
-        for k, v in start.get("headers", [])
-    }
-    kept = {k: v for k, v in headers.items() if k in ("location", "retry-after")}
-    with session_scope() as session:
-        idem_service.complete_key(
-            session,
-            tenant_id=tenant_id,
-            key=key,
-            status_code=int(start["status"]),
-            body=body,
-            media_type=headers.get("content-type", "application/json"),
-            headers=kept,
-        )
-
-
-def _release(claim: tuple[str, str]) -> None:
-    tenant_id, key = claim
-    with session_scope() as session:
-        idem_service.release_key(session, tenant_id=tenant_id, key=key)
 
 
 def install_middleware(app: FastAPI) -> None:

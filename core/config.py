@@ -31,6 +31,18 @@ class Settings(BaseSettings):
     auth_disabled: bool = Field(
         default=False, description="Local development only: accept requests without a key"
     )
+    i_understand_auth_is_off: bool = Field(
+        default=False,
+        description="Required with auth_disabled on a Postgres database, or the API refuses "
+        "to start",
+    )
+    metrics_key: str = Field(
+        default="", description="Bearer key that GET /metrics on the API port requires"
+    )
+    metrics_bind: str = Field(
+        default="",
+        description="host:port of a separate, keyless /metrics listener (e.g. 127.0.0.1:9108)",
+    )
     max_attempts: int = Field(default=3, ge=1, description="Attempts before worker_lost")
     lease_seconds: float = Field(default=30.0, gt=0, description="Lease length of a running job")
     heartbeat_seconds: float = Field(default=2.0, gt=0, description="Lease renewal period")
@@ -44,6 +56,17 @@ class Settings(BaseSettings):
     task_time_limit: int = Field(default=3660, ge=1, description="Hard limit, seconds")
     max_active_jobs_per_tenant: int = Field(
         default=100, ge=1, description="Queued + running jobs per tenant before 429"
+    )
+    max_event_streams_per_tenant: int = Field(
+        default=20, ge=1, description="Open /v1/jobs/{id}/events streams per tenant per API process"
+    )
+    event_stream_heartbeat_seconds: float = Field(
+        default=15.0, gt=0, description="Idle event streams send a keep-alive comment this often"
+    )
+    max_running_jobs_per_tenant: int = Field(
+        default=4,
+        ge=0,
+        description="Running jobs per tenant while another tenant waits (0: no cap)",
     )
     max_request_bytes: int = Field(default=1_000_000, ge=1024, description="JSON body limit")
     max_upload_bytes: int = Field(default=50_000_000, ge=1024, description="Dataset upload limit")
@@ -61,7 +84,9 @@ class Settings(BaseSettings):
     webhook_backoff_seconds: float = Field(
         default=5.0, gt=0, description="Delay before the 2nd attempt; doubles each time"
     )
-    webhook_timeout_seconds: float = Field(default=10.0, gt=0, description="Per-attempt timeout")
+    webhook_timeout_seconds: float = Field(
+        default=10.0, gt=0, description="Total deadline of one delivery attempt, seconds"
+    )
     log_json: bool = Field(default=True, description="Structured JSON logs (false: plain text)")
     mlflow_tracking_uri: str = Field(
         default="", description="Workers: export finished jobs and sweeps to this MLflow server"

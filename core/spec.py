@@ -6,7 +6,9 @@ import json
 import math
 from typing import Annotated, Any, Literal, get_args
 
-from pydantic import BaseModel, ConfigDict, Field, field_validator, model_validator
+from pydantic import AfterValidator, BaseModel, ConfigDict, Field, field_validator, model_validator
+
+from core.validation import SafeStr, check_alpha, check_http_url
 
 # The vocabularies of the spec, each written once; the tuples (and core.catalog) derive from them.
 BuiltinName = Literal["digits", "iris", "wine", "breast_cancer"]
@@ -27,9 +29,13 @@ DEVICES: tuple[str, ...] = get_args(Device)
 
 
 class Strict(BaseModel):
-    """Base of every request model: unknown fields are an error."""
+    """Base of every request model: unknown fields are an error, types are strict.
 
-    model_config = ConfigDict(extra="forbid")
+    Strict: an integer field refuses `true` and "3", a string field refuses 3; NaN and
+    infinities (which Python's JSON parser accepts) are refused everywhere.
+    """
+
+    model_config = ConfigDict(extra="forbid", strict=True, allow_inf_nan=False)
 
 
 class BuiltinDataset(Strict):
@@ -54,7 +60,7 @@ class UploadDataset(Strict):
     """A dataset uploaded through POST /v1/datasets."""
 
     source: Literal["upload"]
-    id: str = Field(min_length=1, max_length=64)
+    id: SafeStr = Field(min_length=1, max_length=64)
 
 
 DatasetSpec = Annotated[
@@ -95,9 +101,9 @@ class ModelSpec(Strict):
 class LossSpec(Strict):
     """The label-smoothed loss: α, the smoothing variant and the form."""
 
-    alpha: float = Field(default=0.1, ge=0, lt=1)
+    alpha: Annotated[float, AfterValidator(check_alpha)] = Field(default=0.1, ge=0, lt=1)
     variant: Variant = "uniform"
-    prior: list[Annotated[float, Field(ge=0)]] | None = Field(default=None, max_length=1000)
+    prior: list[Annotated[float, Field(ge=0, le=1)]] | None = Field(default=None, max_length=1000)
     form: Form = "ce"
 
     @model_validator(mode="after")
@@ -214,7 +220,9 @@ class JobSpec(Strict):
     training: TrainingSpec = Field(default_factory=TrainingSpec)
     calibration: CalibrationSpec = Field(default_factory=CalibrationSpec)
     evaluation: EvaluationSpec = Field(default_factory=EvaluationSpec)
-    tags: dict[Annotated[str, Field(max_length=64)], Annotated[str, Field(max_length=256)]] = Field(
+    tags: dict[
+        Annotated[SafeStr, Field(max_length=64)], Annotated[SafeStr, Field(max_length=256)]
+    ] = Field(
         default_factory=dict, max_length=32
     )
     webhook_url: str | None = Field(default=None, max_length=2000)
@@ -223,9 +231,7 @@ class JobSpec(Strict):
     @field_validator("webhook_url")
     @classmethod
     def _check_webhook_scheme(cls, value: str | None) -> str | None:
-        if value is not None and not value.startswith(("http://", "https://")):
-            raise ValueError("webhook_url must be an http:// or https:// URL")
-        return value
+        return None if value is None else check_http_url(value)
 
     def resolved(self) -> dict[str, Any]:
         """The fully resolved spec as a JSON-ready dict."""
@@ -289,7 +295,9 @@ class SweepSpec(Strict):
     """A grid of trials: the base job spec × alphas × seeds (× optional axes)."""
 
     base: JobSpec = Field(default_factory=JobSpec)
-    alphas: list[Annotated[float, Field(ge=0, lt=1)]] = Field(min_length=1, max_length=32)
+    alphas: list[Annotated[float, Field(ge=0, lt=1), AfterValidator(check_alpha)]] = Field(
+        min_length=1, max_length=32
+    )
     seeds: list[Annotated[int, Field(ge=0, le=2**31 - 1)]] = Field(
         default_factory=lambda: [0], min_length=1, max_length=10
     )

@@ -32,6 +32,15 @@ def run_api(host: str, port: int, *, workers: int = 1) -> None:
     """
     import uvicorn
 
+    from api.safety import check_startup
+    from core.config import get_settings
+
+    settings = get_settings()
+    check_startup(settings)  # refuse before binding anything
+    if settings.metrics_bind:
+        from api.metrics_bind import start_metrics_listener
+
+        start_metrics_listener(settings.metrics_bind)
     uvicorn.run(
         "api.main:create_app",
         factory=True,

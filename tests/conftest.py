@@ -9,9 +9,12 @@ from pathlib import Path
 
 import pytest
 
+from tests.services import resolve_services
+
 RUN_ID = os.getpid()
-PG_SERVER = os.environ.get("SOFTLABEL_TEST_PG", "postgresql+psycopg://postgres@127.0.0.1:5432")
-REDIS_SERVER = os.environ.get("SOFTLABEL_TEST_REDIS", "redis://127.0.0.1:6379")
+# The configured servers (SOFTLABEL_TEST_PG / SOFTLABEL_TEST_REDIS, default 127.0.0.1:5432 and
+# :6379) when they answer; otherwise throwaway ones from the dev extra's wheels (tests/services.py).
+PG_SERVER, REDIS_SERVER = resolve_services()
 TEST_DB = f"softlabel_test_{RUN_ID}"
 
 

@@ -25,7 +25,8 @@ SCHEMA_FILE = Path(__file__).resolve().parent / "data" / "compose-spec.json"
 DOCKERFILE = ROOT / "docker" / "Dockerfile"
 
 EXPECTED_SERVICES = {"postgres", "redis", "migrate", "api", "worker-gpu", "worker-cpu", "beat"}
-DATABASE_URL = "postgresql+psycopg://softlabel:softlabel@postgres:5432/softlabel"
+PASSWORD_FROM_ENV_FILE = "${POSTGRES_PASSWORD:?set POSTGRES_PASSWORD in .env}"
+DATABASE_URL = f"postgresql+psycopg://softlabel:{PASSWORD_FROM_ENV_FILE}@postgres:5432/softlabel"
 BROKER_URL = "redis://redis:6379/0"
 
 
@@ -154,10 +155,22 @@ def test_dockerfile_installs_pinned_torch_first() -> None:
     assert "ARG TORCH_VARIANT=cpu" in text
 
 
+def test_api_is_published_on_loopback_and_no_password_is_in_the_file(
+    compose: dict[str, Any],
+) -> None:
+    services = compose["services"]
+    assert services["api"]["ports"] == ["${SOFTLABEL_PUBLISH_ADDRESS:-127.0.0.1}:8000:8000"]
+    assert _env(services["postgres"])["POSTGRES_PASSWORD"] == PASSWORD_FROM_ENV_FILE
+    example = (ROOT / ".env.example").read_text()
+    assert "POSTGRES_PASSWORD=" in example
+    assert ".env" in (ROOT / ".gitignore").read_text().split()
+
+
 @pytest.mark.skipif(shutil.which("docker-compose") is None, reason="docker-compose CLI absent")
 def test_docker_compose_config_accepts_the_file(tmp_path: Path) -> None:
     result = subprocess.run(
-        ["docker-compose", "-f", str(COMPOSE_FILE), "config", "-q"],
+        ["docker-compose", "-f", str(COMPOSE_FILE), "--env-file", str(ROOT / ".env.example"),
+         "config", "-q"],
         cwd=ROOT,
         capture_output=True,
         text=True,
@@ -168,7 +181,8 @@ def test_docker_compose_config_accepts_the_file(tmp_path: Path) -> None:
     text = COMPOSE_FILE.read_text().replace("service_completed_successfully", "service_done", 1)
     broken.write_text(text)
     result = subprocess.run(
-        ["docker-compose", "-f", str(broken), "config", "-q"],
+        ["docker-compose", "-f", str(broken), "--env-file", str(ROOT / ".env.example"),
+         "config", "-q"],
         cwd=ROOT,
         capture_output=True,
         text=True,

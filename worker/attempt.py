@@ -30,7 +30,7 @@ from core.ml.errors import (
     TrainingDivergedError,
 )
 from core.services import datasets as dataset_service
-from core.services import job_reads
+from core.services import fairness, job_reads
 from core.services import jobs as job_service
 from core.services import sweeps as sweep_service
 from core.services.effects import effects
@@ -61,9 +61,18 @@ def worker_identity() -> str:
     return f"{socket.gethostname()}:{os.getpid()}:{uuid.uuid4().hex[:8]}"
 
 
-def claim(job_ids: list[str], *, owner: str, settings: Settings) -> list[ClaimedJob]:
-    """Claim every claimable job of `job_ids` (queued → running); the sweeps start running."""
+def claim(
+    job_ids: list[str], *, owner: str, settings: Settings, fair_share: bool = False
+) -> list[ClaimedJob]:
+    """Claim every claimable job of `job_ids` (queued → running); the sweeps start running.
+
+    With `fair_share`, raise FairShareDeferred instead when the tenant has its fair share of
+    workers while another tenant waits (checked under a tenant lock, in the same transaction).
+    """
     with session_scope() as session:
+        cap = settings.max_running_jobs_per_tenant
+        if fair_share and fairness.must_yield(session, job_id=job_ids[0], cap=cap):
+            raise fairness.FairShareDeferred(job_ids[0])
         claimed = job_service.claim_group(
             session, job_ids=job_ids, owner=owner, lease_seconds=settings.lease_seconds
         )

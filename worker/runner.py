@@ -6,6 +6,7 @@ import logging
 
 from core.config import Settings
 from core.ml.errors import TrainingStopped
+from core.services.fairness import FairShareDeferred
 from core.services.jobs import ClaimedJob
 from core.states import FailureReason, JobStatus, StopReason
 from worker.attempt import (
@@ -24,6 +25,18 @@ from worker.checkpoints import CheckpointWriter, close_quietly, read_checkpoint
 from worker.lease import LeaseKeeper
 
 logger = logging.getLogger("softlabel.worker")
+DEFERRED = "deferred"
+FAIR_SHARE_RETRY_S = 1.0
+
+
+def requeue_deferred(job_id: str) -> None:
+    """Put a deferred job's task back on the training queue, after a short delay."""
+    from core.queue import QUEUE_TRAINING, TASK_RUN_JOB, get_celery
+
+    get_celery().send_task(
+        TASK_RUN_JOB, args=[job_id], queue=QUEUE_TRAINING, countdown=FAIR_SHARE_RETRY_S
+    )
+    logger.info("tenant at its fair share: job deferred", extra={"job_id": job_id})
 
 
 def execute_job(job_id: str, *, settings: Settings, owner: str | None = None) -> str:
@@ -33,7 +46,11 @@ def execute_job(job_id: str, *, settings: Settings, owner: str | None = None) ->
     import core.ml.experiment  # noqa: F401 - load torch before the lease clock starts
 
     owner = owner or worker_identity()
-    claimed = claim([job_id], owner=owner, settings=settings)
+    try:
+        claimed = claim([job_id], owner=owner, settings=settings, fair_share=True)
+    except FairShareDeferred:
+        requeue_deferred(job_id)
+        return DEFERRED
     if not claimed:
         logger.info("delivery could not claim the job; nothing to do", extra={"job_id": job_id})
         return "not_claimed"

@@ -15,11 +15,12 @@ from starlette.concurrency import run_in_threadpool
 from api.deps import CursorQuery, LimitQuery, SessionDep, SettingsDep, TenantDep
 from api.schemas import Problem
 from core.config import Settings
-from core.errors import PayloadTooLargeError
+from core.errors import PayloadTooLargeError, ValidationAppError
 from core.ml.upload import compatible_archs
 from core.models import Dataset
 from core.services import datasets as dataset_service
 from core.timeutil import iso
+from core.validation import check_named_texts
 
 router = APIRouter(prefix="/v1/datasets", tags=["datasets"])
 
@@ -295,6 +296,10 @@ async def upload_dataset(
     upload = await receive_upload(request, limit=settings.max_upload_bytes)
     query = {"format": format_, "label_column": label_column, "name": name}
     upload.fields = {**{k: v for k, v in query.items() if v}, **upload.fields}
+    try:
+        check_named_texts({**upload.fields, "filename": upload.filename})
+    except ValueError as exc:
+        raise ValidationAppError(str(exc)) from None
     dataset, created = await run_in_threadpool(
         _store_upload, session, tenant_id=tenant.id, upload=upload, settings=settings
     )

@@ -4,12 +4,9 @@ from __future__ import annotations
 
 import json
 import logging
-import time
-from collections.abc import AsyncIterator, Mapping
-from datetime import datetime
+from collections.abc import Mapping
 from typing import Annotated, Any
 
-import anyio
 from anyio import to_thread
 from fastapi import APIRouter, Body, Header, Query, Request, Response, status
 from fastapi.responses import StreamingResponse
@@ -26,6 +23,7 @@ from api.deps import (
     request_settings,
     resolve_tenant,
 )
+from api.event_stream import open_event_stream
 from api.longpoll import change_listener, conditional_response, wait_for_change
 from api.schemas import (
     JobOut,
@@ -53,6 +51,7 @@ from core.services.watch import CHANNEL_JOB
 from core.spec import EXAMPLE_SPEC, JobSpec
 from core.states import TERMINAL_STATUSES, JobStatus
 from core.timeutil import iso
+from core.validation import IsoDateTime
 
 router = APIRouter(prefix="/v1/jobs", tags=["jobs"])
 logger = logging.getLogger("softlabel.api")
@@ -103,8 +102,8 @@ def list_jobs(
         str | None, Query(alias="status", pattern="^(queued|running|succeeded|failed|canceled)$")
     ] = None,
     tag: Annotated[str | None, Query(max_length=400, description="key:value")] = None,
-    created_after: datetime | None = None,
-    created_before: datetime | None = None,
+    created_after: IsoDateTime | None = None,
+    created_before: IsoDateTime | None = None,
     sweep_id: Annotated[str | None, Query(max_length=64)] = None,
 ) -> JobPage:
     """The tenant's jobs, newest first, cursor-paginated."""
@@ -299,8 +298,16 @@ def cancel_job(job_id: str, session: SessionDep, tenant: TenantDep) -> JobOut:
     return JobOut.from_job(job)
 
 
-SSE_POLL_SECONDS = 0.25
-SSE_KEEPALIVE_SECONDS = 15.0
+# One event of the stream (comments such as `: keep-alive` carry no fields).
+SSE_EVENT_SCHEMA: dict[str, Any] = {
+    "type": "object",
+    "properties": {
+        "id": {"type": "string", "description": "The event id (send as Last-Event-ID)"},
+        "event": {"type": "string", "enum": ["status", "progress", "cancel_requested"]},
+        "data": {"type": "string", "description": "JSON: job_id, at, and the event's fields"},
+    },
+    "required": ["id", "event", "data"],
+}
 SSE_EXAMPLE = (
     'id: 1\nevent: status\ndata: {"job_id": "job_...", "status": "queued", "attempt": 1}\n\n'
     'id: 2\nevent: status\ndata: {"job_id": "job_...", "status": "running", "attempt": 1}\n\n'
@@ -310,67 +317,52 @@ SSE_EXAMPLE = (
 )
 
 
-def _read_events(job_id: str, after_id: int) -> tuple[str | None, list[tuple[int, str, str]]]:
-    """The job's status and its events after `after_id` (read in one transaction)."""
-    with session_scope() as session:
-        job = job_service.get_job_by_id(session, job_id=job_id)
-        if job is None:
-            return None, []
-        rows = job_reads.events_after(session, job_id=job_id, after_id=after_id)
-        out = []
-        for row in rows:
-            data = {"job_id": job_id, **(row.data or {}), "at": iso(row.created_at)}
-            out.append((row.id, row.kind, json.dumps(data, separators=(",", ":"), default=str)))
-        return job.status, out
-
-
-async def _event_stream(job_id: str, after_id: int) -> AsyncIterator[str]:
-    last_sent = time.monotonic()
-    while True:
-        job_status, events = await to_thread.run_sync(_read_events, job_id, after_id)
-        for event_id, kind, data in events:
-            after_id = event_id
-            yield f"id: {event_id}\nevent: {kind}\ndata: {data}\n\n"
-            last_sent = time.monotonic()
-        if job_status is None or job_status in TERMINAL_STATUSES:
-            return
-        if time.monotonic() - last_sent > SSE_KEEPALIVE_SECONDS:
-            yield ": keep-alive\n\n"
-            last_sent = time.monotonic()
-        await anyio.sleep(SSE_POLL_SECONDS)
-
-
 @router.get(
     "/{job_id}/events",
     response_class=StreamingResponse,
     responses={
         **PROBLEMS,
         **NOT_FOUND,
+        429: {"model": Problem, "description": "Too many open event streams for the tenant"},
         200: {
             "description": "Server-Sent Events: `status` (each transition), `progress` (each "
             "epoch) and `cancel_requested`; the stream ends after the terminal status event. "
-            "Each event's `id` can be sent back as `Last-Event-ID` to resume.",
+            "Each event's `id` can be sent back as `Last-Event-ID` to resume. A `: keep-alive` "
+            "comment comes every 15 s while nothing happens.",
             "content": {
-                "text/event-stream": {"schema": {"type": "string"}, "example": SSE_EXAMPLE}
+                "text/event-stream": {"schema": SSE_EVENT_SCHEMA, "example": SSE_EXAMPLE}
             },
         },
     },
 )
-def job_events(
+async def job_events(
     job_id: str,
-    session: SessionDep,
-    tenant: TenantDep,
+    request: Request,
+    _credentials: BearerCredentials,
     last_event_id: Annotated[
         int | None, Header(alias="Last-Event-ID", ge=0, description="Resume after this event")
     ] = None,
 ) -> StreamingResponse:
     """Status changes and per-epoch progress as Server-Sent Events, until the job ends."""
-    job_service.get_job(session, tenant_id=tenant.id, job_id=job_id)
-    return StreamingResponse(
-        _event_stream(job_id, last_event_id or 0),
-        media_type="text/event-stream",
-        headers={"Cache-Control": "no-cache", "X-Accel-Buffering": "no"},
+    settings = request_settings(request)
+    tenant_id = await to_thread.run_sync(
+        _owned_job_tenant, request, settings, job_id, limiter=db_limiter()
     )
+    return open_event_stream(
+        tenant_id=tenant_id,
+        job_id=job_id,
+        after_id=last_event_id or 0,
+        cap=settings.max_event_streams_per_tenant,
+        heartbeat_s=settings.event_stream_heartbeat_seconds,
+    )
+
+
+def _owned_job_tenant(request: Request, settings: Settings, job_id: str) -> str:
+    """Authenticate and check the job is the tenant's, in one short session (404 otherwise)."""
+    with session_scope() as session:
+        tenant = resolve_tenant(request, session, settings)
+        job_service.get_job(session, tenant_id=tenant.id, job_id=job_id)
+        return tenant.id
 
 
 @router.get(

@@ -4,16 +4,22 @@ from __future__ import annotations
 
 from collections.abc import Iterator
 
-from fastapi import APIRouter, Response
+from fastapi import APIRouter, Depends, Request, Response
+from fastapi.security import HTTPBearer
 from prometheus_client import REGISTRY, CollectorRegistry, generate_latest
 from prometheus_client.core import GaugeMetricFamily, HistogramMetricFamily, Metric
 from prometheus_client.registry import Collector
 from sqlalchemy.orm import Session
 
-from api.deps import SessionDep
+from api.deps import SessionDep, SettingsDep
+from api.safety import require_metrics_key
+from api.schemas import Problem
 from core.services import metrics as metric_queries
 
 router = APIRouter(tags=["operations"])
+metrics_scheme = HTTPBearer(
+    auto_error=False, scheme_name="MetricsKey", description="SOFTLABEL_METRICS_KEY"
+)
 PROMETHEUS_TEXT = "text/plain; version=0.0.4; charset=utf-8"
 DURATION_BUCKETS = (1.0, 2.5, 5.0, 10.0, 30.0, 60.0, 120.0, 300.0, 600.0, 1800.0, 3600.0)
 
@@ -69,12 +75,19 @@ class JobStatsCollector(Collector):
                     "example": 'softlabel_jobs{status="queued"} 3.0\n',
                 }
             },
-        }
+        },
+        401: {"model": Problem, "description": "No or a wrong metrics key"},
     },
+    dependencies=[Depends(metrics_scheme)],
 )
-def metrics(session: SessionDep) -> Response:
-    """Prometheus metrics (no API key: scrape it from inside your network)."""
+def metrics(request: Request, session: SessionDep, settings: SettingsDep) -> Response:
+    """Prometheus metrics, service-wide (no per-tenant figures); needs the metrics key."""
+    require_metrics_key(request, settings)
+    return Response(content=exposition(session), media_type=PROMETHEUS_TEXT)
+
+
+def exposition(session: Session) -> bytes:
+    """The metrics text: process-wide series plus the job figures from the database."""
     scrape = CollectorRegistry(auto_describe=False)
     scrape.register(JobStatsCollector(session))
-    body = generate_latest(REGISTRY) + generate_latest(scrape)
-    return Response(content=body, media_type=PROMETHEUS_TEXT)
+    return bytes(generate_latest(REGISTRY) + generate_latest(scrape))

@@ -29,6 +29,7 @@ from torch import Tensor, nn
 from core.ml import calibration, losses
 from core.ml.data import shift_augment
 from core.ml.errors import DeviceUnavailableError, SpecError, TrainingDivergedError, TrainingStopped
+from core.ml.pause import pause_if_requested
 from core.spec import JobSpec
 
 __all__ = [
@@ -534,6 +535,7 @@ def fit(
                 hooks.save_checkpoint(encode_checkpoint(state))
         if hooks.on_epoch:
             hooks.on_epoch(dict(row))
+        pause_if_requested(epoch, hooks.should_stop)
 
     if best_state is not None:  # early stopping keeps the best epoch's weights
         model.load_state_dict(best_state)

@@ -11,15 +11,11 @@ from __future__ import annotations
 
 import hashlib
 import hmac
-import ipaddress
 import json
 import logging
-import socket
 import time
 from typing import Any
-from urllib.parse import urlsplit
 
-import httpx
 from sqlalchemy import select
 from sqlalchemy.orm import Session
 
@@ -28,6 +24,16 @@ from core.errors import ValidationAppError
 from core.models import Job, Tenant, WebhookDelivery
 from core.states import TERMINAL_STATUSES
 from core.timeutil import iso
+from core.webhook_net import (
+    PinnedTarget,
+    Resolver,
+    WebhookUrlError,
+    post_pinned,
+    resolve_checked,
+    system_resolver,
+)
+
+__all__ = ["WebhookUrlError", "check_url", "deliver", "sign", "verify"]
 
 logger = logging.getLogger("softlabel.webhooks")
 SIGNATURE_HEADER = "X-Softlabel-Signature"
@@ -37,42 +43,11 @@ EVENT_HEADER = "X-Softlabel-Event"
 HEADLINE_METRICS = ("accuracy", "nll", "brier", "ece", "ece_adaptive", "mce", "mean_confidence")
 
 
-class WebhookUrlError(ValueError):
-    """The webhook URL is not allowed."""
-
-
-def _is_public(address: str) -> bool:
-    ip = ipaddress.ip_address(address)
-    if isinstance(ip, ipaddress.IPv6Address) and ip.ipv4_mapped is not None:
-        ip = ip.ipv4_mapped
-    return not (
-        ip.is_private
-        or ip.is_loopback
-        or ip.is_link_local
-        or ip.is_multicast
-        or ip.is_reserved
-        or ip.is_unspecified
-    )
-
-
-def check_url(url: str, *, allow_private: bool) -> None:
-    """Raise WebhookUrlError unless every address the URL's host resolves to is public."""
-    parts = urlsplit(url)
-    if parts.scheme not in ("http", "https") or not parts.hostname:
-        raise WebhookUrlError("webhook_url must be an absolute http:// or https:// URL")
-    if allow_private:
-        return
-    try:
-        infos = socket.getaddrinfo(parts.hostname, parts.port or 443, proto=socket.IPPROTO_TCP)
-    except (socket.gaierror, UnicodeError) as exc:
-        raise WebhookUrlError(f"webhook_url host {parts.hostname!r} does not resolve") from exc
-    addresses = {str(info[4][0]) for info in infos}
-    blocked = sorted(a for a in addresses if not _is_public(a.split("%", 1)[0]))
-    if blocked:
-        raise WebhookUrlError(
-            f"webhook_url host {parts.hostname!r} resolves to a private, loopback or link-local "
-            f"address ({', '.join(blocked)}); use a public URL"
-        )
+def check_url(
+    url: str, *, allow_private: bool, resolver: Resolver = system_resolver
+) -> PinnedTarget:
+    """Raise WebhookUrlError unless the URL parses and its host has only global addresses."""
+    return resolve_checked(url, allow_private=allow_private, resolver=resolver)
 
 
 def validate_spec_url(url: str | None, *, settings: Settings) -> None:
@@ -191,9 +166,18 @@ def enqueue_webhook(job_id: str, event: str, attempt: int, *, countdown: float =
 
 
 def deliver(
-    session: Session, *, job_id: str, event: str, attempt: int, settings: Settings
+    session: Session,
+    *,
+    job_id: str,
+    event: str,
+    attempt: int,
+    settings: Settings,
+    resolver: Resolver = system_resolver,
 ) -> bool | None:
-    """POST one signed attempt and log it; True delivered, False retry, None give up."""
+    """POST one signed attempt and log it; True delivered, False retry, None give up.
+
+    The host is resolved once here and the POST connects to that checked address.
+    """
     job = session.get(Job, job_id)
     if job is None:
         return None
@@ -204,7 +188,7 @@ def deliver(
     row = WebhookDelivery(job_id=job_id, url=url, event=event, attempt=attempt)
     session.add(row)
     try:
-        check_url(url, allow_private=settings.webhook_allow_private)
+        target = check_url(url, allow_private=settings.webhook_allow_private, resolver=resolver)
     except WebhookUrlError as exc:  # DNS may have changed since submission
         row.error = str(exc)
         session.flush()
@@ -219,21 +203,15 @@ def deliver(
         DELIVERY_HEADER: f"{job_id}:{event}",
         EVENT_HEADER: event,
     }
-    try:
-        response = httpx.post(
-            url,
-            content=body,
-            headers=headers,
-            timeout=settings.webhook_timeout_seconds,
-            follow_redirects=False,
-        )
-        row.status_code = response.status_code
-        ok = 200 <= response.status_code < 300
-        if not ok:
-            row.error = f"HTTP {response.status_code}: {response.text[:200]}"
-    except httpx.HTTPError as exc:
-        row.error = f"{type(exc).__name__}: {exc}"[:500]
-        ok = False
+    outcome = post_pinned(
+        target, body=body, headers=headers, deadline_s=settings.webhook_timeout_seconds
+    )
+    row.status_code = outcome.status_code
+    ok = outcome.status_code is not None and 200 <= outcome.status_code < 300
+    if outcome.status_code is None:
+        row.error = outcome.excerpt
+    elif not ok:
+        row.error = f"HTTP {outcome.status_code}: {outcome.excerpt}"
     session.flush()
     if ok:
         return True

@@ -27,7 +27,7 @@ from core.services.tenants import create_api_key
 from softlabel.cli import app as cli_app
 from tests.processes import cli
 
-PUBLIC_PATHS = {"/healthz", "/readyz", "/metrics", "/openapi.json", "/docs", "/redoc",
+PUBLIC_PATHS = {"/healthz", "/readyz", "/openapi.json", "/docs", "/redoc",
                 "/docs/oauth2-redirect"}
 PARAM = re.compile(r"\{([^}]+)\}")
 
@@ -148,7 +148,7 @@ def test_lists_show_only_the_callers_objects(
 
 def test_every_non_public_route_refuses_missing_and_invalid_keys(client: Any) -> None:
     guarded = [(m, p) for m, p in ROUTES if p not in PUBLIC_PATHS]
-    assert all(p.startswith("/v1/") for _, p in guarded)
+    assert all(p.startswith("/v1/") or p == "/metrics" for _, p in guarded)
     for method, path in guarded:
         url = PARAM.sub("x", path)
         for headers in ({"Authorization": ""}, {"Authorization": "Bearer sl_nope"},

@@ -4,15 +4,28 @@ from __future__ import annotations
 
 import json
 import time
+from collections.abc import Iterator
+from pathlib import Path
 from typing import Any
+
+import pytest
 
 from core import storage
 from core.db import session_scope
-from tests.processes import wait_for_job
+from core.ml.pause import PAUSE_ENV
+from tests.processes import start_worker, stop_process, wait_for_job
 from worker.checkpoints import CHECKPOINT_NAME
 
 FAST = {"model": {"hidden": [32]}, "training": {"epochs": 3}}
 LONG = {"model": {"hidden": [32]}, "training": {"epochs": 400, "early_stopping": None}}
+
+
+@pytest.fixture
+def worker(db: str, redis_url: str, tmp_path: Path) -> Iterator[object]:
+    """A worker whose training holds after epoch 2 until stopped: the job cannot finish first."""
+    proc = start_worker(tmp_path / "worker.log", env={PAUSE_ENV: "2"})
+    yield proc
+    stop_process(proc)
 
 
 def parse_sse(text: str) -> list[dict[str, Any]]:

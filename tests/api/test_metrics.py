@@ -14,6 +14,19 @@ from core.logging import JsonFormatter
 from core.services import jobs as job_service
 
 PROBLEM = "application/problem+json"
+METRICS_KEY = "metrics-test-key"
+
+
+@pytest.fixture(autouse=True)
+def metrics_key(monkeypatch: pytest.MonkeyPatch) -> Iterator[None]:
+    """This module's app requires METRICS_KEY on /metrics."""
+    from core.config import get_settings
+
+    monkeypatch.setenv("SOFTLABEL_METRICS_KEY", METRICS_KEY)
+    get_settings.cache_clear()
+    yield
+    monkeypatch.delenv("SOFTLABEL_METRICS_KEY")
+    get_settings.cache_clear()
 
 
 def _metric(text: str, line_start: str) -> float:
@@ -30,7 +43,8 @@ def test_metrics_report_jobs_queue_durations_and_latency(client: Any) -> None:
         assert job_service.complete_job(s, job_id=ids[0], owner="w1", result={"ok": True})
     client.get(f"/v1/jobs/{ids[1]}")
     client.get("/v1/jobs/job_missing")
-    resp = client.get("/metrics", headers={"Authorization": ""})
+    assert client.get("/metrics", headers={"Authorization": ""}).status_code == 401
+    resp = client.get("/metrics", headers={"Authorization": f"Bearer {METRICS_KEY}"})
     assert resp.status_code == 200
     assert resp.headers["content-type"].startswith("text/plain")
     text = resp.text

