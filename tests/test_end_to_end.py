@@ -82,6 +82,11 @@ def test_digits_job_succeeds_with_calibrated_result(http: httpx.Client) -> None:
     png = http.get(f"/v1/jobs/{job_id}/artifacts/reliability.png")
     assert png.status_code == 200 and png.headers["content-type"] == "image/png"
     assert png.content[:8] == b"\x89PNG\r\n\x1a\n"
+    # Figures are drawn by the API from the result on first request; the links are there.
+    assert {"reliability.png", "penultimate.png", "model.safetensors"} <= set(result["artifacts"])
+    proj = http.get(result["artifacts"]["penultimate.png"])
+    assert proj.status_code == 200 and proj.content[:8] == b"\x89PNG\r\n\x1a\n"
+    assert http.get(f"/v1/jobs/{job_id}/artifacts/reliability.png").content == png.content
     model = http.get(f"/v1/jobs/{job_id}/artifacts/model.safetensors")
     assert model.status_code == 200
     header_len = int.from_bytes(model.content[:8], "little")

@@ -29,6 +29,7 @@ from core.ml.errors import (
     SpecError,
     TrainingDivergedError,
 )
+from core.ml.figures import figure_names
 from core.services import datasets as dataset_service
 from core.services import fairness, job_reads
 from core.services import jobs as job_service
@@ -207,7 +208,8 @@ def store_result(
     job: ClaimedJob, owner: str, result: dict[str, Any], artifacts: dict[str, bytes]
 ) -> bool:
     """Artifacts, result, status and finished_at in one transaction (owner-checked)."""
-    links = {name: f"/v1/jobs/{job.id}/artifacts/{name}" for name in artifacts}
+    names = [*artifacts, *figure_names(result)]  # figures: drawn by the API on first request
+    links = {name: f"/v1/jobs/{job.id}/artifacts/{name}" for name in names}
 
     def apply(session: Session) -> bool:
         document = _result_document(job, result, links)

@@ -42,6 +42,7 @@ from core.errors import (
     UnauthorizedError,
     ValidationAppError,
 )
+from core.ml import figures
 from core.services import job_reads, webhooks
 from core.services import jobs as job_service
 from core.services.effects import effects
@@ -258,10 +259,15 @@ def get_result(job_id: str, session: SessionDep, tenant: TenantDep) -> dict[str,
 )
 def get_artifact(job_id: str, name: str, session: SessionDep, tenant: TenantDep) -> Response:
     """Download one of a job's artifacts (model.safetensors, reliability.png, ...)."""
-    job_service.get_job(session, tenant_id=tenant.id, job_id=job_id)
+    job = job_service.get_job(session, tenant_id=tenant.id, job_id=job_id)
     found = None
     if name in storage.PUBLIC_JOB_ARTIFACTS:
         found = storage.get_artifact(session, key=storage.job_artifact_key(job_id, name))
+    if found is None and job.status == JobStatus.SUCCEEDED and job.result is not None:
+        png = figures.render_figure(name, job.result, key=job_id)  # drawn on first request
+        if png is not None:
+            return Response(content=png, media_type="image/png",
+                            headers={"Content-Disposition": f'attachment; filename="{name}"'})
     if found is None:
         raise NotFoundError(
             f"Job {job_id} has no artifact {name!r}; available once the job has "

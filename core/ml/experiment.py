@@ -2,7 +2,8 @@
 
 `run_experiment(spec)` loads and prepares the data, builds and trains the model, and
 returns the result document's ML blocks (dataset, test, temperature_scaled, history,
-best_epoch, stopped_early, projection, timing, environment) plus artifacts as bytes.
+best_epoch, stopped_early, projection, timing, environment) plus the model artifacts as
+bytes; its figures are drawn from that document when first requested (`core.ml.figures`).
 It touches no database or broker: progress, cancellation and checkpoints go through
 `TrainHooks`.
 """
@@ -18,7 +19,7 @@ import numpy as np
 import torch
 from safetensors.torch import save as safetensors_save
 
-from core.ml import calibration, plots
+from core.ml import calibration
 from core.ml.data import (
     PreparedData,
     class_names_for,
@@ -182,7 +183,7 @@ def finish_experiment(prep: PreparedExperiment, model: torch.nn.Module, fitted: 
                       ) -> ExperimentOutput:
     """Evaluate the trained model and build the result document and artifacts."""
     spec, cfg, data, names, mcfg = prep.spec, prep.cfg, prep.data, prep.names, prep.mcfg
-    ds_spec, cal = spec.get("dataset", {}), spec.get("calibration", {})
+    cal = spec.get("calibration", {})
     k, image_shape = data.n_classes, prep.image_shape
     Xva, yva, Xte, yte = prep.Xva, prep.yva, prep.Xte, prep.yte
 
@@ -202,10 +203,7 @@ def finish_experiment(prep: PreparedExperiment, model: torch.nn.Module, fitted: 
             logits=scaled_logits, alpha=cfg.alpha)}
     shift = shift_block(prep, model, scaled, val_logits, val_labels)  # None without shifts
 
-    artifacts: dict[str, bytes] = {}
-    title = f"{ds_spec.get('name', ds_spec.get('source'))} {mcfg['arch']} alpha={cfg.alpha:g}"
-    artifacts["reliability.png"] = plots.reliability_diagram_png(
-        test_report, title=f"reliability: {title}")
+    artifacts: dict[str, bytes] = {}  # figures are drawn on request (core.ml.figures)
     projection: dict[str, Any] | None = None
     if k >= 3 and cfg.variant != "binary":
         classes = [int(c) for c in (cal.get("projection_classes") or [0, 1, 2])]
@@ -217,8 +215,6 @@ def finish_experiment(prep: PreparedExperiment, model: torch.nn.Module, fitted: 
         projection = {"classes": classes, "class_names": [names[c] for c in classes],
                       "points": [[round(float(a), 5), round(float(b), 5), int(c)]
                                  for (a, b), c in zip(coords, labs, strict=True)]}
-        artifacts["penultimate.png"] = plots.penultimate_projection_png(
-            coords, labs, names, title=f"penultimate layer: {title}")
 
     state = {k_: v.detach().cpu().contiguous() for k_, v in model.state_dict().items()}
     model_doc = {"model": mcfg, "class_names": names,

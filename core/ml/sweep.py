@@ -30,10 +30,9 @@ Checkpoint/resume is not supported for a stacked group: a retried group starts o
 from __future__ import annotations
 
 import copy
-import math
 import time
-from collections.abc import Callable
-from dataclasses import dataclass
+from collections.abc import Callable, Iterator
+from dataclasses import dataclass, field
 from typing import Any
 
 import numpy as np
@@ -43,6 +42,7 @@ from torch.func import functional_call, stack_module_state, vmap
 
 from core.ml import losses
 from core.ml.data import shift_augment
+from core.ml.early_stopping import EarlyStopping, epoch_row
 from core.ml.errors import SpecError, TrainingDivergedError, TrainingStopped, TrialDivergedError
 from core.ml.experiment import (
     ExperimentOutput,
@@ -56,11 +56,9 @@ from core.ml.train import (
     TrainConfig,
     TrainHooks,
     _autocast,
-    _improved,
     class_logits,
     make_optimizer,
     resolve_device,
-    val_metrics,
 )
 from core.spec import stack_key
 
@@ -171,18 +169,15 @@ class _Net(nn.Module):
 
 @dataclass
 class _Trial:
-    """Per-trial bookkeeping of the epoch loop (mirrors the state `fit` carries)."""
+    """Per-trial bookkeeping of the epoch loop (the state `fit` carries)."""
 
     index: int
     cfg: TrainConfig
     seed_slot: int
-    history: list[dict[str, Any]]
-    best_value: float | None = None
-    best_epoch: int = 0
+    stop: EarlyStopping
+    history: list[dict[str, Any]] = field(default_factory=list)
     best_state: dict[str, Tensor] | None = None
     final_state: dict[str, Tensor] | None = None
-    bad_epochs: int = 0
-    stopped_early: bool = False
     canceled: bool = False
     epochs_run: int = 0
 
@@ -216,7 +211,7 @@ class _StackedLoss:
     means leaves every trial's gradient its own.
     """
 
-    def __init__(self, cfgs: list[TrainConfig], device: torch.device) -> None:
+    def __init__(self, cfgs: list[TrainConfig]) -> None:
         cfg = cfgs[0]
         self.variant, self.form = cfg.variant, cfg.form
         self.prior = torch.tensor(cfg.prior, dtype=torch.float64) if cfg.prior else None
@@ -232,6 +227,143 @@ class _StackedLoss:
             raw.float(), y, self.alphas, self.variant, prior=self.prior, form=self.form)
 
 
+class _Stack:
+    """The active trials' stacked parameters, optimiser and loss; row r belongs to active[r]."""
+
+    def __init__(self, preps: list[PreparedExperiment], device: torch.device) -> None:
+        p0, cfg = preps[0], preps[0].cfg
+        self.cfg, self.device, self.image_shape = cfg, device, p0.image_shape
+        self.models = []
+        for p in preps:  # the same initial weights as run_experiment: seed, then build
+            with torch.random.fork_rng(devices=[]):
+                torch.manual_seed(p.cfg.seed)
+                self.models.append(p.build())
+        params, _ = stack_module_state([_Net(m) for m in self.models])  # type: ignore[arg-type]
+        self.params = {k: v.detach().to(device).requires_grad_(True) for k, v in params.items()}
+        self.base = _Net(copy.deepcopy(self.models[0])).to("meta")
+        self.optimizer = make_optimizer(self.params.values(), cfg, fused=True)
+        self.loss_fn = _StackedLoss([p.cfg for p in preps])
+        seeds = sorted({p.cfg.seed for p in preps})
+        self.orders = [torch.Generator().manual_seed(s) for s in seeds]
+        self.augs = [torch.Generator().manual_seed(s + 1) for s in seeds]
+        self.trials = [_Trial(i, p.cfg, seeds.index(p.cfg.seed),
+                              EarlyStopping(cfg.early_stopping_metric, cfg.patience))
+                       for i, p in enumerate(preps)]
+        self.active = list(self.trials)
+
+    def call(self, p: dict[str, Tensor], x: Tensor) -> Tensor:
+        """The base net's raw outputs under one trial's parameters (vmapped over trials)."""
+        return functional_call(self.base, p, (x,))
+
+    def keep(self, rows: list[int]) -> None:
+        """Keep only the active rows `rows` (the others' weights and state stop changing)."""
+        if len(rows) == len(self.active):
+            return
+        self.active = [self.active[r] for r in rows]
+        if self.active:
+            self.params, self.optimizer = _compact(self.params, self.optimizer, rows, self.cfg)
+            self.loss_fn.keep(rows)
+
+    def batches(self, X: Tensor, y: Tensor) -> Iterator[tuple[Tensor, Tensor, bool]]:
+        """Each batch of one epoch: inputs, labels, whether they are stacked per trial."""
+        n, bs, cfg = len(X), self.cfg.batch_size, self.cfg
+        slots = sorted({t.seed_slot for t in self.active})
+        perms = {s: torch.randperm(n, generator=self.orders[s]).to(self.device) for s in slots}
+        rows_slot = torch.tensor([slots.index(t.seed_slot) for t in self.active],
+                                 device=self.device)
+        for start in range(0, n, bs):
+            xs, ys = [], []
+            for s in slots:
+                idx = perms[s][start:start + bs]
+                xb = X[idx]
+                if cfg.augment and self.image_shape is not None:
+                    xb = shift_augment(xb, self.image_shape, self.augs[s])
+                xs.append(xb)
+                ys.append(y[idx])
+            if len(slots) == 1:
+                yield xs[0], ys[0], False
+            else:
+                yield torch.stack(xs)[rows_slot], torch.stack(ys)[rows_slot], True
+
+    def train_epoch(self, X: Tensor, y: Tensor, hooks: TrialHooks) -> list[float]:
+        """One epoch over the data for every active trial; their mean training losses."""
+        self.base.train()
+        totals = torch.zeros(len(self.active), dtype=torch.float64, device=self.device)
+        for xb, yb, stacked in self.batches(X, y):
+            with _autocast(self.device):
+                raw = vmap(self.call, in_dims=(0, 0 if stacked else None))(self.params, xb)
+            per_trial = self.loss_fn(raw, yb)
+            self.optimizer.zero_grad(set_to_none=True)
+            per_trial.sum().backward()
+            self.optimizer.step()
+            totals += per_trial.detach().double() * yb.shape[-1]
+            if hooks.should_stop is not None and (reason := hooks.should_stop()):
+                raise TrainingStopped(reason)
+        return (totals / len(X)).tolist()
+
+    @torch.no_grad()
+    def validate(self, Xva: Tensor) -> Tensor:
+        """Raw validation outputs (T, N, K or 1) of every active trial, on the CPU."""
+        self.base.eval()
+        chunks, step = [], self.cfg.eval_batch_size
+        for start in range(0, len(Xva), step):
+            with _autocast(self.device):
+                chunks.append(vmap(self.call, in_dims=(0, None))(
+                    self.params, Xva[start:start + step]).float().cpu())
+        return torch.cat(chunks, dim=1)
+
+    def end_epoch(self, epoch: int, train_losses: list[float], val_raw: Tensor,
+                  labels: Tensor, hooks: TrialHooks) -> list[int]:
+        """The rule of `fit` for every active trial; the rows that train on."""
+        still: list[int] = []
+        for r, t in enumerate(self.active):
+            try:
+                row = epoch_row(epoch, train_losses[r], class_logits(val_raw[r]), labels,
+                                self.cfg.n_bins)
+            except TrainingDivergedError as err:
+                raise TrialDivergedError(t.index, epoch) from err
+            t.history.append(row)
+            t.epochs_run += 1
+            if t.stop.update(row):
+                t.best_state = _trial_state(self.params, r)
+            if hooks.on_epoch:
+                hooks.on_epoch(t.index, dict(row))
+            if not t.stop.stopped:
+                still.append(r)
+        return still
+
+
+def _drop_canceled(stack: _Stack, hooks: TrialHooks) -> None:
+    """Take the trials canceled since the last epoch out of the stack."""
+    if hooks.trial_canceled is None:
+        return
+    keep = [r for r, t in enumerate(stack.active) if not hooks.trial_canceled(t.index)]
+    for r, t in enumerate(stack.active):
+        t.canceled = r not in keep
+    stack.keep(keep)
+
+
+def _train_stack(stack: _Stack, p0: PreparedExperiment, hooks: TrialHooks) -> float:
+    """Every epoch of the stacked trials (until all stopped or were canceled); seconds taken."""
+    X, y = p0.Xtr.to(stack.device), p0.ytr.to(stack.device)
+    Xva, labels = p0.Xva.to(stack.device), p0.yva.cpu()
+    t0 = time.perf_counter()
+    for epoch in range(1, stack.cfg.epochs + 1):
+        _drop_canceled(stack, hooks)
+        if not stack.active:
+            break
+        train_losses = stack.train_epoch(X, y, hooks)
+        still = stack.end_epoch(epoch, train_losses, stack.validate(Xva), labels, hooks)
+        if epoch == stack.cfg.epochs:
+            for r, t in enumerate(stack.active):
+                t.final_state = _trial_state(stack.params, r)
+        else:
+            stack.keep(still)
+            if not stack.active:
+                break
+    return time.perf_counter() - t0
+
+
 def _run_stacked(preps: list[PreparedExperiment], hooks: TrialHooks
                  ) -> list[ExperimentOutput | None]:
     """Train all trials as one stacked model, then finish each like a standalone experiment."""
@@ -240,118 +372,10 @@ def _run_stacked(preps: list[PreparedExperiment], hooks: TrialHooks
     if cfg0.augment and p0.image_shape is None:
         raise SpecError("training.augment shifts images and needs image-shaped data; set it "
                         "to false for this dataset")
-    models = []
-    for p in preps:  # the same initial weights as run_experiment: seed, then build
-        with torch.random.fork_rng(devices=[]):
-            torch.manual_seed(p.cfg.seed)
-            models.append(p.build())
-    params, _ = stack_module_state([_Net(m) for m in models])  # type: ignore[arg-type]
-    params = {k: v.detach().to(device).requires_grad_(True) for k, v in params.items()}
-    base = _Net(copy.deepcopy(models[0])).to("meta")
-    optimizer = make_optimizer(params.values(), cfg0, fused=True)
-
-    seeds = sorted({p.cfg.seed for p in preps})
-    orders = [torch.Generator().manual_seed(s) for s in seeds]
-    augs = [torch.Generator().manual_seed(s + 1) for s in seeds]
-    trials = [_Trial(i, p.cfg, seeds.index(p.cfg.seed), []) for i, p in enumerate(preps)]
-    active = list(trials)  # row r of the stacked tensors is active[r]
-    X, y = p0.Xtr.to(device), p0.ytr.to(device)
-    Xva, yva = p0.Xva.to(device), p0.yva.to(device)
-    loss_fn = _StackedLoss([p.cfg for p in preps], device)
-    metric, n, bs = cfg0.early_stopping_metric, len(X), cfg0.batch_size
-
-    def call(p: dict[str, Tensor], x: Tensor) -> Tensor:
-        return functional_call(base, p, (x,))
-
-    t0 = time.perf_counter()
-    for epoch in range(1, cfg0.epochs + 1):
-        keep = [r for r, t in enumerate(active)
-                if not (hooks.trial_canceled and hooks.trial_canceled(t.index))]
-        for r, t in enumerate(active):
-            t.canceled = r not in keep
-        if len(keep) < len(active):
-            active = [active[r] for r in keep]
-            if not active:
-                break
-            params, optimizer = _compact(params, optimizer, keep, cfg0)
-            loss_fn.keep(keep)
-
-        # ---- one epoch over the data, all active trials per batch
-        base.train()
-        slots = sorted({t.seed_slot for t in active})
-        perms = {s: torch.randperm(n, generator=orders[s]).to(device) for s in slots}
-        rows_slot = torch.tensor([slots.index(t.seed_slot) for t in active], device=device)
-        totals = torch.zeros(len(active), dtype=torch.float64, device=device)
-        for start in range(0, n, bs):
-            xs, ys = [], []
-            for s in slots:
-                idx = perms[s][start:start + bs]
-                xb = X[idx]
-                if cfg0.augment and p0.image_shape is not None:
-                    xb = shift_augment(xb, p0.image_shape, augs[s])
-                xs.append(xb)
-                ys.append(y[idx])
-            with _autocast(device):
-                if len(slots) == 1:
-                    raw = vmap(call, in_dims=(0, None))(params, xs[0])
-                else:
-                    raw = vmap(call, in_dims=(0, 0))(params, torch.stack(xs)[rows_slot])
-            yb = ys[0] if len(slots) == 1 else torch.stack(ys)[rows_slot]
-            per_trial = loss_fn(raw, yb)
-            optimizer.zero_grad(set_to_none=True)
-            per_trial.sum().backward()
-            optimizer.step()
-            totals += per_trial.detach().double() * yb.shape[-1]
-            if hooks.should_stop is not None and (reason := hooks.should_stop()):
-                raise TrainingStopped(reason)
-        train_losses = (totals / n).tolist()
-
-        # ---- validation, batched over trials
-        base.eval()
-        chunks = []
-        with torch.no_grad():
-            for start in range(0, len(Xva), cfg0.eval_batch_size):
-                with _autocast(device):
-                    chunks.append(vmap(call, in_dims=(0, None))(
-                        params, Xva[start:start + cfg0.eval_batch_size]).float().cpu())
-        val_raw = torch.cat(chunks, dim=1)
-        labels = yva.cpu()
-
-        # ---- per-trial bookkeeping (the rule of `fit`)
-        still: list[int] = []
-        for r, t in enumerate(active):
-            logits = class_logits(val_raw[r])
-            if not (math.isfinite(train_losses[r]) and bool(torch.isfinite(logits).all())):
-                raise TrialDivergedError(t.index, epoch)
-            row = {"epoch": epoch, "train_loss": train_losses[r],
-                   **val_metrics(logits, labels, cfg0.n_bins)}
-            t.history.append(row)
-            t.epochs_run += 1
-            if metric is None:
-                t.best_epoch = epoch
-            elif _improved(row[metric], t.best_value, metric):
-                t.best_value, t.best_epoch, t.bad_epochs = row[metric], epoch, 0
-                t.best_state = _trial_state(params, r)
-            else:
-                t.bad_epochs += 1
-                t.stopped_early = t.bad_epochs >= cfg0.patience
-            if hooks.on_epoch:
-                hooks.on_epoch(t.index, dict(row))
-            if not t.stopped_early:
-                still.append(r)
-        if epoch == cfg0.epochs:
-            for r, t in enumerate(active):
-                t.final_state = _trial_state(params, r)
-        elif len(still) < len(active):
-            active = [active[r] for r in still]
-            if not active:
-                break
-            params, optimizer = _compact(params, optimizer, still, cfg0)
-            loss_fn.keep(still)
-    train_s = time.perf_counter() - t0
-
+    stack = _Stack(preps, device)
+    train_s = _train_stack(stack, p0, hooks)
     outputs: list[ExperimentOutput | None] = []
-    for t, p, model in zip(trials, preps, models, strict=True):
+    for t, p, model in zip(stack.trials, preps, stack.models, strict=True):
         if t.canceled:
             outputs.append(None)
             continue
@@ -360,10 +384,9 @@ def _run_stacked(preps: list[PreparedExperiment], hooks: TrialHooks
         model.load_state_dict(state)
         model.to(device)
         fitted = FitResult(
-            history=t.history, best_epoch=t.best_epoch, stopped_early=t.stopped_early,
+            history=t.history, best_epoch=t.stop.best_epoch, stopped_early=t.stop.stopped,
             train_s=train_s,
-            samples_per_s=len(X) * t.epochs_run / train_s if train_s > 0 else 0.0,
-            device=str(device), extra={"stacked_trials": len(trials)})
+            samples_per_s=len(p0.Xtr) * t.epochs_run / train_s if train_s > 0 else 0.0,
+            device=str(device), extra={"stacked_trials": len(stack.trials)})
         outputs.append(finish_experiment(p, model, fitted))
     return outputs
-

@@ -13,22 +13,21 @@ import contextlib
 import functools
 import json
 import logging
-import math
 import time
 from collections.abc import Callable, Iterable
 from dataclasses import asdict, dataclass, field
 from typing import Any
 
 import torch
-import torch.nn.functional as F
 from pydantic import ValidationError
 from safetensors.torch import load as safetensors_load
 from safetensors.torch import save as safetensors_save
 from torch import Tensor, nn
 
-from core.ml import calibration, losses
+from core.ml import losses
 from core.ml.data import shift_augment
-from core.ml.errors import DeviceUnavailableError, SpecError, TrainingDivergedError, TrainingStopped
+from core.ml.early_stopping import EarlyStopping, epoch_row, val_metrics
+from core.ml.errors import DeviceUnavailableError, SpecError, TrainingStopped
 from core.ml.pause import pause_if_requested
 from core.spec import JobSpec
 
@@ -50,7 +49,6 @@ __all__ = [
 
 CHECKPOINT_FORMAT = 2  # 1 was torch.save (zip + restricted unpickler); 2 is safetensors
 logger = logging.getLogger(__name__)
-METRICS = {"val_nll": "min", "val_ece": "min", "val_accuracy": "max"}
 
 
 @dataclass
@@ -230,17 +228,6 @@ def evaluate(
     return torch.cat(logits), y.cpu(), torch.cat(feats)
 
 
-def val_metrics(logits: Tensor, labels: Tensor, n_bins: int = 15) -> dict[str, float]:
-    """Validation NLL, accuracy and ECE from class logits."""
-    logp = F.log_softmax(logits.double(), dim=1)
-    return {
-        "val_nll": float(F.nll_loss(logp, labels)),
-        "val_accuracy": float((logits.argmax(1) == labels).double().mean()),
-        "val_ece": float(calibration.expected_calibration_error(logp.exp().float(), labels,
-                                                                n_bins)),
-    }
-
-
 # --------------------------------------------------------------------------- checkpoints
 
 
@@ -418,13 +405,6 @@ def load_checkpoint(blob: bytes) -> dict[str, Any]:
     return ckpt
 
 
-def _improved(value: float, best: float | None, metric: str) -> bool:
-    """Strict improvement of an early-stopping metric in its direction."""
-    if best is None:
-        return True
-    return value < best if METRICS[metric] == "min" else value > best
-
-
 # --------------------------------------------------------------------------- the loop
 
 
@@ -460,12 +440,10 @@ def fit(
     order = torch.Generator().manual_seed(cfg.seed)
     aug = torch.Generator().manual_seed(cfg.seed + 1)
     config_json = json.dumps({"train": asdict(cfg), "fingerprint": fingerprint}, sort_keys=True)
-    metric = cfg.early_stopping_metric
-
     # state carried across epochs (and through checkpoints)
     epoch, history = 0, []
-    best_value: float | None = None
-    best_epoch, best_state, bad_epochs, stopped_early = 0, None, 0, False
+    stop = EarlyStopping(cfg.early_stopping_metric, cfg.patience)
+    best_state: dict[str, Tensor] | None = None
     resumed_from: int | None = None
 
     blob = hooks.load_checkpoint() if hooks.load_checkpoint else None
@@ -490,14 +468,13 @@ def fit(
             if device.type == "cuda" and ckpt["rng"]["cuda"] is not None:
                 torch.cuda.set_rng_state_all(ckpt["rng"]["cuda"])
             epoch, history = ckpt["epoch"], list(ckpt["history"])
-            best_value, best_epoch = ckpt["best_value"], ckpt["best_epoch"]
-            best_state, bad_epochs = ckpt["best_state"], ckpt["bad_epochs"]
-            stopped_early = ckpt["stopped_early"]
-            resumed_from = epoch
+            stop = EarlyStopping(cfg.early_stopping_metric, cfg.patience, ckpt["best_value"],
+                                 ckpt["best_epoch"], ckpt["bad_epochs"], ckpt["stopped_early"])
+            best_state, resumed_from = ckpt["best_state"], epoch
 
     t0 = time.perf_counter()
     epochs_run = 0
-    while epoch < cfg.epochs and not stopped_early:
+    while epoch < cfg.epochs and not stop.stopped:
         epoch += 1
         train_loss = train_one_epoch(
             model, optimizer, X_train, y_train, cfg, order=order,
@@ -505,29 +482,20 @@ def fit(
             should_stop=hooks.should_stop,
         )
         logits, labels, _ = evaluate(model, X_val, y_val, batch_size=cfg.eval_batch_size)
-        if not (math.isfinite(train_loss) and bool(torch.isfinite(logits).all())):
-            raise TrainingDivergedError(epoch)
-        row = {"epoch": epoch, "train_loss": train_loss,
-               **val_metrics(logits, labels, cfg.n_bins)}
+        row = epoch_row(epoch, train_loss, logits, labels, cfg.n_bins)
         history.append(row)
         epochs_run += 1
-
-        if metric is None:
-            best_epoch = epoch
-        elif _improved(row[metric], best_value, metric):
-            best_value, best_epoch, best_state, bad_epochs = row[metric], epoch, \
-                _cpu_state(model), 0
-        else:
-            bad_epochs += 1
-            stopped_early = bad_epochs >= cfg.patience
+        if stop.update(row):
+            best_state = _cpu_state(model)
 
         if hooks.save_checkpoint or hooks.checkpoint_ready:
             state = {
                 "config": config_json, "epoch": epoch,
                 "model": model.state_dict(), "optimizer": optimizer.state_dict(),
                 "rng": _rng_state(order, aug, device), "history": history,
-                "best_value": best_value, "best_epoch": best_epoch, "best_state": best_state,
-                "bad_epochs": bad_epochs, "stopped_early": stopped_early,
+                "best_value": stop.best_value, "best_epoch": stop.best_epoch,
+                "best_state": best_state, "bad_epochs": stop.bad_epochs,
+                "stopped_early": stop.stopped,
             }
             if hooks.checkpoint_ready:
                 hooks.checkpoint_ready(functools.partial(encode_checkpoint, _frozen(state)))
@@ -541,7 +509,7 @@ def fit(
         model.load_state_dict(best_state)
     train_s = time.perf_counter() - t0
     return FitResult(
-        history=history, best_epoch=best_epoch, stopped_early=stopped_early, train_s=train_s,
+        history=history, best_epoch=stop.best_epoch, stopped_early=stop.stopped, train_s=train_s,
         samples_per_s=len(X_train) * epochs_run / train_s if train_s > 0 else 0.0,
         device=str(device), resumed_from_epoch=resumed_from,
     )

@@ -13,6 +13,7 @@ from safetensors.torch import load as safetensors_load
 
 from core.ml.errors import SpecError, TrainingStopped
 from core.ml.experiment import run_experiment
+from core.ml.figures import figure_names, render_figure
 from core.ml.train import TrainHooks
 from core.ml.upload import to_npz_bytes
 
@@ -73,9 +74,14 @@ def test_digits_mlp_is_accurate_and_calibrated(digits_run):
 
 def test_artifacts(digits_run):
     art = digits_run.artifacts
-    assert set(art) == {"model.safetensors", "model.json", "reliability.png", "penultimate.png"}
+    assert set(art) == {"model.safetensors", "model.json"}  # figures: drawn on request
+    result = {**digits_run.result, "spec": DEFAULT}
+    assert figure_names(result) == ["reliability.png", "penultimate.png"]
     for name in ("reliability.png", "penultimate.png"):
-        assert art[name].startswith(b"\x89PNG")
+        png = render_figure(name, result, key="test_artifacts")
+        assert png is not None and png.startswith(b"\x89PNG")
+        assert render_figure(name, result, key="test_artifacts") is png  # drawn once
+    assert render_figure("model.json", result, key="test_artifacts") is None
     state = safetensors_load(art["model.safetensors"])
     assert state["head.weight"].shape == (10, 256)
     doc = json.loads(art["model.json"])
@@ -162,7 +168,8 @@ def test_binary_variant_on_breast_cancer():
                      model__hidden=[16], training__epochs=20)
     out = run_experiment(spec)
     assert out.result["test"]["accuracy"] > 0.9 and out.result["projection"] is None
-    assert set(out.artifacts) == {"model.safetensors", "model.json", "reliability.png"}
+    assert set(out.artifacts) == {"model.safetensors", "model.json"}
+    assert figure_names(out.result) == ["reliability.png"]  # no projection for one logit
     assert safetensors_load(out.artifacts["model.safetensors"])["head.weight"].shape == (1, 16)
 
 

@@ -84,3 +84,12 @@ def test_metric_vs_alpha_png():
     _assert_sane(metric_vs_alpha_png(rows, metrics=("ece",)))
     with pytest.raises(ValueError, match="at least one row"):
         metric_vs_alpha_png([])
+
+
+def test_figure_title_from_a_resolved_spec():
+    from core.ml.figures import figure_title
+
+    spec = {"dataset": {"source": "builtin", "name": "digits"}, "model": {"arch": "cnn"},
+            "loss": {"alpha": 0.05}}
+    assert figure_title(spec) == "digits cnn alpha=0.05"
+    assert figure_title({"dataset": {"source": "upload", "id": "ds_1"}}) == "upload mlp alpha=0.1"

@@ -89,7 +89,7 @@ def test_each_trial_equals_its_standalone_job(stacked: Any, standalone: Any) -> 
         a, b = out.result, ref.result
         assert set(a) == set(b)
         assert set(out.artifacts) == set(ref.artifacts) == {
-            "model.safetensors", "model.json", "reliability.png", "penultimate.png"}
+            "model.safetensors", "model.json"}
         assert a["test"]["accuracy"] == b["test"]["accuracy"]
         assert a["best_epoch"] == b["best_epoch"]
         assert a["stopped_early"] == b["stopped_early"]
