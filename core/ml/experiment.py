@@ -18,7 +18,7 @@ import numpy as np
 import torch
 from safetensors.torch import save as safetensors_save
 
-from core.ml import calibration, plots
+from core.ml import calibration, plots, posthoc
 from core.ml.data import (
     PreparedData,
     class_names_for,
@@ -29,8 +29,10 @@ from core.ml.data import (
 )
 from core.ml.errors import SpecError
 from core.ml.nets import build_model, model_config
+from core.ml.predictions import predictions_npz
 from core.ml.train import FitResult, TrainConfig, TrainHooks, evaluate, fit
 from core.ml.upload import arch_incompatibility
+from core.spec import DEFAULT_POSTHOC
 
 __all__ = [
     "ExperimentOutput",
@@ -199,7 +201,11 @@ def finish_experiment(prep: PreparedExperiment, model: torch.nn.Module, fitted: 
             torch.softmax(scaled_logits.double(), dim=1).float(), test_labels, n_bins,
             logits=scaled_logits, alpha=cfg.alpha)}
 
-    artifacts: dict[str, bytes] = {}
+    posthoc_block = posthoc.posthoc_report(
+        list(cal.get("posthoc", DEFAULT_POSTHOC)), val_logits, val_labels, test_logits,
+        test_labels, n_bins=n_bins, alpha=cfg.alpha)
+    artifacts: dict[str, bytes] = {"predictions.npz": predictions_npz(
+        data, val_logits, val_labels, test_logits, test_labels)}
     title = f"{ds_spec.get('name', ds_spec.get('source'))} {mcfg['arch']} alpha={cfg.alpha:g}"
     artifacts["reliability.png"] = plots.reliability_diagram_png(
         test_report, title=f"reliability: {title}")
@@ -234,6 +240,7 @@ def finish_experiment(prep: PreparedExperiment, model: torch.nn.Module, fitted: 
         },
         "test": test_report,
         "temperature_scaled": scaled,
+        "posthoc": posthoc_block,
         "history": fitted.history,
         "best_epoch": fitted.best_epoch,
         "stopped_early": fitted.stopped_early,

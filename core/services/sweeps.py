@@ -79,7 +79,7 @@ def create_sweep(
         status="queued",
         request=document,
         tags=dict(request.base.tags),
-        n_trials=n,
+        n_trials=len(specs),
         created_at=now,
     )
     session.add(sweep)
@@ -200,7 +200,7 @@ def _trials(session: Session, sweep_id: str) -> list[Trial]:
     for job in rows:
         spec = job.spec
         context = {}
-        for axis in ("model.arch", "label_noise", "optimizer.weight_decay"):
+        for axis in (a for a in SHORT_AXIS_NAMES if a not in ("loss.alpha", "training.seed")):
             node: Any = spec
             for part in axis.split("."):
                 node = node.get(part) if isinstance(node, dict) else None
@@ -258,6 +258,10 @@ def render_plots(report: dict[str, Any]) -> dict[str, bytes]:
         out[f"reliability_overlay{suffix}.png"] = plots.reliability_overlay_png(
             overlay, title=title
         )
+    if "loss.method" in (report.get("axes") or {}):
+        from core.ml.method_plots import method_plots
+
+        out.update(method_plots(report["rows"]))
     return out
 
 
