@@ -102,6 +102,7 @@ def _affine(z: Tensor, y: Tensor, *, full: bool) -> Calibrator:
 
     opt.step(closure)
     w_fit, b_fit = w.detach().clone(), b.detach().clone()
+    b_fit -= b_fit.mean()  # softmax ignores a common shift: report the identifiable part
     name = "matrix_scaling" if full else "vector_scaling"
     params: dict[str, Any] = {"bias": b_fit.tolist(), "l2": L2_PENALTY}
     params["matrix" if full else "scale"] = w_fit.tolist()

@@ -73,7 +73,8 @@ def test_digits_mlp_is_accurate_and_calibrated(digits_run):
 
 def test_artifacts(digits_run):
     art = digits_run.artifacts
-    assert set(art) == {"model.safetensors", "model.json", "reliability.png", "penultimate.png"}
+    assert set(art) == {"model.safetensors", "model.json", "reliability.png", "penultimate.png",
+                        "predictions.npz"}
     for name in ("reliability.png", "penultimate.png"):
         assert art[name].startswith(b"\x89PNG")
     state = safetensors_load(art["model.safetensors"])
@@ -162,7 +163,8 @@ def test_binary_variant_on_breast_cancer():
                      model__hidden=[16], training__epochs=20)
     out = run_experiment(spec)
     assert out.result["test"]["accuracy"] > 0.9 and out.result["projection"] is None
-    assert set(out.artifacts) == {"model.safetensors", "model.json", "reliability.png"}
+    assert set(out.artifacts) == {"model.safetensors", "model.json", "reliability.png",
+                                 "predictions.npz"}
     assert safetensors_load(out.artifacts["model.safetensors"])["head.weight"].shape == (1, 16)
 
 
