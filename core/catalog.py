@@ -13,10 +13,14 @@ from core.ml.upload import BUILTIN_DATASETS, compatible_archs
 from core.models import FAILURE_REASONS
 from core.spec import (
     ARCHS,
+    DEFAULT_POSTHOC,
     DEVICES,
     EARLY_STOPPING_METRICS,
     FORMS,
+    LOSS_METHODS,
+    METHOD_PARAMS,
     OPTIMIZERS,
+    POSTHOC_METHODS,
     VARIANTS,
     ModelSpec,
     OptimizerSpec,
@@ -99,9 +103,34 @@ TEST_METRICS: dict[str, str] = {
     "mean_entropy": "mean entropy of the predicted distribution",
     "reliability": "per bin: lo, hi, count, confidence, accuracy",
     "logit_gap": "z_y - mean of the other logits: mean, median and its optimum under smoothing",
+    "smooth_ece": "smooth ECE (Blasiok & Nakkiran 2024; relplot.smECE) on top-label pairs",
+    "ece_debiased_l2": "debiased top-label L2 calibration error, 15 equal-mass bins (Kumar 2019)",
+    "ece_sweep": "ECE with the most equal-mass bins keeping accuracies monotone (Roelofs 2022)",
+    "ece_sweep_bins": "the bin count ece_sweep chose",
+    "ci95": "bootstrap 95 % intervals over examples of ece and smooth_ece (1000 resamples)",
 }
 
-SCALAR_TEST_METRICS = tuple(k for k in TEST_METRICS if k not in ("reliability", "logit_gap"))
+SCALAR_TEST_METRICS = tuple(
+    k for k in TEST_METRICS if k not in ("reliability", "logit_gap", "ci95", "ece_sweep_bins"))
+
+LOSS_METHOD_INFO: dict[str, dict[str, str]] = {
+    "label_smoothing": {"loss": "cross-entropy against the smoothed target (loss.alpha, "
+                                "loss.variant, loss.form)", "reference": "Szegedy et al. 2016"},
+    "margin": {"loss": "CE + margin_weight * mean_{i,k} ReLU(max_j z_ij - z_ik - margin)",
+               "reference": "MbLS, Liu et al. CVPR 2022"},
+    "focal": {"loss": "-(1 - p_t)^gamma log p_t", "reference": "Lin et al. 2017"},
+    "focal_adaptive": {"loss": "focal with gamma 5 for p_t < 0.2, 3 for p_t < 0.5, else gamma",
+                       "reference": "FLSD-53, Mukhoti et al. 2020"},
+    "confidence_penalty": {"loss": "CE - beta * H(p)", "reference": "Pereyra et al. 2017"},
+}
+POSTHOC_INFO: dict[str, str] = {
+    "temperature": "one temperature T minimising validation NLL",
+    "vector_scaling": "per-class scale and bias of the logits (L2 towards identity)",
+    "matrix_scaling": "a full affine map of the logits (L2 towards identity)",
+    "histogram_binning": "one-vs-rest, 15 equal-width bins, renormalised",
+    "isotonic": "one-vs-rest isotonic regression, renormalised",
+    "platt": "binary tasks: logistic regression on z_1 - z_0",
+}
 
 HISTORY_METRICS: dict[str, str] = {
     "train_loss": "mean label-smoothed training loss of the epoch",
@@ -150,6 +179,12 @@ def build_catalog(*, settings: Settings) -> dict[str, Any]:
         "model_defaults": model_defaults,
         "loss_variants": [{"name": v, **VARIANT_INFO[v]} for v in VARIANTS],
         "loss_forms": list(FORMS),
+        "loss_methods": [
+            {"name": m, "parameters": dict(METHOD_PARAMS[m]), **LOSS_METHOD_INFO[m]}
+            for m in LOSS_METHODS
+        ],
+        "posthoc_methods": [{"name": m, "description": POSTHOC_INFO[m],
+                             "default": m in DEFAULT_POSTHOC} for m in POSTHOC_METHODS],
         "optimizers": [{"name": o, "description": OPTIMIZER_INFO[o]} for o in OPTIMIZERS],
         "optimizer_defaults": optimizer_defaults,
         "devices": [{"name": d, "description": DEVICE_INFO[d]} for d in DEVICES],

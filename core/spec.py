@@ -26,6 +26,20 @@ FORMS: tuple[str, ...] = get_args(Form)
 OPTIMIZERS: tuple[str, ...] = get_args(OptimizerName)
 EARLY_STOPPING_METRICS: tuple[str, ...] = get_args(ValMetric)
 DEVICES: tuple[str, ...] = get_args(Device)
+LossMethod = Literal["label_smoothing", "margin", "focal", "focal_adaptive", "confidence_penalty"]
+LOSS_METHODS: tuple[str, ...] = get_args(LossMethod)
+# The parameters each loss.method reads (label_smoothing reads alpha/variant/prior/form).
+METHOD_PARAMS: dict[str, dict[str, float]] = {
+    "label_smoothing": {},
+    "margin": {"margin": 10.0, "margin_weight": 0.1},
+    "focal": {"gamma": 3.0},
+    "focal_adaptive": {"gamma": 3.0},
+    "confidence_penalty": {"beta": 0.1},
+}
+PosthocMethod = Literal["temperature", "vector_scaling", "matrix_scaling", "histogram_binning",
+                        "isotonic", "platt"]
+POSTHOC_METHODS: tuple[str, ...] = get_args(PosthocMethod)
+DEFAULT_POSTHOC = ("temperature", "vector_scaling", "isotonic")
 
 
 class Strict(BaseModel):
@@ -105,6 +119,31 @@ class LossSpec(Strict):
     variant: Variant = "uniform"
     prior: list[Annotated[float, Field(ge=0, le=1)]] | None = Field(default=None, max_length=1000)
     form: Form = "ce"
+    method: LossMethod = "label_smoothing"
+    gamma: float | None = Field(default=None, ge=0, le=100)
+    margin: float | None = Field(default=None, gt=0, le=1e4)
+    margin_weight: float | None = Field(default=None, ge=0, le=1e3)
+    beta: float | None = Field(default=None, ge=0, le=100)
+
+    @model_validator(mode="after")
+    def _check_method(self) -> LossSpec:
+        own = METHOD_PARAMS[self.method]
+        for name in ("gamma", "margin", "margin_weight", "beta"):
+            if name not in own and getattr(self, name) is not None:
+                users = [m for m, p in METHOD_PARAMS.items() if name in p]
+                raise ValueError(f"loss.{name} applies only to loss.method {' or '.join(users)}, "
+                                 f"not {self.method!r}; remove it")
+            if name in own and getattr(self, name) is None:
+                setattr(self, name, own[name])
+        if self.method != "label_smoothing":
+            if "alpha" in self.model_fields_set and self.alpha != 0:
+                raise ValueError(f"loss.alpha applies only to loss.method 'label_smoothing', "
+                                 f"not {self.method!r}; remove it or set it to 0")
+            if self.variant != "uniform" or self.form != "ce":
+                raise ValueError(f"loss.variant and loss.form apply only to loss.method "
+                                 f"'label_smoothing'; remove them for {self.method!r}")
+            self.alpha = 0.0
+        return self
 
     @model_validator(mode="after")
     def _check_prior(self) -> LossSpec:
@@ -154,6 +193,14 @@ class CalibrationSpec(Strict):
     projection_classes: list[Annotated[int, Field(ge=0)]] | None = Field(
         default=None, min_length=3, max_length=3
     )
+    posthoc: list[PosthocMethod] = Field(
+        default_factory=lambda: list[PosthocMethod](["temperature", "vector_scaling", "isotonic"]),
+        max_length=6)
+
+    @field_validator("posthoc")
+    @classmethod
+    def _distinct_posthoc(cls, value: list[str]) -> list[str]:
+        return _distinct(value, "calibration.posthoc")
 
 
 # --- Evaluation under shift (issue 16) -----------------------------------------------------
@@ -274,8 +321,26 @@ class SweepAxes(Strict):
     split_train_fraction: list[Annotated[float, Field(gt=0, le=1)]] | None = Field(
         default=None, alias="split.train_fraction", min_length=1, max_length=16
     )
+    loss_method: list[
+        Literal["label_smoothing", "margin", "focal", "focal_adaptive", "confidence_penalty"]
+    ] | None = Field(default=None, alias="loss.method", min_length=1, max_length=5)
+    loss_gamma: list[Annotated[float, Field(ge=0, le=100)]] | None = Field(
+        default=None, alias="loss.gamma", min_length=1, max_length=16
+    )
+    loss_margin: list[Annotated[float, Field(gt=0, le=1e4)]] | None = Field(
+        default=None, alias="loss.margin", min_length=1, max_length=16
+    )
+    loss_margin_weight: list[Annotated[float, Field(ge=0, le=1e3)]] | None = Field(
+        default=None, alias="loss.margin_weight", min_length=1, max_length=16
+    )
+    loss_beta: list[Annotated[float, Field(ge=0, le=100)]] | None = Field(
+        default=None, alias="loss.beta", min_length=1, max_length=16
+    )
 
-    @field_validator("label_noise", "model_arch", "optimizer_weight_decay", "split_train_fraction")
+    @field_validator(
+        "label_noise", "model_arch", "optimizer_weight_decay", "split_train_fraction",
+        "loss_method", "loss_gamma", "loss_margin", "loss_margin_weight", "loss_beta",
+    )
     @classmethod
     def _no_repeats(cls, value: list[Any] | None) -> list[Any] | None:
         return None if value is None else _distinct(value, "an axis")
@@ -287,6 +352,11 @@ class SweepAxes(Strict):
             "model.arch": self.model_arch,
             "optimizer.weight_decay": self.optimizer_weight_decay,
             "split.train_fraction": self.split_train_fraction,
+            "loss.method": self.loss_method,
+            "loss.gamma": self.loss_gamma,
+            "loss.margin": self.loss_margin,
+            "loss.margin_weight": self.loss_margin_weight,
+            "loss.beta": self.loss_beta,
         }
         return {name: list(v) for name, v in values.items() if v is not None}
 
@@ -343,6 +413,29 @@ def set_path(spec: dict[str, Any], path: str, value: Any) -> None:
     for part in parents:
         node = node.setdefault(part, {})
     node[leaf] = value
+
+
+def applicable_point(spec: dict[str, Any], point: dict[str, Any]) -> dict[str, Any]:
+    """Make a trial's spec dict and grid point agree with its loss.method, in place.
+
+    A sweep crosses loss.method with α and the method parameters; α applies only to
+    label_smoothing and each parameter only to its methods, so those values are dropped
+    (α set to 0, the parameter to None) and the point keeps what the trial really uses.
+    Trials that then coincide are the same trial (the caller keeps the first).
+    """
+    loss = spec.setdefault("loss", {})
+    method = loss.get("method", "label_smoothing")
+    own = METHOD_PARAMS.get(method, {})
+    kept = dict(point)
+    for name in ("gamma", "margin", "margin_weight", "beta"):
+        if name not in own:
+            loss[name] = None
+            kept.pop(f"loss.{name}", None)
+    if method != "label_smoothing":
+        loss["alpha"] = 0.0
+        if "loss.alpha" in kept:
+            kept["loss.alpha"] = 0.0
+    return kept
 
 
 def stack_key(spec: dict[str, Any]) -> str:

@@ -143,4 +143,5 @@ def job_artifact_key(job_id: str, name: str) -> str:
     return f"jobs/{job_id}/{name}"
 
 
-PUBLIC_JOB_ARTIFACTS = ("model.safetensors", "model.json", "reliability.png", "penultimate.png")
+PUBLIC_JOB_ARTIFACTS = ("model.safetensors", "model.json", "reliability.png", "penultimate.png",
+                        "predictions.npz")

@@ -240,6 +240,8 @@ class PreparedData:
     y_train_clean: np.ndarray
     label_noise_changed: int
     sha256: str
+    val_index: np.ndarray | None = None  # rows of the loaded dataset (predictions.npz)
+    test_index: np.ndarray | None = None
 
 
 def prepare_data(
@@ -277,6 +279,8 @@ def prepare_data(
         y_train_clean=y[tr],
         label_noise_changed=changed,
         sha256=dataset_sha256(X, y),
+        val_index=np.asarray(va, dtype=np.int64),
+        test_index=np.asarray(te, dtype=np.int64),
     )
 
 

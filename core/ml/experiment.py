@@ -19,7 +19,7 @@ import numpy as np
 import torch
 from safetensors.torch import save as safetensors_save
 
-from core.ml import calibration
+from core.ml import calibration, posthoc
 from core.ml.data import (
     PreparedData,
     class_names_for,
@@ -30,9 +30,11 @@ from core.ml.data import (
 )
 from core.ml.errors import SpecError
 from core.ml.nets import build_model, model_config
+from core.ml.predictions import predictions_npz
 from core.ml.shifts import shift_block
 from core.ml.train import FitResult, TrainConfig, TrainHooks, evaluate, fit
 from core.ml.upload import arch_incompatibility
+from core.spec import DEFAULT_POSTHOC
 
 __all__ = [
     "ExperimentOutput",
@@ -203,7 +205,12 @@ def finish_experiment(prep: PreparedExperiment, model: torch.nn.Module, fitted: 
             logits=scaled_logits, alpha=cfg.alpha)}
     shift = shift_block(prep, model, scaled, val_logits, val_labels)  # None without shifts
 
-    artifacts: dict[str, bytes] = {}  # figures are drawn on request (core.ml.figures)
+    posthoc_block = posthoc.posthoc_report(
+        list(cal.get("posthoc", DEFAULT_POSTHOC)), val_logits, val_labels, test_logits,
+        test_labels, n_bins=n_bins, alpha=cfg.alpha)
+    # figures are drawn on request (core.ml.figures); the raw predictions are stored now
+    artifacts: dict[str, bytes] = {"predictions.npz": predictions_npz(
+        data, val_logits, val_labels, test_logits, test_labels)}
     projection: dict[str, Any] | None = None
     if k >= 3 and cfg.variant != "binary":
         classes = [int(c) for c in (cal.get("projection_classes") or [0, 1, 2])]
@@ -234,6 +241,7 @@ def finish_experiment(prep: PreparedExperiment, model: torch.nn.Module, fitted: 
         "test": test_report,
         "temperature_scaled": scaled,
         "shift": shift,
+        "posthoc": posthoc_block,
         "history": fitted.history,
         "best_epoch": fitted.best_epoch,
         "stopped_early": fitted.stopped_early,

@@ -53,6 +53,7 @@ from core.ml.loss_kernel import (
     make_plan,
     smoothing,
 )
+from core.ml.methods import *  # noqa: F403  (margin, focal, FLSD-53, confidence penalty)
 from core.spec import FORMS, VARIANTS  # noqa: E402  (the spec's vocabularies, written once)
 
 REDUCTIONS = ("mean", "sum", "none")

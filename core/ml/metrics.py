@@ -10,6 +10,7 @@ import numpy as np
 import torch
 from torch import Tensor
 
+from core.ml import estimators
 from core.ml.metric_helpers import (
     CHUNK_ELEMS,
     NLL_CLAMP,
@@ -294,7 +295,7 @@ def calibration_report(
     alpha = check_alpha(alpha)
     state = _State(check_n_bins(n_bins))
     state.update(probs, labels, logits)
-    return state.report(alpha)
+    return {**state.report(alpha), **estimators.estimator_report(probs, labels, n_bins)}
 
 
 def expected_calibration_error(

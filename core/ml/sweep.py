@@ -86,6 +86,7 @@ class TrialHooks:
 def can_stack(prep: PreparedExperiment) -> bool:
     """Whether trials of this prepared spec train stacked (else one after another)."""
     return (prep.mcfg["arch"] in STACKABLE_ARCHS and prep.mcfg["dropout"] == 0.0
+            and prep.cfg.method == "label_smoothing"  # only label smoothing is stacked
             and not any(True for _ in prep.build().buffers()))
 
 

@@ -24,7 +24,7 @@ from safetensors.torch import load as safetensors_load
 from safetensors.torch import save as safetensors_save
 from torch import Tensor, nn
 
-from core.ml import losses
+from core.ml import losses, methods
 from core.ml.data import shift_augment
 from core.ml.early_stopping import EarlyStopping, epoch_row, val_metrics
 from core.ml.errors import DeviceUnavailableError, SpecError, TrainingStopped
@@ -82,6 +82,8 @@ class TrainConfig:
     variant: str = "uniform"
     prior: list[float] | None = None
     form: str = "ce"
+    method: str = "label_smoothing"
+    method_params: dict[str, float] = field(default_factory=dict)
     early_stopping_metric: str | None = "val_nll"
     patience: int = 5
     n_bins: int = 15
@@ -109,6 +111,7 @@ class TrainConfig:
             prior=None if loss.prior is None else [float(p) for p in loss.prior],
             form=loss.form, early_stopping_metric=es.metric if es else None,
             patience=es.patience if es else 0, n_bins=job.calibration.n_bins,
+            method=loss.method, method_params=methods.params_from_spec(loss.model_dump()),
         )
 
 
@@ -170,6 +173,8 @@ def class_logits(raw: Tensor) -> Tensor:
 
 def compute_loss(raw: Tensor, y: Tensor, cfg: TrainConfig, prior: Tensor | None) -> Tensor:
     """The label-smoothed loss of core.ml.losses for one batch (binary: one logit per row)."""
+    if cfg.method != "label_smoothing":
+        return methods.method_loss(raw.float(), y, cfg.method, cfg.method_params)
     logits = raw.float().squeeze(1) if cfg.variant == "binary" else raw.float()
     return losses.label_smoothed_cross_entropy(logits, y, cfg.alpha, cfg.variant,
                                                prior=prior, form=cfg.form)

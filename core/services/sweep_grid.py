@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import itertools
+import json
 from typing import Any
 
 from pydantic import ValidationError
@@ -10,7 +11,7 @@ from sqlalchemy.orm import Session
 
 from core.errors import ValidationAppError
 from core.services.specs import check_job_spec
-from core.spec import JobSpec, SweepSpec, set_path, stack_key
+from core.spec import JobSpec, SweepSpec, applicable_point, set_path, stack_key
 
 ALPHA, SEED = "loss.alpha", "training.seed"
 SHORT_AXIS_NAMES = {
@@ -20,6 +21,11 @@ SHORT_AXIS_NAMES = {
     "model.arch": "arch",
     "optimizer.weight_decay": "weight_decay",
     "split.train_fraction": "train_fraction",
+    "loss.method": "method",
+    "loss.gamma": "gamma",
+    "loss.margin": "margin",
+    "loss.margin_weight": "margin_weight",
+    "loss.beta": "beta",
 }
 
 
@@ -60,12 +66,17 @@ def expand_trials(
     base = request.base.resolved()
     specs, points, dataset_id = [], [], None
     checked: dict[str, tuple[dict[str, Any], str | None]] = {}
+    seen: set[str] = set()
     for values in itertools.product(*grid.values()):
         point = dict(zip(grid, values, strict=True))
         raw = {k: v for k, v in base.items() if k not in ("tags",)}
         raw = JobSpec.model_validate(raw).resolved()  # a deep copy
         for path, value in point.items():
             set_path(raw, path, value)
+        point = applicable_point(raw, point)  # α and method parameters only where they apply
+        if (seen_key := json.dumps(raw, sort_keys=True)) in seen:
+            continue
+        seen.add(seen_key)
         key = stack_key(raw)
         if key not in checked:  # α and seed never change what check_job_spec decides
             try:

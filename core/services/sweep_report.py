@@ -24,6 +24,7 @@ from typing import Any
 import numpy as np
 
 from core.catalog import SCALAR_TEST_METRICS
+from core.services.method_report import method_fields, recommend_pair
 
 TEST_METRICS = SCALAR_TEST_METRICS
 SCALED_METRICS = ("ece", "nll", "accuracy")
@@ -163,6 +164,7 @@ def _row(alpha: float, context: dict[str, Any], trials: list[Trial]) -> dict[str
         "ece_ci95": ece_interval(results),
         "reliability": pooled_bins(results),
         "pareto": False,
+        **method_fields(results, summarize),
     }
 
 
@@ -245,6 +247,7 @@ def build_report(
             "chosen_on": "validation metrics at each trial's best epoch, mean over seeds",
             "by_context": by_context,
         },
+        "recommended_pair": recommend_pair(rows, objective),
         "pareto_front": [
             {
                 "alpha": rows[i]["alpha"],

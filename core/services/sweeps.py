@@ -80,7 +80,7 @@ def create_sweep(
         status="queued",
         request=document,
         tags=dict(request.base.tags),
-        n_trials=n,
+        n_trials=len(specs),
         created_at=now,
     )
     session.add(sweep)
@@ -201,7 +201,7 @@ def _trials(session: Session, sweep_id: str) -> list[Trial]:
     for job in rows:
         spec = job.spec
         context = {}
-        for axis in ("model.arch", "label_noise", "optimizer.weight_decay", "split.train_fraction"):
+        for axis in (a for a in SHORT_AXIS_NAMES if a not in ("loss.alpha", "training.seed")):
             node: Any = spec
             for part in axis.split("."):
                 node = node.get(part) if isinstance(node, dict) else None
@@ -266,6 +266,10 @@ def render_plots(report: dict[str, Any]) -> dict[str, bytes]:
     from core.ml import curve_plots  # learning curves and ECE under shift (issue 16)
 
     out.update(curve_plots.render(report))
+    if "loss.method" in (report.get("axes") or {}):
+        from core.ml.method_plots import method_plots
+
+        out.update(method_plots(report["rows"]))
     return out
 
 

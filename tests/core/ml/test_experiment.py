@@ -74,7 +74,7 @@ def test_digits_mlp_is_accurate_and_calibrated(digits_run):
 
 def test_artifacts(digits_run):
     art = digits_run.artifacts
-    assert set(art) == {"model.safetensors", "model.json"}  # figures: drawn on request
+    assert set(art) == {"model.safetensors", "model.json", "predictions.npz"}
     result = {**digits_run.result, "spec": DEFAULT}
     assert figure_names(result) == ["reliability.png", "penultimate.png"]
     for name in ("reliability.png", "penultimate.png"):
@@ -168,7 +168,7 @@ def test_binary_variant_on_breast_cancer():
                      model__hidden=[16], training__epochs=20)
     out = run_experiment(spec)
     assert out.result["test"]["accuracy"] > 0.9 and out.result["projection"] is None
-    assert set(out.artifacts) == {"model.safetensors", "model.json"}
+    assert set(out.artifacts) == {"model.safetensors", "model.json", "predictions.npz"}
     assert figure_names(out.result) == ["reliability.png"]  # no projection for one logit
     assert safetensors_load(out.artifacts["model.safetensors"])["head.weight"].shape == (1, 16)
 

@@ -1,0 +1,318 @@
+"""Estimators of calibration error beyond binned ECE (SPEC §5.2), on top-label pairs.
+
+With confidence c_i = max_k p_ik and correct_i = [argmax_k p_ik == y_i]:
+
+* ``smooth_ece`` — Błasiok & Nakkiran 2024 as the `relplot` package computes ``smECE``: the
+  residuals c − correct and the ones are rounded linearly onto a grid of
+  ``max(2000, round(20/σ)) // 2 + 1`` points, convolved with a Gaussian reflected at 0 and 1,
+  read at ``max(round(10/σ), 200)`` points t, and smECE_σ = Σ_t |r̂(t)| / Σ_t (d̂(t) + 1e-4);
+  σ is found by relplot's bisection (10 halvings from 1) for the fixed point σ = smECE_σ.
+* ``ece_debiased_l2`` — Kumar et al. 2019 (`calibration.lower_bound_scaling_ce(p=2,
+  debias=True, num_bins=15, mode="top-label")`): equal-mass bins (np.array_split of the sorted
+  confidences, edges at midpoints), per bin (conf_b − acc_b)² − acc_b(1 − acc_b)/(n_b − 1)
+  (bins of fewer than 2 dropped), weighted by n_b/N, clipped at 0, square root.
+* ``ece_sweep`` — Roelofs et al. 2022: equal-mass bins (as ece_adaptive: sorted position i goes
+  to bin floor(i·b/N)); b grows from 1 while the bin accuracies stay non-decreasing, and the
+  last such b is used for the L1 ECE.
+* ``ci95`` — percentile bootstrap over examples (1000 resamples, seed 0, all in one vectorised
+  pass) of the equal-width ECE and of smooth ECE (its bandwidth held at the full sample's σ).
+  Above BOOTSTRAP_MAX_EXAMPLES examples a seeded subsample of that size is resampled, which
+  gives the (wider, conservative) interval of an estimate from that many examples.
+"""
+
+from __future__ import annotations
+
+import math
+from typing import Any
+
+import numpy as np
+import torch
+from scipy.signal import fftconvolve
+from torch import Tensor
+
+__all__ = [
+    "BOOTSTRAP_MAX_EXAMPLES",
+    "bootstrap_intervals",
+    "ece_debiased_l2",
+    "ece_sweep",
+    "estimator_report",
+    "smooth_ece",
+    "top_label",
+]
+
+BOOTSTRAP_RESAMPLES = 1000
+BOOTSTRAP_SEED = 0
+BOOTSTRAP_MAX_EXAMPLES = 2000
+_DENSITY_EPS = 1e-4  # relplot's BaseKernelMixin.smooth eps
+_DIRECT_CONV_MAX = 4000  # grids above this convolve by FFT (equal to ~1e-12)
+
+
+def top_label(probs: Tensor, labels: Tensor) -> tuple[np.ndarray, np.ndarray]:
+    """(confidence float64, correct float64) numpy arrays of the top-label pairs."""
+    if not isinstance(probs, Tensor) or probs.ndim != 2:
+        raise ValueError(f"Expected argument `probs` to be a 2D tensor, but got "
+                         f"{getattr(probs, 'shape', type(probs).__name__)}")
+    if not isinstance(labels, Tensor) or labels.shape != probs.shape[:1]:
+        raise ValueError(f"Expected argument `labels` to have shape ({probs.shape[0]},), "
+                         f"but got {getattr(labels, 'shape', labels)!r}")
+    conf, pred = probs.detach().cpu().max(dim=1)
+    correct = (pred == labels.detach().cpu()).double()
+    return conf.double().numpy(), correct.numpy()
+
+
+# ------------------------------------------------------------------------------- smooth ECE
+
+
+def _grid_size(sigma: float) -> int:
+    return max(2000, round(20 / sigma)) // 2 + 1
+
+
+def _round_to_grid(f: np.ndarray, values: np.ndarray, g: int, rows: np.ndarray | None = None,
+                   n_rows: int = 1) -> np.ndarray:
+    """relplot.kernels.smooth_round_to_grid, for one row or for `rows` (one per value)."""
+    scaled = f * (g - 1)
+    bins = scaled.astype(np.int64).clip(0, g - 2)
+    frac = scaled - bins
+    base = bins if rows is None else rows * g + bins
+    out = np.bincount(base, weights=(1 - frac) * values, minlength=n_rows * g)
+    out += np.bincount(base + 1, weights=frac * values, minlength=n_rows * g)
+    return out.reshape(n_rows, g)
+
+
+def _kernel(g: int, sigma: float) -> np.ndarray:
+    t = np.linspace(0, 1, g)
+    return np.exp(-(t - 0.5) * (t - 0.5) / (2 * sigma**2)) / (np.sqrt(2 * np.pi) * sigma)
+
+
+def _reflected_conv(values: np.ndarray, sigma: float) -> np.ndarray:
+    """relplot's ReflectedGaussianKernel.convolve on each row of `values` (rows, G)."""
+    g = values.shape[1]
+    ker = _kernel(g, sigma)
+    ext = np.concatenate([values[:, ::-1][:, :-1], values, values[:, ::-1][:, 1:]], axis=1)
+    if g <= _DIRECT_CONV_MAX and len(values) == 1:
+        full = np.convolve(ext[0], ker, "valid")[None, :]
+    else:
+        full = fftconvolve(ext, ker[None, :], mode="valid", axes=1)
+    return full[:, g // 2: g // 2 + g]
+
+
+def _interpolate(t: np.ndarray, y: np.ndarray) -> np.ndarray:
+    """relplot.kernels.interpolate along the last axis of y."""
+    g = y.shape[-1]
+    inds = (t * (g - 1)).astype(np.int64).clip(0, g - 2)
+    residual = (t - inds * (1 / (g - 1))) / (1 / (g - 1))
+    return y[..., inds] * (1 - residual) + y[..., inds + 1] * residual
+
+
+def _smece_from_grids(res_grid: np.ndarray, ones_grid: np.ndarray, sigma: float) -> np.ndarray:
+    """smECE_σ per row from the grid-rounded residuals and ones."""
+    t = np.linspace(0, 1, max(round(10 / sigma), 200))
+    r = _interpolate(t, _reflected_conv(res_grid, sigma))
+    d = _interpolate(t, _reflected_conv(ones_grid, sigma)) + _DENSITY_EPS
+    return np.abs(r).sum(axis=1) / d.sum(axis=1)
+
+
+def _smoothing_matrix(g: int, sigma: float) -> np.ndarray:
+    """The linear map grid values (G,) -> interpolated reflected convolution at the t points.
+
+    Row x of the convolution is sum_u ext[x + G//2 + u] * ker[G-1-u], where ext is the grid
+    reflected at both ends; each ext position names a grid index, so the (G, G) matrix is one
+    bincount, and the interpolation at t mixes two of its rows.
+    """
+    ker = _kernel(g, sigma)
+    m = np.arange(3 * g - 2)
+    source = np.where(m < g - 1, g - 1 - m, np.where(m < 2 * g - 1, m - (g - 1), 3 * g - 3 - m))
+    x, u = np.meshgrid(np.arange(g), np.arange(g), indexing="ij")
+    flat = x * g + source[x + g // 2 + u]
+    conv = np.bincount(flat.ravel(), weights=np.broadcast_to(ker[::-1], (g, g)).ravel(),
+                       minlength=g * g).reshape(g, g)
+    t = np.linspace(0, 1, max(round(10 / sigma), 200))
+    inds = (t * (g - 1)).astype(np.int64).clip(0, g - 2)
+    residual = ((t - inds * (1 / (g - 1))) / (1 / (g - 1)))[:, None]
+    return conv[inds] * (1 - residual) + conv[inds + 1] * residual
+
+
+def _bootstrap_smece(f: np.ndarray, res: np.ndarray, flat: np.ndarray, resamples: int,
+                     sigma: float) -> np.ndarray:
+    """smECE at a fixed σ of every resample (rows of `flat`, example indices)."""
+    g = _grid_size(sigma)
+    scaled = f * (g - 1)
+    bins = scaled.astype(np.int64).clip(0, g - 2)
+    frac = scaled - bins
+    n = flat.size // resamples
+    base = (np.repeat(np.arange(resamples) * g, n) + bins[flat])
+    grids = []
+    for w in (res, np.ones_like(res)):
+        lo, hi = ((1 - frac) * w)[flat], (frac * w)[flat]
+        grid = np.bincount(base, weights=lo, minlength=resamples * g)
+        grid += np.bincount(base + 1, weights=hi, minlength=resamples * g)
+        grids.append(grid.reshape(resamples, g))
+    if g > 2 * _grid_size(0.01):  # a (G, G) matrix would be large: convolve by FFT instead
+        return _smece_from_grids(grids[0], grids[1], sigma)
+    lmat = _smoothing_matrix(g, sigma)
+    r, d = grids[0] @ lmat.T, grids[1] @ lmat.T + _DENSITY_EPS
+    return np.abs(r).sum(axis=1) / d.sum(axis=1)
+
+
+class _SmoothECE:
+    """smECE_σ of one sample for any σ, reusing the grid rounding per grid size."""
+
+    def __init__(self, conf: np.ndarray, correct: np.ndarray) -> None:
+        self.f, self.r = conf, conf - correct
+        self.grids: dict[int, tuple[np.ndarray, np.ndarray]] = {}
+
+    def at(self, sigma: float) -> float:
+        g = _grid_size(sigma)
+        if g not in self.grids:
+            self.grids[g] = (_round_to_grid(self.f, self.r, g),
+                             _round_to_grid(self.f, np.ones_like(self.f), g))
+        return float(_smece_from_grids(*self.grids[g], sigma)[0])
+
+    def fixed_point(self, eps: float = 0.001) -> tuple[float, float]:
+        """(smECE, σ) with relplot's search_param(check, start=1, refine=10)."""
+        def check(sigma: float) -> bool:
+            return sigma < eps or sigma < self.at(sigma)
+
+        if check(1.0):
+            return self.at(1.0), 1.0
+        start, end = 1.0, 0.0
+        for _ in range(10):
+            mid = (start + end) / 2
+            if check(mid):
+                end = mid
+            else:
+                start = mid
+        return self.at(start), start
+
+
+def smooth_ece(probs: Tensor, labels: Tensor) -> float:
+    """Smooth ECE (relplot.smECE) of the top-label (confidence, correct) pairs."""
+    conf, correct = top_label(probs, labels)
+    if conf.size == 0:
+        return math.nan
+    return _SmoothECE(conf, correct).fixed_point()[0]
+
+
+# ------------------------------------------------------------------------------- binned
+
+
+def ece_debiased_l2(probs: Tensor, labels: Tensor, n_bins: int = 15) -> float:
+    """Kumar et al.'s debiased top-label L2 calibration error over equal-mass bins."""
+    conf, correct = top_label(probs, labels)
+    return _debiased_l2(conf, correct, np.sort(conf), n_bins)
+
+
+def _debiased_l2(conf: np.ndarray, correct: np.ndarray, s: np.ndarray, n_bins: int) -> float:
+    """ece_debiased_l2 from the pairs and the sorted confidences `s`."""
+    n = conf.size
+    if n == 0:
+        return math.nan
+    m = min(int(n_bins), n)
+    sizes = np.full(m, n // m) + (np.arange(m) < n % m)
+    ends = np.cumsum(sizes)[:-1]
+    edges = np.unique(np.append((s[ends - 1] + s[ends]) / 2.0, 1.0))
+    idx = np.searchsorted(edges, conf, side="left")
+    count = np.bincount(idx, minlength=len(edges)).astype(np.float64)
+    conf_sum = np.bincount(idx, weights=conf, minlength=len(edges))
+    acc_sum = np.bincount(idx, weights=correct, minlength=len(edges))
+    ok = count >= 2
+    c, mean_conf, mean_acc = count[ok], conf_sum[ok] / count[ok], acc_sum[ok] / count[ok]
+    terms = (mean_conf - mean_acc) ** 2 - mean_acc * (1 - mean_acc) / (c - 1)
+    return float(max(float(np.dot(c / n, terms)), 0.0) ** 0.5)
+
+
+def _equal_mass_stats(prefix_conf: np.ndarray, prefix_acc: np.ndarray, n: int, b: int
+                      ) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """Counts, confidence sums and accuracy sums of b equal-mass bins (sorted positions)."""
+    starts = -((-np.arange(b + 1) * n) // b)  # ceil(j * n / b): first position of bin j
+    counts = np.diff(starts).astype(np.float64)
+    return counts, np.diff(prefix_conf[starts]), np.diff(prefix_acc[starts])
+
+
+def ece_sweep(probs: Tensor, labels: Tensor) -> tuple[float, int]:
+    """(ECE_sweep, its bin count): the most equal-mass bins with monotone accuracies."""
+    conf, correct = top_label(probs, labels)
+    return _ece_sweep(conf, correct, np.argsort(conf, kind="stable"))
+
+
+def _ece_sweep(conf: np.ndarray, correct: np.ndarray, order: np.ndarray) -> tuple[float, int]:
+    """ece_sweep from the pairs and their stable sort order."""
+    n = conf.size
+    if n == 0:
+        return math.nan, 0
+    prefix_conf = np.concatenate([[0.0], np.cumsum(conf[order])])
+    prefix_acc = np.concatenate([[0.0], np.cumsum(correct[order])])
+    best = 1
+    for b in range(2, n + 1):
+        counts, _, acc_sum = _equal_mass_stats(prefix_conf, prefix_acc, n, b)
+        if np.any(np.diff(acc_sum / counts) < 0):
+            break
+        best = b
+    counts, conf_sum, acc_sum = _equal_mass_stats(prefix_conf, prefix_acc, n, best)
+    return float(np.abs(acc_sum - conf_sum).sum() / n), best
+
+
+# ------------------------------------------------------------------------------- bootstrap
+
+
+def _percentiles(samples: np.ndarray) -> list[float]:
+    lo, hi = np.percentile(samples, [2.5, 97.5])
+    return [float(lo), float(hi)]
+
+
+def bootstrap_intervals(probs: Tensor, labels: Tensor, n_bins: int = 15, *,
+                        resamples: int = BOOTSTRAP_RESAMPLES, seed: int = BOOTSTRAP_SEED,
+                        max_examples: int = BOOTSTRAP_MAX_EXAMPLES) -> dict[str, Any]:
+    """Percentile 95 % intervals of ECE and smooth ECE from resampling examples."""
+    conf32 = probs.detach().cpu().max(dim=1).values
+    conf, correct = top_label(probs, labels)
+    return _bootstrap(conf32, conf, correct, n_bins, resamples, seed, max_examples)
+
+
+def _bootstrap(conf32: Tensor, conf: np.ndarray, correct: np.ndarray, n_bins: int,
+               resamples: int, seed: int, max_examples: int) -> dict[str, Any]:
+    """bootstrap_intervals from the confidences (probs dtype and float64) and correctness."""
+    n_all = conf.size
+    out: dict[str, Any] = {"ece": None, "smooth_ece": None, "resamples": resamples,
+                           "seed": seed, "level": 0.95, "n": min(n_all, max_examples)}
+    if n_all == 0:
+        return out
+    rng = np.random.default_rng(seed)
+    keep = np.sort(rng.permutation(n_all)[:max_examples]) if n_all > max_examples \
+        else np.arange(n_all)
+    edges = (torch.arange(1, n_bins, dtype=torch.float64) / n_bins).to(conf32.dtype)
+    bins = torch.bucketize(conf32[torch.from_numpy(keep)], edges).numpy()
+    f, res = conf[keep], conf[keep] - correct[keep]
+    n = keep.size
+    idx = rng.integers(0, n, size=(resamples, n))
+    rows = np.repeat(np.arange(resamples), n)
+    flat = idx.ravel()
+    sums = np.bincount(rows * n_bins + bins[flat], weights=res[flat],
+                       minlength=resamples * n_bins).reshape(resamples, n_bins)
+    out["ece"] = _percentiles(np.abs(sums).sum(axis=1) / n)
+    sigma = _SmoothECE(f, correct[keep]).fixed_point()[1]
+    out["smooth_ece"] = _percentiles(_bootstrap_smece(f, res, flat, resamples, sigma))
+    out["smooth_ece_sigma"] = sigma
+    return out
+
+
+def estimator_report(probs: Tensor, labels: Tensor, n_bins: int = 15) -> dict[str, Any]:
+    """The estimators' entries of a test block: smooth_ece, ece_debiased_l2, ece_sweep, ci95."""
+    if not isinstance(probs, Tensor) or probs.ndim != 2:
+        top_label(probs, labels)  # raises the argument error
+    values, pred = probs.detach().cpu().max(dim=1)  # one pass over (N, K)
+    if not isinstance(labels, Tensor) or labels.shape != probs.shape[:1]:
+        top_label(probs, labels)
+    correct = (pred == labels.detach().cpu()).double().numpy()
+    conf = values.double().numpy()
+    order = np.argsort(conf, kind="stable")
+    smooth = _SmoothECE(conf, correct).fixed_point()[0] if conf.size else math.nan
+    sweep, sweep_bins = _ece_sweep(conf, correct, order)
+    return {
+        "smooth_ece": smooth,
+        "ece_debiased_l2": _debiased_l2(conf, correct, conf[order], 15),
+        "ece_sweep": sweep,
+        "ece_sweep_bins": sweep_bins,
+        "ci95": _bootstrap(values, conf, correct, n_bins, BOOTSTRAP_RESAMPLES, BOOTSTRAP_SEED,
+                           BOOTSTRAP_MAX_EXAMPLES),
+    }
