@@ -9,7 +9,8 @@ from __future__ import annotations
 from typing import Any
 
 from core.config import Settings
-from core.ml.upload import BUILTIN_DATASETS, compatible_archs
+from core.ml.arch_compat import compatible_archs
+from core.ml.builtin_datasets import BUILTIN_DATASETS
 from core.models import FAILURE_REASONS
 from core.spec import (
     ARCHS,

@@ -11,11 +11,15 @@ PACKAGES = ("api", "core", "worker", "softlabel")
 JOB_STATE_HOME = "core/services/jobs.py"
 # The columns of a job's state: its status, its lease and its attempt.
 STATE_COLUMNS = {"status", "lease_owner", "lease_expires_at", "attempt"}
-# core/ml is being split by another change; the size rule covers it once that lands.
-SIZE_EXCLUDED = ("core/ml/",)
 # Functions over the limit in files other changes own right now (middleware: issue 17, the
-# demo: issue 14); each is to be split there, then removed from this list.
-KNOWN_OVERSIZED = {("api/middleware.py", "__call__"), ("softlabel/demo.py", "run_demo")}
+# demo: issue 14; the training loop, the stacked sweep trainer and the result document: issue
+# 11's epoch/early-stopping helper and lazy figures are rewriting them); each is to be split
+# there, then removed from this list.
+KNOWN_OVERSIZED = {
+    ("softlabel/demo.py", "run_demo"),
+    ("core/ml/train.py", "fit"),
+    ("core/ml/experiment.py", "finish_experiment"),
+}
 MAX_MODULE_LINES = 400
 MAX_FUNCTION_LINES = 60
 RAW_JOB_UPDATE = re.compile(r"\bupdate\s+job\b", re.IGNORECASE)
@@ -133,10 +137,22 @@ def _oversized(rel: str, tree: ast.Module, text: str) -> list[str]:
 def test_no_module_or_function_over_the_size_limits() -> None:
     offenders = {
         rel: problems
-        for rel, tree, text in _modules(exclude=SIZE_EXCLUDED)
+        for rel, tree, text in _modules()
         if (problems := _oversized(rel, tree, text))
     }
     assert not offenders, f"over the size limits: {offenders}"
+
+
+def test_the_oversized_list_holds_only_oversized_functions() -> None:
+    """An entry whose function was split (or removed) must leave KNOWN_OVERSIZED."""
+    lengths = {
+        (rel, node.name): (node.end_lineno or node.lineno) - node.lineno + 1
+        for rel, tree, _ in _modules()
+        for node in ast.walk(tree)
+        if isinstance(node, ast.FunctionDef | ast.AsyncFunctionDef)
+    }
+    stale = sorted(e for e in KNOWN_OVERSIZED if lengths.get(e, 0) <= MAX_FUNCTION_LINES)
+    assert not stale, f"within the limits now, drop them from KNOWN_OVERSIZED: {stale}"
 
 
 def _imports(tree: ast.Module) -> set[str]:

@@ -16,7 +16,7 @@ from api.deps import CursorQuery, LimitQuery, SessionDep, SettingsDep, TenantDep
 from api.schemas import Problem
 from core.config import Settings
 from core.errors import PayloadTooLargeError, ValidationAppError
-from core.ml.upload import compatible_archs
+from core.ml.arch_compat import compatible_archs
 from core.models import Dataset
 from core.services import datasets as dataset_service
 from core.timeutil import iso

@@ -14,14 +14,10 @@ from typing import Any
 import numpy as np
 import torch
 
+from core.ml.arch_compat import arch_incompatibility, compatible_archs
+from core.ml.builtin_datasets import BUILTIN_DATASETS
 from core.ml.errors import InvalidDatasetError, SpecError
-from core.ml.upload import (
-    BUILTIN_DATASETS,
-    arch_incompatibility,
-    compatible_archs,
-    dataset_sha256,
-    validate_arrays,
-)
+from core.ml.upload import dataset_sha256, validate_arrays
 
 __all__ = [
     "BUILTIN_DATASETS",

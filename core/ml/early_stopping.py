@@ -8,11 +8,10 @@ from dataclasses import dataclass
 from typing import Any
 
 import torch
-import torch.nn.functional as F
 from torch import Tensor
 
-from core.ml import calibration
 from core.ml.errors import TrainingDivergedError
+from core.ml.evaluation import val_metrics
 
 __all__ = ["METRICS", "EarlyStopping", "epoch_row", "improved", "val_metrics"]
 
@@ -25,16 +24,6 @@ def improved(value: float, best: float | None, metric: str) -> bool:
         return True
     return value < best if METRICS[metric] == "min" else value > best
 
-
-def val_metrics(logits: Tensor, labels: Tensor, n_bins: int = 15) -> dict[str, float]:
-    """Validation NLL, accuracy and ECE from class logits."""
-    logp = F.log_softmax(logits.double(), dim=1)
-    return {
-        "val_nll": float(F.nll_loss(logp, labels)),
-        "val_accuracy": float((logits.argmax(1) == labels).double().mean()),
-        "val_ece": float(calibration.expected_calibration_error(logp.exp().float(), labels,
-                                                                n_bins)),
-    }
 
 
 def epoch_row(epoch: int, train_loss: float, logits: Tensor, labels: Tensor, n_bins: int

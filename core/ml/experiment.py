@@ -20,6 +20,7 @@ import torch
 from safetensors.torch import save as safetensors_save
 
 from core.ml import calibration, posthoc
+from core.ml.arch_compat import arch_incompatibility
 from core.ml.data import (
     PreparedData,
     class_names_for,
@@ -33,8 +34,8 @@ from core.ml.nets import build_model, model_config
 from core.ml.predictions import predictions_npz
 from core.ml.shifts import shift_block
 from core.ml.train import FitResult, TrainConfig, TrainHooks, evaluate, fit
-from core.ml.upload import arch_incompatibility
-from core.spec import DEFAULT_POSTHOC
+from core.ml.train_config import parse_job_spec
+from core.spec import JobSpec
 
 __all__ = [
     "ExperimentOutput",
@@ -47,7 +48,6 @@ __all__ = [
 ]
 
 MAX_PROJECTION_POINTS = 500
-DEFAULT_MODEL: dict[str, Any] = {"arch": "mlp", "hidden": [256, 256], "dropout": 0.0}
 
 
 @dataclass
@@ -86,9 +86,14 @@ def _projection(features: torch.Tensor, labels: torch.Tensor, templates: torch.T
 
 @dataclass
 class PreparedExperiment:
-    """A resolved spec with its loaded, split and viewed data (what training and finishing need)."""
+    """A resolved spec with its loaded, split and viewed data (what training and finishing need).
+
+    `job` is `spec` read through the JobSpec model: every value, defaults included, comes
+    from there, never from a lookup with a default of its own.
+    """
 
     spec: dict[str, Any]
+    job: JobSpec
     cfg: TrainConfig
     data: PreparedData
     names: list[str]
@@ -106,18 +111,18 @@ class PreparedExperiment:
     def fingerprint(self) -> dict[str, Any]:
         """What a checkpoint must match besides the train config (model, data, split, noise)."""
         return {"model": self.mcfg, "sha256": self.data.sha256,
-                "split": self.spec.get("split", {}),
-                "label_noise": self.spec.get("label_noise", 0.0)}
+                "split": self.job.split.model_dump(mode="json"),
+                "label_noise": self.job.label_noise}
 
     def build(self) -> torch.nn.Module:
         """Build the (unseeded) model of the spec; callers seed the global RNG first."""
-        model_spec = self.spec.get("model", DEFAULT_MODEL)
-        return build_model(model_spec, self.n_features, self.data.n_classes, self.image_shape,
-                           self.cfg.variant)
+        return build_model(self.job.model.model_dump(mode="json"), self.n_features,
+                           self.data.n_classes, self.image_shape, self.cfg.variant)
 
     def with_spec(self, spec: dict[str, Any]) -> PreparedExperiment:
         """The same data under another spec that differs only in loss.alpha / training.seed."""
-        return replace(self, spec=spec, cfg=TrainConfig.from_spec(spec))
+        job = parse_job_spec(spec)
+        return replace(self, spec=spec, job=job, cfg=TrainConfig.from_job_spec(job))
 
 
 def prepare_experiment(
@@ -127,15 +132,14 @@ def prepare_experiment(
     class_names: list[str] | None = None,
 ) -> PreparedExperiment:
     """Validate the spec, load, split and standardise the data and make the arch's tensor view."""
-    cfg = TrainConfig.from_spec(spec)
-    ds_spec, split = spec.get("dataset", {}), spec.get("split", {})
-    model_spec = spec.get("model", DEFAULT_MODEL)
+    job = parse_job_spec(spec)
+    cfg = TrainConfig.from_job_spec(job)
+    ds_spec, split = job.dataset.model_dump(mode="json"), job.split
+    model_spec = job.model.model_dump(mode="json")
 
     X, y, image_shape = load_dataset(ds_spec, arrays=arrays)
-    data = prepare_data(X, y, image_shape, val=float(split.get("val", 0.15)),
-                        test=float(split.get("test", 0.15)), split_seed=int(split.get("seed", 0)),
-                        label_noise=float(spec.get("label_noise", 0.0)),
-                        train_fraction=float(split.get("train_fraction", 1.0)))
+    data = prepare_data(X, y, image_shape, val=split.val, test=split.test, split_seed=split.seed,
+                        label_noise=job.label_noise, train_fraction=split.train_fraction)
     k = data.n_classes
     names = list(class_names) if class_names else class_names_for(ds_spec, k)
     if len(names) != k:
@@ -155,7 +159,7 @@ def prepare_experiment(
     Xtr, ytr = tensors(data.X_train, data.y_train)
     Xva, yva = tensors(data.X_val, data.y_val)
     Xte, yte = tensors(data.X_test, data.y_test)
-    return PreparedExperiment(spec=spec, cfg=cfg, data=data, names=names, mcfg=mcfg,
+    return PreparedExperiment(spec=spec, job=job, cfg=cfg, data=data, names=names, mcfg=mcfg,
                               n_features=int(X.shape[1]), image_shape=image_shape,
                               Xtr=Xtr, ytr=ytr, Xva=Xva, yva=yva, Xte=Xte, yte=yte)
 
@@ -184,8 +188,8 @@ def run_experiment(
 def finish_experiment(prep: PreparedExperiment, model: torch.nn.Module, fitted: FitResult
                       ) -> ExperimentOutput:
     """Evaluate the trained model and build the result document and artifacts."""
-    spec, cfg, data, names, mcfg = prep.spec, prep.cfg, prep.data, prep.names, prep.mcfg
-    cal = spec.get("calibration", {})
+    job, cfg, data, names, mcfg = prep.job, prep.cfg, prep.data, prep.names, prep.mcfg
+    cal = job.calibration
     k, image_shape = data.n_classes, prep.image_shape
     Xva, yva, Xte, yte = prep.Xva, prep.yva, prep.Xte, prep.yte
 
@@ -197,7 +201,7 @@ def finish_experiment(prep: PreparedExperiment, model: torch.nn.Module, fitted: 
     test_report = calibration.calibration_report(test_probs, test_labels, n_bins,
                                                  logits=test_logits, alpha=cfg.alpha)
     scaled: dict[str, Any] | None = None
-    if cal.get("temperature_scaling", True):
+    if cal.temperature_scaling:
         T = float(calibration.fit_temperature(val_logits, val_labels))
         scaled_logits = test_logits / T
         scaled = {"temperature": T, "test": calibration.calibration_report(
@@ -206,14 +210,14 @@ def finish_experiment(prep: PreparedExperiment, model: torch.nn.Module, fitted: 
     shift = shift_block(prep, model, scaled, val_logits, val_labels)  # None without shifts
 
     posthoc_block = posthoc.posthoc_report(
-        list(cal.get("posthoc", DEFAULT_POSTHOC)), val_logits, val_labels, test_logits,
+        list(cal.posthoc), val_logits, val_labels, test_logits,
         test_labels, n_bins=n_bins, alpha=cfg.alpha)
     # figures are drawn on request (core.ml.figures); the raw predictions are stored now
     artifacts: dict[str, bytes] = {"predictions.npz": predictions_npz(
         data, val_logits, val_labels, test_logits, test_labels)}
     projection: dict[str, Any] | None = None
     if k >= 3 and cfg.variant != "binary":
-        classes = [int(c) for c in (cal.get("projection_classes") or [0, 1, 2])]
+        classes = [int(c) for c in (cal.projection_classes or [0, 1, 2])]
         if len(classes) != 3 or len(set(classes)) != 3 or not all(0 <= c < k for c in classes):
             raise SpecError(f"calibration.projection_classes={classes} must be 3 distinct class "
                             f"ids in 0..{k - 1}")
@@ -226,7 +230,7 @@ def finish_experiment(prep: PreparedExperiment, model: torch.nn.Module, fitted: 
     state = {k_: v.detach().cpu().contiguous() for k_, v in model.state_dict().items()}
     model_doc = {"model": mcfg, "class_names": names,
                  "standardize": {"mean": data.mean.tolist(), "std": data.std.tolist()},
-                 "loss": spec.get("loss", {}), "best_epoch": fitted.best_epoch}
+                 "loss": job.loss.model_dump(mode="json"), "best_epoch": fitted.best_epoch}
     artifacts["model.safetensors"] = safetensors_save(
         state, metadata={"model_config": json.dumps(mcfg, sort_keys=True)})  # one key: stable bytes
     artifacts["model.json"] = json.dumps(json_safe(model_doc), indent=1).encode()

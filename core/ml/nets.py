@@ -22,8 +22,8 @@ from typing import Any
 import torch
 from torch import Tensor, nn
 
+from core.ml.arch_compat import arch_incompatibility
 from core.ml.errors import SpecError
-from core.ml.upload import arch_incompatibility
 
 __all__ = ["CNN", "GRUNet", "LinearNet", "MLP", "TransformerNet", "build_model", "model_config"]
 

@@ -1,4 +1,4 @@
-"""The training loop: config, one epoch, evaluation, early stopping, checkpoints and resume.
+"""The training loop: one epoch, early stopping, checkpoints and resume.
 
 Reproducibility contract (CPU): the same config, data and seed give bit-identical results,
 and a run interrupted after epoch k and resumed from its checkpoint ends exactly like an
@@ -9,7 +9,6 @@ the global torch RNG (model init before `fit`, dropout), the data-order generato
 
 from __future__ import annotations
 
-import contextlib
 import functools
 import json
 import logging
@@ -19,18 +18,27 @@ from dataclasses import asdict, dataclass, field
 from typing import Any
 
 import torch
-from pydantic import ValidationError
-from safetensors.torch import load as safetensors_load
-from safetensors.torch import save as safetensors_save
 from torch import Tensor, nn
 
 from core.ml import losses, methods
+from core.ml.checkpoint import (
+    CHECKPOINT_FORMAT,
+    _cpu_state,
+    _frozen,
+    _rng_state,
+    encode_checkpoint,
+    load_checkpoint,
+)
 from core.ml.data import shift_augment
-from core.ml.early_stopping import EarlyStopping, epoch_row, val_metrics
+from core.ml.early_stopping import EarlyStopping, epoch_row
 from core.ml.errors import DeviceUnavailableError, SpecError, TrainingStopped
+from core.ml.evaluation import autocast as _autocast
+from core.ml.evaluation import class_logits, evaluate, val_metrics
 from core.ml.pause import pause_if_requested
-from core.spec import JobSpec
+from core.ml.train_config import TrainConfig
 
+# The config, checkpoints and evaluation live in their own modules (train_config, checkpoint,
+# evaluation); their public names stay importable from here.
 __all__ = [
     "CHECKPOINT_FORMAT",
     "FitResult",
@@ -47,7 +55,6 @@ __all__ = [
     "val_metrics",
 ]
 
-CHECKPOINT_FORMAT = 2  # 1 was torch.save (zip + restricted unpickler); 2 is safetensors
 logger = logging.getLogger(__name__)
 
 
@@ -63,56 +70,6 @@ class TrainHooks:
     # epoch's checkpoint bytes. The state is copied at once; the encoding (the same bytes
     # save_checkpoint gets) is left to whoever calls it, on any thread, or to nobody.
     checkpoint_ready: Callable[[Callable[[], bytes]], None] | None = None
-
-
-@dataclass
-class TrainConfig:
-    """Everything the loop needs besides the model and the data (plain values, JSON-safe)."""
-
-    epochs: int = 30
-    batch_size: int = 128
-    seed: int = 0
-    device: str = "auto"
-    augment: bool = False
-    optimizer: str = "adamw"
-    lr: float = 1e-3
-    weight_decay: float = 0.0
-    momentum: float = 0.9
-    alpha: float = 0.1
-    variant: str = "uniform"
-    prior: list[float] | None = None
-    form: str = "ce"
-    method: str = "label_smoothing"
-    method_params: dict[str, float] = field(default_factory=dict)
-    early_stopping_metric: str | None = "val_nll"
-    patience: int = 5
-    n_bins: int = 15
-    eval_batch_size: int = 2048
-
-    @classmethod
-    def from_spec(cls, spec: dict[str, Any]) -> TrainConfig:
-        """Read a (resolved) job spec dict through the JobSpec model: its defaults, its checks."""
-        try:
-            job = JobSpec.model_validate(spec)
-        except ValidationError as exc:
-            first = exc.errors()[0]
-            where = ".".join(str(p) for p in first["loc"])
-            raise SpecError(f"{where}: {first['msg']}") from exc
-        return cls.from_job_spec(job)
-
-    @classmethod
-    def from_job_spec(cls, job: JobSpec) -> TrainConfig:
-        """The training, optimizer, loss and calibration blocks of a validated JobSpec."""
-        tr, opt, loss, es = job.training, job.optimizer, job.loss, job.training.early_stopping
-        return cls(
-            epochs=tr.epochs, batch_size=tr.batch_size, seed=tr.seed, device=tr.device,
-            augment=tr.augment, optimizer=opt.name, lr=opt.lr, weight_decay=opt.weight_decay,
-            momentum=opt.momentum, alpha=loss.alpha, variant=loss.variant,
-            prior=None if loss.prior is None else [float(p) for p in loss.prior],
-            form=loss.form, early_stopping_metric=es.metric if es else None,
-            patience=es.patience if es else 0, n_bins=job.calibration.n_bins,
-            method=loss.method, method_params=methods.params_from_spec(loss.model_dump()),
-        )
 
 
 @dataclass
@@ -156,19 +113,6 @@ def make_optimizer(model: nn.Module | Iterable[Tensor], cfg: TrainConfig, *,
     if cfg.optimizer == "adam":
         return torch.optim.Adam(params, lr=cfg.lr, weight_decay=cfg.weight_decay, fused=fused)
     return torch.optim.AdamW(params, lr=cfg.lr, weight_decay=cfg.weight_decay, fused=fused)
-
-
-def _autocast(device: torch.device) -> contextlib.AbstractContextManager:
-    """bf16 autocast on CUDA, nothing on CPU."""
-    if device.type == "cuda":
-        return torch.autocast("cuda", dtype=torch.bfloat16)
-    return contextlib.nullcontext()
-
-
-def class_logits(raw: Tensor) -> Tensor:
-    """K-class logits for metrics: unchanged, or [0, z] for a one-output (binary) head."""
-    raw = raw.float()
-    return torch.cat([torch.zeros_like(raw), raw], dim=1) if raw.shape[1] == 1 else raw
 
 
 def compute_loss(raw: Tensor, y: Tensor, cfg: TrainConfig, prior: Tensor | None) -> Tensor:
@@ -216,198 +160,6 @@ def train_one_epoch(
     return float(total / n)
 
 
-@torch.no_grad()
-def evaluate(
-    model: nn.Module, X: Tensor, y: Tensor, *, batch_size: int = 2048
-) -> tuple[Tensor, Tensor, Tensor]:
-    """Return (class logits (N,K) float32 CPU, labels (N,) CPU, penultimate features (N,D) CPU)."""
-    model.eval()
-    head: nn.Linear = model.head  # type: ignore[assignment]
-    logits, feats = [], []
-    for start in range(0, len(X), batch_size):
-        with _autocast(X.device):
-            f = model.features(X[start:start + batch_size])  # type: ignore[operator]
-            raw = head(f)
-        logits.append(class_logits(raw).cpu())
-        feats.append(f.float().cpu())
-    return torch.cat(logits), y.cpu(), torch.cat(feats)
-
-
-# --------------------------------------------------------------------------- checkpoints
-
-
-def _cpu_state(model: nn.Module) -> dict[str, Tensor]:
-    """A detached CPU copy of the model's state dict."""
-    return {k: v.detach().cpu().clone() for k, v in model.state_dict().items()}
-
-
-def _rng_state(order: torch.Generator, aug: torch.Generator, device: torch.device) -> dict:
-    """All RNG states the loop depends on."""
-    return {
-        "torch": torch.get_rng_state(),
-        "order": order.get_state(),
-        "augment": aug.get_state(),
-        "cuda": torch.cuda.get_rng_state_all() if device.type == "cuda" else None,
-    }
-
-
-_CKPT_TAG = "softlabel-checkpoint"
-_MAX_HEADER = 64 << 20  # a safetensors header larger than this is not ours
-
-
-def _tensor_table(prefix: str, tensors: dict[str, Tensor], out: dict[str, Tensor],
-                  seen: set[int]) -> None:
-    """Add CPU, contiguous, unshared views of `tensors` to `out` under `prefix`."""
-    for key, value in tensors.items():
-        t = value.detach().to("cpu").contiguous()
-        if t.numel() and t.untyped_storage().data_ptr() in seen:  # safetensors refuses
-            t = t.clone()  # tensors that share storage (tied weights, views of one buffer)
-        if t.numel():
-            seen.add(t.untyped_storage().data_ptr())
-        out[f"{prefix}{key}"] = t
-
-
-def encode_checkpoint(ckpt: dict[str, Any]) -> bytes:
-    """Serialise a checkpoint dict (as `load_checkpoint` returns it) to one safetensors blob.
-
-    Every tensor (model, best state, optimizer state, RNG states) is a safetensors entry; the
-    rest (epoch, history, counters, config, optimizer param groups) is JSON in the metadata.
-    Writing is a memory copy and reading needs neither pickle nor torch.load.
-    """
-    tensors: dict[str, Tensor] = {}
-    seen: set[int] = set()
-    model = {k: v.detach().to("cpu") for k, v in ckpt["model"].items()}
-    _tensor_table("model/", model, tensors, seen)
-    best: dict[str, Tensor] | None = ckpt["best_state"]
-    best_is_model = (
-        best is not None and ckpt["best_epoch"] == ckpt["epoch"] and best.keys() == model.keys()
-        and all(
-            torch.equal(best[k], model[k]) for k in model))  # the epoch that just improved
-    if best is not None and not best_is_model:
-        _tensor_table("best/", best, tensors, seen)
-    optim = ckpt["optimizer"]
-    optim_values: dict[str, dict[str, Any]] = {}
-    for idx, state in optim["state"].items():
-        plain = {}
-        for name, value in state.items():
-            if isinstance(value, Tensor):
-                _tensor_table(f"optim/{int(idx)}/", {name: value}, tensors, seen)
-            else:
-                plain[name] = value
-        optim_values[str(int(idx))] = plain
-    rng = ckpt["rng"]
-    _tensor_table("rng/", {"torch": rng["torch"], "order": rng["order"],
-                           "augment": rng["augment"]}, tensors, seen)
-    cuda = rng["cuda"]
-    if cuda is not None:
-        _tensor_table("rng/cuda/", {str(i): t for i, t in enumerate(cuda)}, tensors, seen)
-    meta = {
-        "config": ckpt["config"], "epoch": int(ckpt["epoch"]), "history": ckpt["history"],
-        "best_value": ckpt["best_value"], "best_epoch": int(ckpt["best_epoch"]),
-        "best": None if best is None else ("model" if best_is_model else "stored"),
-        "bad_epochs": int(ckpt["bad_epochs"]), "stopped_early": bool(ckpt["stopped_early"]),
-        "optimizer": {"param_groups": optim["param_groups"], "state": optim_values},
-        "cuda_rng": None if cuda is None else len(cuda),
-    }
-    # one metadata key: safetensors writes several in hash order, one gives stable bytes
-    return safetensors_save(tensors, metadata={
-        _CKPT_TAG: json.dumps({"version": CHECKPOINT_FORMAT, **meta})})
-
-
-def _frozen(state: dict[str, Any]) -> dict[str, Any]:
-    """A copy of checkpoint state that training cannot change any more (tensors cloned).
-
-    The best state is shared: `fit` replaces it on improvement and never changes it in place.
-    """
-    def copy(t: Tensor) -> Tensor:
-        return t.detach().to("cpu", copy=True)
-
-    optim = state["optimizer"]
-    rng = state["rng"]
-    return {
-        **state,
-        "model": {k: copy(v) for k, v in state["model"].items()},
-        "optimizer": {
-            "state": {idx: {n: copy(v) if isinstance(v, Tensor) else v for n, v in st.items()}
-                      for idx, st in optim["state"].items()},
-            "param_groups": [dict(g) for g in optim["param_groups"]],
-        },
-        "rng": {**rng, "cuda": None if rng["cuda"] is None else [copy(t) for t in rng["cuda"]]},
-        "history": list(state["history"]),
-    }
-
-
-def _header_metadata(blob: bytes) -> dict[str, Any]:
-    """The `__metadata__` of a safetensors blob, parsed as JSON only (nothing executed)."""
-    if len(blob) < 8:
-        raise ValueError("not a Softlabel training checkpoint (too short)")
-    size = int.from_bytes(blob[:8], "little")
-    if not 2 <= size <= min(_MAX_HEADER, len(blob) - 8):
-        raise ValueError("not a Softlabel training checkpoint (no safetensors header)")
-    header = json.loads(blob[8:8 + size])
-    meta = header.get("__metadata__") if isinstance(header, dict) else None
-    if not isinstance(meta, dict):
-        raise ValueError("not a Softlabel training checkpoint (no metadata)")
-    return meta
-
-
-def _split(tensors: dict[str, Tensor], prefix: str) -> dict[str, Tensor]:
-    return {k[len(prefix):]: v for k, v in tensors.items() if k.startswith(prefix)}
-
-
-def load_checkpoint(blob: bytes) -> dict[str, Any]:
-    """Read checkpoint bytes written by `fit` (safetensors + JSON metadata: no pickle).
-
-    Raises ValueError for anything else: foreign bytes, the old torch.save format, another
-    format version, or metadata that does not describe a checkpoint.
-    """
-    header = _header_metadata(blob)
-    if _CKPT_TAG not in header:
-        raise ValueError("not a Softlabel training checkpoint (no checkpoint metadata)")
-    try:
-        meta = json.loads(header[_CKPT_TAG])
-    except ValueError as exc:
-        raise ValueError(f"unreadable checkpoint metadata: {exc}") from exc
-    version = meta.get("version") if isinstance(meta, dict) else None
-    if version != CHECKPOINT_FORMAT:
-        raise ValueError(f"a checkpoint of format {version!r}, not {CHECKPOINT_FORMAT}")
-    try:
-        tensors = safetensors_load(blob)
-        model = _split(tensors, "model/")
-        if meta["best"] not in (None, "model", "stored"):
-            raise ValueError(f"best={meta['best']!r}")
-        best = (None if meta["best"] is None else
-                {k: v.clone() for k, v in model.items()} if meta["best"] == "model" else
-                _split(tensors, "best/"))
-        optim_state: dict[int, dict[str, Any]] = {}
-        for idx, plain in meta["optimizer"]["state"].items():
-            entry = dict(plain)
-            entry.update(_split(tensors, f"optim/{int(idx)}/"))
-            optim_state[int(idx)] = entry
-        groups = [dict(g) for g in meta["optimizer"]["param_groups"]]
-        for group in groups:  # JSON turned tuples (Adam's betas) into lists
-            for name, value in group.items():
-                if name != "params" and isinstance(value, list):
-                    group[name] = tuple(value)
-        n_cuda = meta["cuda_rng"]
-        ckpt = {
-            "format": CHECKPOINT_FORMAT, "config": str(meta["config"]),
-            "epoch": int(meta["epoch"]), "model": model,
-            "optimizer": {"state": optim_state, "param_groups": groups},
-            "rng": {"torch": tensors["rng/torch"], "order": tensors["rng/order"],
-                    "augment": tensors["rng/augment"],
-                    "cuda": None if n_cuda is None else
-                    [tensors[f"rng/cuda/{i}"] for i in range(int(n_cuda))]},
-            "history": [dict(r) for r in meta["history"]],
-            "best_value": None if meta["best_value"] is None else float(meta["best_value"]),
-            "best_epoch": int(meta["best_epoch"]), "best_state": best,
-            "bad_epochs": int(meta["bad_epochs"]), "stopped_early": bool(meta["stopped_early"]),
-        }
-    except ValueError:
-        raise
-    except Exception as exc:  # missing keys, wrong types, a corrupt tensor table
-        raise ValueError(f"not a readable Softlabel training checkpoint: {exc!r}") from exc
-    return ckpt
 
 
 # --------------------------------------------------------------------------- the loop

@@ -1,7 +1,7 @@
-"""Torch-free dataset metadata, architecture compatibility and upload parsing.
+"""Torch-free upload parsing and validation, and a dataset's canonical bytes and hash.
 
-The API imports this module (and never torch): it holds everything the API needs
-to validate a job spec or an upload without loading a model library.
+The API imports this module (and never torch). Built-in datasets are described in
+`core.ml.builtin_datasets`, architecture fit in `core.ml.arch_compat`.
 Formats: CSV (header row required), Parquet, NPZ (arrays ``X`` and ``y``, never
 pickled objects).
 """
@@ -12,19 +12,13 @@ import hashlib
 import io
 import json
 import zipfile
-from dataclasses import dataclass
 from typing import Any
 
 import numpy as np
 
 from core.ml.errors import InvalidDatasetError
-from core.spec import ARCHS
 
 __all__ = [
-    "BUILTIN_DATASETS",
-    "BuiltinInfo",
-    "arch_incompatibility",
-    "compatible_archs",
     "dataset_sha256",
     "parse_upload",
     "to_npz_bytes",
@@ -37,53 +31,6 @@ MAX_ROWS = 1_000_000
 MAX_COLUMNS = 10_000
 MAX_CLASSES = 1_000
 MIN_ROWS_PER_CLASS = 3
-
-
-@dataclass(frozen=True)
-class BuiltinInfo:
-    """Metadata of one built-in (scikit-learn bundled) dataset, known without loading it."""
-
-    n_samples: int
-    n_features: int
-    n_classes: int
-    image_shape: tuple[int, int] | None
-    description: str
-
-
-BUILTIN_DATASETS: dict[str, BuiltinInfo] = {
-    "digits": BuiltinInfo(1797, 64, 10, (8, 8), "8x8 grey-scale handwritten digits 0-9"),
-    "iris": BuiltinInfo(150, 4, 3, None, "iris flower measurements, 3 species"),
-    "wine": BuiltinInfo(178, 13, 3, None, "wine chemical analysis, 3 cultivars"),
-    "breast_cancer": BuiltinInfo(569, 30, 2, None, "Wisconsin breast cancer, malignant/benign"),
-}
-
-
-def arch_incompatibility(
-    arch: str, n_features: int, image_shape: tuple[int, int] | None
-) -> str | None:
-    """Return why `arch` cannot run on data of this shape, or None when it can."""
-    if arch not in ARCHS:
-        return f"unknown architecture {arch!r}; choose one of {', '.join(ARCHS)}"
-    if arch in ("linear", "mlp"):
-        return None
-    if image_shape is None:
-        view = (
-            "an image (H x W) view" if arch == "cnn" else "a row-sequence view (rows of an image)"
-        )
-        return (
-            f"model.arch={arch!r} needs {view}, but this dataset has {n_features} flat "
-            f"features and no image shape; use 'linear' or 'mlp', or upload an NPZ whose X "
-            f"has shape (N, H, W)"
-        )
-    h, w = image_shape
-    if h * w != n_features:
-        return f"image shape {h}x{w} does not match {n_features} features"
-    return None
-
-
-def compatible_archs(n_features: int, image_shape: tuple[int, int] | None) -> list[str]:
-    """Architectures that fit: linear/mlp always; cnn/gru/transformer need an image shape."""
-    return [a for a in ARCHS if arch_incompatibility(a, n_features, image_shape) is None]
 
 
 # --------------------------------------------------------------------------- canonical bytes
@@ -246,6 +193,32 @@ def _table_to_arrays(table: Any, label_column: str | None) -> tuple[np.ndarray, 
     )
 
 
+def _read_table(data: bytes, fmt: str, *, max_rows: int, max_columns: int) -> Any:
+    """Read CSV or Parquet bytes into a pyarrow Table, refusing one over the row/column limits."""
+    import pyarrow as pa
+
+    try:
+        if fmt == "csv":
+            import pyarrow.csv as pacsv
+
+            table = pacsv.read_csv(io.BytesIO(data))
+        else:
+            import pyarrow.parquet as pq
+
+            table = pq.read_table(io.BytesIO(data))
+    except (pa.ArrowException, OSError, ValueError) as e:
+        raise InvalidDatasetError(f"could not parse the {fmt.upper()} file: {e}") from None
+    if table.num_rows > max_rows:
+        raise InvalidDatasetError(
+            f"too many rows: {table.num_rows} > the limit of {max_rows}; subsample the data"
+        )
+    if table.num_columns - 1 > max_columns:
+        raise InvalidDatasetError(
+            f"too many feature columns: {table.num_columns - 1} > the limit of {max_columns}"
+        )
+    return table
+
+
 def parse_upload(
     data: bytes,
     fmt: str,
@@ -267,27 +240,7 @@ def parse_upload(
     fmt = fmt.lower().lstrip(".")
     image_shape: tuple[int, int] | None = None
     if fmt in ("csv", "parquet"):
-        import pyarrow as pa
-
-        try:
-            if fmt == "csv":
-                import pyarrow.csv as pacsv
-
-                table = pacsv.read_csv(io.BytesIO(data))
-            else:
-                import pyarrow.parquet as pq
-
-                table = pq.read_table(io.BytesIO(data))
-        except (pa.ArrowException, OSError, ValueError) as e:
-            raise InvalidDatasetError(f"could not parse the {fmt.upper()} file: {e}") from None
-        if table.num_rows > max_rows:
-            raise InvalidDatasetError(
-                f"too many rows: {table.num_rows} > the limit of {max_rows}; subsample the data"
-            )
-        if table.num_columns - 1 > max_columns:
-            raise InvalidDatasetError(
-                f"too many feature columns: {table.num_columns - 1} > the limit of {max_columns}"
-            )
+        table = _read_table(data, fmt, max_rows=max_rows, max_columns=max_columns)
         X, y, info = _table_to_arrays(table, label_column)
     elif fmt == "npz":
         X, y, info, image_shape = _parse_npz(data)

@@ -9,7 +9,8 @@ from sqlalchemy import select
 from sqlalchemy.orm import Session
 
 from core.errors import ValidationAppError
-from core.ml.upload import BUILTIN_DATASETS, arch_incompatibility, compatible_archs
+from core.ml.arch_compat import arch_incompatibility, compatible_archs
+from core.ml.builtin_datasets import BUILTIN_DATASETS
 from core.models import Dataset
 from core.spec import IMAGE_SHIFTS, TABULAR_SHIFTS, JobSpec
 

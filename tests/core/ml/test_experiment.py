@@ -192,3 +192,18 @@ def test_spec_errors():
     with pytest.raises(SpecError, match="projection_classes"):
         run_experiment(make_spec(training__epochs=1, model__hidden=[8],
                                  calibration__projection_classes=[0, 1, 1]))
+
+
+def test_a_partial_spec_reads_its_defaults_from_the_job_spec():
+    """Blocks left out of a spec take JobSpec's defaults: the same config, data and fingerprint."""
+    from core.ml.experiment import prepare_experiment
+    from core.spec import JobSpec
+
+    partial = {"training": {"epochs": 2}}
+    resolved = JobSpec.model_validate(partial).model_dump(mode="json")
+    a, b = prepare_experiment(partial), prepare_experiment(resolved)
+    assert a.cfg == b.cfg and a.mcfg == b.mcfg
+    assert a.fingerprint == b.fingerprint
+    assert a.fingerprint["split"] == resolved["split"]
+    assert a.data.sha256 == b.data.sha256 and torch.equal(a.Xte, b.Xte)
+    assert a.mcfg["arch"] == resolved["model"]["arch"]

@@ -30,6 +30,7 @@ from core.ml.train import (
     resolve_device,
     val_metrics,
 )
+from core.spec import JobSpec
 
 torch.set_num_threads(1)
 
@@ -63,6 +64,17 @@ def test_config_from_spec():
         TrainConfig.from_spec({"optimizer": {"name": "lbfgs"}})
     with pytest.raises(SpecError, match="metric"):
         TrainConfig.from_spec({"training": {"early_stopping": {"metric": "loss", "patience": 1}}})
+
+
+def test_config_defaults_are_the_job_spec_defaults():
+    """TrainConfig() states no defaults of its own: it equals the config of an empty spec."""
+    assert TrainConfig() == TrainConfig.from_spec({})
+    resolved = JobSpec().model_dump(mode="json")
+    assert TrainConfig() == TrainConfig.from_spec(resolved)
+    assert (TrainConfig().early_stopping_metric, TrainConfig().patience) == (
+        resolved["training"]["early_stopping"]["metric"],
+        resolved["training"]["early_stopping"]["patience"],
+    )
 
 
 def test_devices():

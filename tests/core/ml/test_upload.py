@@ -13,15 +13,10 @@ import pyarrow as pa
 import pyarrow.parquet as pq
 import pytest
 
+from core.ml.arch_compat import arch_incompatibility, compatible_archs
+from core.ml.builtin_datasets import BUILTIN_DATASETS
 from core.ml.errors import InvalidDatasetError
-from core.ml.upload import (
-    BUILTIN_DATASETS,
-    arch_incompatibility,
-    compatible_archs,
-    dataset_sha256,
-    parse_upload,
-    to_npz_bytes,
-)
+from core.ml.upload import dataset_sha256, parse_upload, to_npz_bytes
 
 ROOT = Path(__file__).resolve().parents[3]
 

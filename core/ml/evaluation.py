@@ -1,0 +1,54 @@
+"""Evaluation of a trained net: class logits, features and the validation metrics of an epoch."""
+
+from __future__ import annotations
+
+import contextlib
+
+import torch
+import torch.nn.functional as F
+from torch import Tensor, nn
+
+from core.ml import calibration
+
+__all__ = ["autocast", "class_logits", "evaluate", "val_metrics"]
+
+
+def autocast(device: torch.device) -> contextlib.AbstractContextManager:
+    """bf16 autocast on CUDA, nothing on CPU."""
+    if device.type == "cuda":
+        return torch.autocast("cuda", dtype=torch.bfloat16)
+    return contextlib.nullcontext()
+
+
+def class_logits(raw: Tensor) -> Tensor:
+    """K-class logits for metrics: unchanged, or [0, z] for a one-output (binary) head."""
+    raw = raw.float()
+    return torch.cat([torch.zeros_like(raw), raw], dim=1) if raw.shape[1] == 1 else raw
+
+
+@torch.no_grad()
+def evaluate(
+    model: nn.Module, X: Tensor, y: Tensor, *, batch_size: int = 2048
+) -> tuple[Tensor, Tensor, Tensor]:
+    """Return (class logits (N,K) float32 CPU, labels (N,) CPU, penultimate features (N,D) CPU)."""
+    model.eval()
+    head: nn.Linear = model.head  # type: ignore[assignment]
+    logits, feats = [], []
+    for start in range(0, len(X), batch_size):
+        with autocast(X.device):
+            f = model.features(X[start:start + batch_size])  # type: ignore[operator]
+            raw = head(f)
+        logits.append(class_logits(raw).cpu())
+        feats.append(f.float().cpu())
+    return torch.cat(logits), y.cpu(), torch.cat(feats)
+
+
+def val_metrics(logits: Tensor, labels: Tensor, n_bins: int = 15) -> dict[str, float]:
+    """Validation NLL, accuracy and ECE from class logits."""
+    logp = F.log_softmax(logits.double(), dim=1)
+    return {
+        "val_nll": float(F.nll_loss(logp, labels)),
+        "val_accuracy": float((logits.argmax(1) == labels).double().mean()),
+        "val_ece": float(calibration.expected_calibration_error(logp.exp().float(), labels,
+                                                                n_bins)),
+    }
