@@ -95,6 +95,30 @@ def unsafe_url_text(scope: Scope) -> str | None:
     return None
 
 
+def _log_access(scope: Scope, status: int, elapsed: float) -> None:
+    """Record one request's latency by route and write its access log line."""
+    route = scope.get("route")
+    template = getattr(route, "path", None) or UNMATCHED_ROUTE
+    HTTP_LATENCY.labels(scope["method"], template, f"{status // 100}xx").observe(elapsed)
+    state = scope.get("state", {})
+    job_id = (scope.get("path_params") or {}).get("job_id")
+    access_logger.info(
+        "%s %s %d",
+        scope["method"],
+        scope["path"],
+        status,
+        extra={
+            "method": scope["method"],
+            "path": scope["path"],
+            "route": template,
+            "status": status,
+            "duration_ms": round(elapsed * 1000, 3),
+            "tenant_id": state.get("tenant_id"),
+            **({"job_id": job_id} if job_id else {}),
+        },
+    )
+
+
 class RequestContextMiddleware:
     """Request id (X-Request-ID in and out), one JSON access log line, latency by route."""
 
@@ -147,28 +171,7 @@ class RequestContextMiddleware:
             )
             await send_problem(send_with_id, 500, body)
         finally:
-            elapsed = time.perf_counter() - started
-            route = scope.get("route")
-            template = getattr(route, "path", None) or UNMATCHED_ROUTE
-            status = status_holder[0]
-            HTTP_LATENCY.labels(scope["method"], template, f"{status // 100}xx").observe(elapsed)
-            state = scope.get("state", {})
-            job_id = (scope.get("path_params") or {}).get("job_id")
-            access_logger.info(
-                "%s %s %d",
-                scope["method"],
-                scope["path"],
-                status,
-                extra={
-                    "method": scope["method"],
-                    "path": scope["path"],
-                    "route": template,
-                    "status": status,
-                    "duration_ms": round(elapsed * 1000, 3),
-                    "tenant_id": state.get("tenant_id"),
-                    **({"job_id": job_id} if job_id else {}),
-                },
-            )
+            _log_access(scope, status_holder[0], time.perf_counter() - started)
             request_id_var.reset(token)
             job_id_var.set(None)
 

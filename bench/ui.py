@@ -56,7 +56,7 @@ def build_sweep(n_alphas: int = 32) -> tuple[str, str]:
     from core.models import Job, Tenant
     from core.services import sweeps
     from core.services.tenants import create_api_key
-    from core.spec import SweepSpec
+    from core.sweep_spec import SweepSpec
 
     alphas = [round(i * 0.9 / n_alphas, 4) for i in range(n_alphas)]
     with session_scope() as s:

@@ -30,8 +30,8 @@ from core.services import sweeps as sweep_service
 from core.services import webhooks
 from core.services.effects import effects
 from core.services.watch import CHANNEL_SWEEP
-from core.spec import SweepSpec
 from core.states import TERMINAL_STATUSES
+from core.sweep_spec import SweepSpec
 
 router = APIRouter(prefix="/v1/sweeps", tags=["sweeps"])
 logger = logging.getLogger("softlabel.api")

@@ -60,7 +60,7 @@ from core.ml.train import (
     make_optimizer,
     resolve_device,
 )
-from core.spec import stack_key
+from core.sweep_spec import stack_key
 
 __all__ = [
     "STACKABLE_ARCHS",

@@ -11,7 +11,8 @@ from sqlalchemy.orm import Session
 
 from core.errors import ValidationAppError
 from core.services.specs import check_job_spec
-from core.spec import JobSpec, SweepSpec, applicable_point, set_path, stack_key
+from core.spec import JobSpec
+from core.sweep_spec import SweepSpec, applicable_point, set_path, stack_key
 
 ALPHA, SEED = "loss.alpha", "training.seed"
 SHORT_AXIS_NAMES = {

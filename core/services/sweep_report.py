@@ -203,11 +203,8 @@ def pareto_front(rows: Sequence[dict[str, Any]]) -> list[int]:
     return sorted(front, key=lambda i: rows[i]["test"]["ece"]["mean"])
 
 
-def build_report(
-    trials: Sequence[Trial], *, objective: str, target_accuracy: float = 0.9
-) -> dict[str, Any]:
-    """The sweep comparison (without plot links, which the caller adds)."""
-    from core.services import curve_report  # it builds on this module
+def _grid_rows(trials: Sequence[Trial]) -> tuple[list[dict[str, Any]], dict[str, dict[str, Any]]]:
+    """One row per (context, α) grid point, sorted, and the contexts by their slug."""
     groups: dict[tuple[str, float], list[Trial]] = {}
     contexts: dict[str, dict[str, Any]] = {}
     for t in trials:
@@ -218,6 +215,15 @@ def build_report(
         _row(alpha, contexts[slug], members)
         for (slug, alpha), members in sorted(groups.items(), key=lambda kv: kv[0])
     ]
+    return rows, contexts
+
+
+def build_report(
+    trials: Sequence[Trial], *, objective: str, target_accuracy: float = 0.9
+) -> dict[str, Any]:
+    """The sweep comparison (without plot links, which the caller adds)."""
+    from core.services import curve_report  # it builds on this module
+    rows, contexts = _grid_rows(trials)
     front = pareto_front(rows)
     for i in front:
         rows[i]["pareto"] = True

@@ -18,9 +18,9 @@ from core.services import jobs as job_service
 from core.services.pagination import newest_first_page
 from core.services.sweep_grid import SHORT_AXIS_NAMES, expand_trials, trial_tags
 from core.services.sweep_report import Trial, build_report, context_slug, plot_rows
-from core.spec import SweepSpec, stack_key
 from core.states import TERMINAL_STATUSES, SweepStatus
 from core.storage import get_artifact, put_artifact
+from core.sweep_spec import SweepSpec, stack_key
 from core.timeutil import as_utc, utcnow
 
 logger = logging.getLogger("softlabel.sweeps")

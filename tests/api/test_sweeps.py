@@ -9,7 +9,7 @@ from sqlalchemy import func, select
 
 from core.db import session_scope
 from core.models import Job, Sweep
-from core.spec import stack_key
+from core.sweep_spec import stack_key
 
 PROBLEM = "application/problem+json"
 BASE = {"model": {"hidden": [32]}, "training": {"epochs": 2}}
