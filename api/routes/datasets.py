@@ -13,6 +13,7 @@ from sqlalchemy.orm import Session
 from starlette.concurrency import run_in_threadpool
 
 from api.deps import CursorQuery, LimitQuery, SessionDep, SettingsDep, TenantDep
+from api.problems import PROBLEMS, not_found
 from api.schemas import Problem
 from core.config import Settings
 from core.errors import PayloadTooLargeError, ValidationAppError
@@ -24,13 +25,7 @@ from core.validation import check_named_texts
 
 router = APIRouter(prefix="/v1/datasets", tags=["datasets"])
 
-PROBLEMS: dict[int | str, dict[str, Any]] = {
-    401: {"model": Problem, "description": "Missing or invalid API key"},
-    422: {"model": Problem, "description": "Invalid request"},
-}
-NOT_FOUND: dict[int | str, dict[str, Any]] = {
-    404: {"model": Problem, "description": "No such dataset"}
-}
+NOT_FOUND = not_found("dataset")
 FORM_FIELDS = ("file", "format", "label_column", "name")
 MAX_FIELD_BYTES = 1000
 UPLOAD_BODY: dict[str, Any] = {

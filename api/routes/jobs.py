@@ -25,6 +25,7 @@ from api.deps import (
 )
 from api.event_stream import open_event_stream
 from api.longpoll import change_listener, conditional_response, wait_for_change
+from api.problems import PROBLEMS, not_found
 from api.schemas import (
     JobOut,
     JobPage,
@@ -57,11 +58,7 @@ from core.validation import IsoDateTime
 router = APIRouter(prefix="/v1/jobs", tags=["jobs"])
 logger = logging.getLogger("softlabel.api")
 
-PROBLEMS: dict[int | str, dict[str, Any]] = {
-    401: {"model": Problem, "description": "Missing or invalid API key"},
-    422: {"model": Problem, "description": "Invalid request"},
-}
-NOT_FOUND: dict[int | str, dict[str, Any]] = {404: {"model": Problem, "description": "No such job"}}
+NOT_FOUND = not_found("job")
 
 
 @router.post(

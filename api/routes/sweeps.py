@@ -21,6 +21,7 @@ from api.deps import (
     resolve_tenant,
 )
 from api.longpoll import change_listener, conditional_response, wait_for_change
+from api.problems import PROBLEMS, not_found
 from api.routes.jobs import NOT_MODIFIED, IfNoneMatch, WaitQuery
 from api.schemas import Problem, SweepOut, SweepPage
 from core.db import session_scope
@@ -36,13 +37,7 @@ from core.sweep_spec import SweepSpec
 router = APIRouter(prefix="/v1/sweeps", tags=["sweeps"])
 logger = logging.getLogger("softlabel.api")
 
-PROBLEMS: dict[int | str, dict[str, Any]] = {
-    401: {"model": Problem, "description": "Missing or invalid API key"},
-    422: {"model": Problem, "description": "Invalid request"},
-}
-NOT_FOUND: dict[int | str, dict[str, Any]] = {
-    404: {"model": Problem, "description": "No such sweep"}
-}
+NOT_FOUND = not_found("sweep")
 # A sweep whose trials all ended this long ago without a report gets one (a lost finalize).
 FINALIZE_GRACE_SECONDS = 15.0
 EXAMPLE_SWEEP: dict[str, Any] = {
