@@ -163,7 +163,7 @@ class RequestContextMiddleware:
                 raise  # a response is half sent: nothing to do but drop the connection
             body = _problem_bytes(
                 500,
-                "internal-error",
+                "internal",
                 "Internal server error",
                 f"An unexpected error occurred; quote request id {request_id} when reporting it",
                 scope["path"],

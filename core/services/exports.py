@@ -11,6 +11,7 @@ from typing import Any
 from sqlalchemy import select
 from sqlalchemy.orm import Session
 
+from core.ml import figures
 from core.models import Artifact, Job, Sweep
 from core.states import TERMINAL_STATUSES
 from core.storage import PUBLIC_JOB_ARTIFACTS, get_artifact, job_artifact_key
@@ -75,6 +76,13 @@ def job_document(session: Session, *, job: Job) -> dict[str, Any]:
         found = get_artifact(session, key=job_artifact_key(job.id, name))
         if found is not None:
             artifacts[name] = found[1]
+    if job.result:  # figures are drawn from the result (older jobs have them stored)
+        result = {**job.result, "spec": job.spec}
+        for name in figures.figure_names(result):
+            if name not in artifacts:
+                drawn = figures.render_figure(name, result, key=job.id)
+                if drawn is not None:
+                    artifacts[name] = drawn
     return {
         "id": job.id,
         "status": job.status,

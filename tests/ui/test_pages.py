@@ -125,6 +125,7 @@ def test_embedded_mode_skips_the_login(
     from core.config import get_settings
 
     monkeypatch.setenv("SOFTLABEL_AUTH_DISABLED", "true")
+    monkeypatch.setenv("SOFTLABEL_I_UNDERSTAND_AUTH_IS_OFF", "true")  # the suite's Postgres
     get_settings.cache_clear()
     try:
         with TestClient(create_app(), follow_redirects=False) as c:
@@ -133,6 +134,7 @@ def test_embedded_mode_skips_the_login(
             assert c.get("/ui/login").status_code == 303
     finally:
         monkeypatch.delenv("SOFTLABEL_AUTH_DISABLED")
+        monkeypatch.delenv("SOFTLABEL_I_UNDERSTAND_AUTH_IS_OFF")
         get_settings.cache_clear()
 
 
