@@ -21,6 +21,7 @@ from core.ml.upload import (
     compatible_archs,
     dataset_sha256,
     validate_arrays,
+    view_of_arch,
 )
 
 __all__ = [
@@ -214,7 +215,7 @@ class PreparedData:
     X_test: np.ndarray
     y_test: np.ndarray
     n_classes: int
-    image_shape: tuple[int, int] | None
+    image_shape: tuple[int, ...] | None  # (H, W), or (C, H, W) for colour uploads
     mean: np.ndarray
     std: np.ndarray
     y_train_clean: np.ndarray
@@ -262,11 +263,11 @@ def prepare_data(
 
 
 def view_for_arch(arch: str) -> str:
-    """The input view of an arch: flat (linear, mlp), image (cnn), sequence (gru, transformer)."""
-    return {"cnn": "image", "gru": "sequence", "transformer": "sequence"}.get(arch, "flat")
+    """The input view of an arch: flat (linear, mlp), image (cnn, resnet), sequence (rnn)."""
+    return view_of_arch(arch)
 
 
-def to_view(X: np.ndarray, view: str, image_shape: tuple[int, int] | None) -> np.ndarray:
+def to_view(X: np.ndarray, view: str, image_shape: tuple[int, ...] | None) -> np.ndarray:
     """Reshape flat (N, F) data: flat (N, F), image (N, 1, H, W), sequence (N, H, W) (rows)."""
     if view == "flat":
         return X

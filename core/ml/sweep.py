@@ -42,7 +42,7 @@ from torch import Tensor, nn
 from torch.func import functional_call, stack_module_state, vmap
 
 from core.ml import losses
-from core.ml.data import shift_augment
+from core.ml.augment import augment_defaults, random_crop_flip
 from core.ml.errors import SpecError, TrainingDivergedError, TrainingStopped, TrialDivergedError
 from core.ml.experiment import (
     ExperimentOutput,
@@ -88,6 +88,7 @@ class TrialHooks:
 def can_stack(prep: PreparedExperiment) -> bool:
     """Whether trials of this prepared spec train stacked (else one after another)."""
     return (prep.mcfg["arch"] in STACKABLE_ARCHS and prep.mcfg["dropout"] == 0.0
+            and prep.cfg.schedule == "constant"  # the stacked loop has no lr schedule
             and not any(True for _ in prep.build().buffers()))
 
 
@@ -288,7 +289,10 @@ def _run_stacked(preps: list[PreparedExperiment], hooks: TrialHooks
                 idx = perms[s][start:start + bs]
                 xb = X[idx]
                 if cfg0.augment and p0.image_shape is not None:
-                    xb = shift_augment(xb, p0.image_shape, augs[s])
+                    pad, flip = augment_defaults(p0.image_shape, cfg0.crop_padding, cfg0.flip)
+                    view = {4: "image", 3: "sequence"}.get(xb.dim(), "flat")
+                    xb = random_crop_flip(xb, p0.image_shape, view, augs[s], padding=pad,
+                                          flip=flip)
                 xs.append(xb)
                 ys.append(y[idx])
             with _autocast(device):

@@ -27,8 +27,9 @@ from safetensors.torch import save as safetensors_save
 from torch import Tensor, nn
 
 from core.ml import calibration, losses
-from core.ml.data import shift_augment
+from core.ml.augment import augment_defaults, random_crop_flip
 from core.ml.errors import DeviceUnavailableError, SpecError, TrainingDivergedError, TrainingStopped
+from core.ml.schedules import make_scheduler, restore_scheduler, scheduler_state
 from core.spec import JobSpec
 
 __all__ = [
@@ -79,6 +80,13 @@ class TrainConfig:
     lr: float = 1e-3
     weight_decay: float = 0.0
     momentum: float = 0.9
+    nesterov: bool = False
+    schedule: str = "constant"
+    milestones: list[int] = field(default_factory=list)
+    gamma: float = 0.1
+    warmup_epochs: int = 0
+    crop_padding: int | None = None
+    flip: bool | None = None
     alpha: float = 0.1
     variant: str = "uniform"
     prior: list[float] | None = None
@@ -110,6 +118,9 @@ class TrainConfig:
             prior=None if loss.prior is None else [float(p) for p in loss.prior],
             form=loss.form, early_stopping_metric=es.metric if es else None,
             patience=es.patience if es else 0, n_bins=job.calibration.n_bins,
+            nesterov=opt.nesterov, schedule=tr.schedule.name,
+            milestones=list(tr.schedule.milestones), gamma=tr.schedule.gamma,
+            warmup_epochs=tr.schedule.warmup_epochs, crop_padding=tr.crop_padding, flip=tr.flip,
         )
 
 
@@ -150,6 +161,7 @@ def make_optimizer(model: nn.Module | Iterable[Tensor], cfg: TrainConfig, *,
     params = model.parameters() if isinstance(model, nn.Module) else list(model)
     if cfg.optimizer == "sgd":
         return torch.optim.SGD(params, lr=cfg.lr, momentum=cfg.momentum,
+                               nesterov=cfg.nesterov and cfg.momentum > 0,
                                weight_decay=cfg.weight_decay, fused=fused)
     if cfg.optimizer == "adam":
         return torch.optim.Adam(params, lr=cfg.lr, weight_decay=cfg.weight_decay, fused=fused)
@@ -185,11 +197,16 @@ def train_one_epoch(
     *,
     order: torch.Generator,
     aug: torch.Generator | None = None,
-    image_shape: tuple[int, int] | None = None,
+    image_shape: tuple[int, ...] | None = None,
     prior: Tensor | None = None,
     should_stop: Callable[[], str | None] | None = None,
+    scheduler: torch.optim.lr_scheduler.LRScheduler | None = None,
 ) -> float:
-    """One pass over (X, y) in a seeded random order; returns the mean training loss."""
+    """One pass over (X, y) in a seeded random order; returns the mean training loss.
+
+    With `aug` and an image shape, each batch is randomly cropped (and flipped) on its device;
+    `scheduler` is stepped after every optimizer step.
+    """
     model.train()
     device = X.device
     n = len(X)
@@ -199,17 +216,43 @@ def train_one_epoch(
         idx = perm[start:start + cfg.batch_size]
         xb, yb = X[idx], y[idx]
         if aug is not None and image_shape is not None:
-            xb = shift_augment(xb, image_shape, aug)
+            padding, flip = augment_defaults(image_shape, cfg.crop_padding, cfg.flip)
+            xb = random_crop_flip(xb, image_shape, _view_of(xb), aug, padding=padding,
+                                  flip=flip)
         with _autocast(device):
             raw = model(xb)
         loss = compute_loss(raw, yb, cfg, prior)
         optimizer.zero_grad(set_to_none=True)
         loss.backward()
         optimizer.step()
+        if scheduler is not None:
+            scheduler.step()
         total += loss.detach().double() * len(idx)
         if should_stop is not None and (reason := should_stop()):
             raise TrainingStopped(reason)
     return float(total / n)
+
+
+def _view_of(x: Tensor) -> str:
+    """The view of a batch of image data from its rank: image 4-D, sequence 3-D, flat 2-D."""
+    return {4: "image", 3: "sequence"}.get(x.dim(), "flat")
+
+
+def to_device(t: Tensor, device: torch.device) -> Tensor:
+    """Move a CPU tensor to `device`: through pinned memory, non-blocking, on CUDA."""
+    if device.type == "cuda" and t.device.type == "cpu":
+        return t.pin_memory().to(device, non_blocking=True)
+    return t.to(device)
+
+
+def prepare_model_for(model: nn.Module, device: torch.device) -> None:
+    """Move the model; on CUDA conv nets use channels-last memory (inputs follow in InputNorm)."""
+    model.to(device)
+    if device.type == "cuda" and any(isinstance(m, nn.Conv2d) for m in model.modules()):
+        model.to(memory_format=torch.channels_last)  # type: ignore[call-overload]
+        inorm = getattr(model, "inorm", None)
+        if inorm is not None:
+            inorm.channels_last = True
 
 
 @torch.no_grad()
@@ -315,6 +358,7 @@ def encode_checkpoint(ckpt: dict[str, Any]) -> bytes:
         "bad_epochs": int(ckpt["bad_epochs"]), "stopped_early": bool(ckpt["stopped_early"]),
         "optimizer": {"param_groups": optim["param_groups"], "state": optim_values},
         "cuda_rng": None if cuda is None else len(cuda),
+        "scheduler": ckpt.get("scheduler"),
     }
     # one metadata key: safetensors writes several in hash order, one gives stable bytes
     return safetensors_save(tensors, metadata={
@@ -409,12 +453,20 @@ def load_checkpoint(blob: bytes) -> dict[str, Any]:
             "best_value": None if meta["best_value"] is None else float(meta["best_value"]),
             "best_epoch": int(meta["best_epoch"]), "best_state": best,
             "bad_epochs": int(meta["bad_epochs"]), "stopped_early": bool(meta["stopped_early"]),
+            "scheduler": _scheduler_meta(meta.get("scheduler")),
         }
     except ValueError:
         raise
     except Exception as exc:  # missing keys, wrong types, a corrupt tensor table
         raise ValueError(f"not a readable Softlabel training checkpoint: {exc!r}") from exc
     return ckpt
+
+
+def _scheduler_meta(value: Any) -> dict[str, Any] | None:
+    """The checkpoint's scheduler state: a dict or nothing (anything else is refused)."""
+    if value is not None and not isinstance(value, dict):
+        raise ValueError(f"scheduler={value!r}")
+    return value
 
 
 def _improved(value: float, best: float | None, metric: str) -> bool:
@@ -436,7 +488,7 @@ def fit(
     cfg: TrainConfig,
     hooks: TrainHooks | None = None,
     *,
-    image_shape: tuple[int, int] | None = None,
+    image_shape: tuple[int, ...] | None = None,
     fingerprint: dict[str, Any] | None = None,
 ) -> FitResult:
     """Train `model` (already built and seeded) with early stopping, checkpoints and resume.
@@ -451,11 +503,12 @@ def fit(
     if cfg.augment and image_shape is None:
         raise SpecError("training.augment shifts images and needs image-shaped data; set it "
                         "to false for this dataset")
-    model.to(device)
-    X_train, y_train = X_train.to(device), y_train.to(device)
-    X_val, y_val = X_val.to(device), y_val.to(device)
+    prepare_model_for(model, device)
+    X_train, y_train = to_device(X_train, device), to_device(y_train, device)
+    X_val, y_val = to_device(X_val, device), to_device(y_val, device)
     prior = torch.tensor(cfg.prior, dtype=torch.float32, device=device) if cfg.prior else None
     optimizer = make_optimizer(model, cfg)
+    scheduler = make_scheduler(optimizer, cfg, math.ceil(len(X_train) / cfg.batch_size))
     order = torch.Generator().manual_seed(cfg.seed)
     aug = torch.Generator().manual_seed(cfg.seed + 1)
     config_json = json.dumps({"train": asdict(cfg), "fingerprint": fingerprint}, sort_keys=True)
@@ -483,6 +536,8 @@ def fit(
         if ckpt is not None:
             model.load_state_dict(ckpt["model"])
             optimizer.load_state_dict(ckpt["optimizer"])
+            if ckpt.get("scheduler"):
+                restore_scheduler(scheduler, ckpt["scheduler"])
             torch.set_rng_state(ckpt["rng"]["torch"])
             order.set_state(ckpt["rng"]["order"])
             aug.set_state(ckpt["rng"]["augment"])
@@ -501,7 +556,7 @@ def fit(
         train_loss = train_one_epoch(
             model, optimizer, X_train, y_train, cfg, order=order,
             aug=aug if cfg.augment else None, image_shape=image_shape, prior=prior,
-            should_stop=hooks.should_stop,
+            should_stop=hooks.should_stop, scheduler=scheduler,
         )
         logits, labels, _ = evaluate(model, X_val, y_val, batch_size=cfg.eval_batch_size)
         if not (math.isfinite(train_loss) and bool(torch.isfinite(logits).all())):
@@ -527,6 +582,7 @@ def fit(
                 "rng": _rng_state(order, aug, device), "history": history,
                 "best_value": best_value, "best_epoch": best_epoch, "best_state": best_state,
                 "bad_epochs": bad_epochs, "stopped_early": stopped_early,
+                "scheduler": scheduler_state(scheduler),
             }
             if hooks.checkpoint_ready:
                 hooks.checkpoint_ready(functools.partial(encode_checkpoint, _frozen(state)))

@@ -26,11 +26,21 @@ __all__ = [
     "arch_incompatibility",
     "compatible_archs",
     "dataset_sha256",
+    "image_dims",
+    "canonical_images",
     "parse_upload",
     "to_npz_bytes",
     "validate_arrays",
+    "view_of_arch",
 ]
 
+IMAGE_DTYPES = (np.dtype(np.uint8), np.dtype(np.float16), np.dtype(np.float32))
+ACCEPTED_LAYOUTS = (
+    "X of shape (N, F) (flat features), or images (N, H, W), (N, H, W, C) or (N, C, H, W) "
+    "with C in {1, 3}, of dtype uint8, float16 or float32 (float64 is stored as float32)"
+)
+IMAGE_ARCHS = ("cnn", "resnet")
+RESNET_MIN_SIZE = 8
 
 # Default limits; the API passes its configured ones.
 MAX_ROWS = 1_000_000
@@ -58,8 +68,25 @@ BUILTIN_DATASETS: dict[str, BuiltinInfo] = {
 }
 
 
+def image_dims(image_shape: tuple[int, ...] | list[int]) -> tuple[int, int, int]:
+    """(C, H, W) of an image shape given as (H, W) (one channel) or (C, H, W)."""
+    dims = tuple(int(d) for d in image_shape)
+    if len(dims) == 2:
+        return 1, dims[0], dims[1]
+    if len(dims) == 3:
+        return dims[0], dims[1], dims[2]
+    raise ValueError(f"Expected argument `image_shape` to be (H, W) or (C, H, W), but got {dims}")
+
+
+def view_of_arch(arch: str) -> str:
+    """The input view of an arch: flat (linear, mlp), image (cnn, resnet), sequence (rnn)."""
+    if arch in IMAGE_ARCHS:
+        return "image"
+    return "sequence" if arch in ("gru", "transformer") else "flat"
+
+
 def arch_incompatibility(
-    arch: str, n_features: int, image_shape: tuple[int, int] | None
+    arch: str, n_features: int, image_shape: tuple[int, ...] | None
 ) -> str | None:
     """Return why `arch` cannot run on data of this shape, or None when it can."""
     if arch not in ARCHS:
@@ -68,21 +95,25 @@ def arch_incompatibility(
         return None
     if image_shape is None:
         view = (
-            "an image (H x W) view" if arch == "cnn" else "a row-sequence view (rows of an image)"
+            "an image (H x W) view" if arch in IMAGE_ARCHS
+            else "a row-sequence view (rows of an image)"
         )
         return (
             f"model.arch={arch!r} needs {view}, but this dataset has {n_features} flat "
             f"features and no image shape; use 'linear' or 'mlp', or upload an NPZ whose X "
-            f"has shape (N, H, W)"
+            f"has shape (N, H, W), (N, H, W, C) or (N, C, H, W)"
         )
-    h, w = image_shape
-    if h * w != n_features:
-        return f"image shape {h}x{w} does not match {n_features} features"
+    c, h, w = image_dims(image_shape)
+    if c * h * w != n_features:
+        return f"image shape {c}x{h}x{w} does not match {n_features} features"
+    if arch == "resnet" and min(h, w) < RESNET_MIN_SIZE:
+        return (f"model.arch='resnet' needs images of at least {RESNET_MIN_SIZE}x"
+                f"{RESNET_MIN_SIZE} pixels (it halves the resolution twice), got {h}x{w}")
     return None
 
 
-def compatible_archs(n_features: int, image_shape: tuple[int, int] | None) -> list[str]:
-    """Architectures that fit: linear/mlp always; cnn/gru/transformer need an image shape."""
+def compatible_archs(n_features: int, image_shape: tuple[int, ...] | None) -> list[str]:
+    """Architectures that fit: linear/mlp always; the others need an image shape."""
     return [a for a in ARCHS if arch_incompatibility(a, n_features, image_shape) is None]
 
 
@@ -90,12 +121,24 @@ def compatible_archs(n_features: int, image_shape: tuple[int, int] | None) -> li
 
 
 def dataset_sha256(X: np.ndarray, y: np.ndarray) -> str:
-    """SHA-256 of canonical bytes: JSON header (shapes) + X float32 LE C-order + y int64 LE."""
-    x = np.ascontiguousarray(X, dtype="<f4")
+    """SHA-256 of canonical bytes: JSON header (shapes) + X float32 LE C-order + y int64 LE.
+
+    Image sets ((N, H, W) or (N, C, H, W)) hash X in their stored dtype, which the header
+    names, so a uint8 set is never widened to float32 for hashing.
+    """
     t = np.ascontiguousarray(y, dtype="<i8")
     h = hashlib.sha256()
-    h.update(json.dumps({"X": list(x.shape), "y": list(t.shape)}, sort_keys=True).encode())
-    h.update(x.tobytes())
+    if X.ndim in (3, 4) and X.dtype in IMAGE_DTYPES:
+        x = np.ascontiguousarray(X, dtype=X.dtype.newbyteorder("<"))
+        h.update(json.dumps({"X": list(x.shape), "dtype": x.dtype.str, "y": list(t.shape)},
+                            sort_keys=True).encode())
+        flat = x.reshape(len(x), -1) if len(x) else x.reshape(0, 0)
+        for start in range(0, len(flat), 4096):
+            h.update(flat[start:start + 4096].tobytes())
+    else:
+        x = np.ascontiguousarray(X, dtype="<f4")
+        h.update(json.dumps({"X": list(x.shape), "y": list(t.shape)}, sort_keys=True).encode())
+        h.update(x.tobytes())
     h.update(t.tobytes())
     return h.hexdigest()
 
@@ -108,16 +151,19 @@ def to_npz_bytes(
     With `image_shape` (H, W) X is stored as (N, H, W), so loading it back keeps the image
     shape (load_dataset reads a 3-D X as images).
     """
+    X = np.asarray(X)
     if image_shape is not None:
-        X = np.asarray(X).reshape(len(X), int(image_shape[0]), int(image_shape[1]))
+        X = X.reshape(len(X), *(int(d) for d in image_shape))
+    keep = X.ndim in (3, 4) and X.dtype in IMAGE_DTYPES  # images keep their stored dtype
     buf = io.BytesIO()
     with zipfile.ZipFile(buf, "w", compression=zipfile.ZIP_DEFLATED) as zf:
         for name, arr in (
-            ("X", np.ascontiguousarray(X, dtype=np.float32)),
+            ("X", np.ascontiguousarray(X, dtype=X.dtype if keep else np.float32)),
             ("y", np.ascontiguousarray(y, dtype=np.int64)),
         ):
             info = zipfile.ZipInfo(f"{name}.npy", date_time=(1980, 1, 1, 0, 0, 0))
-            info.compress_type = zipfile.ZIP_DEFLATED
+            # images are stored uncompressed: raw pixels barely compress and deflate is slow
+            info.compress_type = zipfile.ZIP_STORED if keep else zipfile.ZIP_DEFLATED
             member = io.BytesIO()
             np.lib.format.write_array(member, arr, allow_pickle=False)
             zf.writestr(info, member.getvalue())
@@ -265,7 +311,7 @@ def parse_upload(
     info: n_rows, n_features, n_classes, class_names, feature_names, image_shape, label_column.
     """
     fmt = fmt.lower().lstrip(".")
-    image_shape: tuple[int, int] | None = None
+    image_shape: tuple[int, ...] | None = None
     if fmt in ("csv", "parquet"):
         import pyarrow as pa
 
@@ -291,6 +337,10 @@ def parse_upload(
         X, y, info = _table_to_arrays(table, label_column)
     elif fmt == "npz":
         X, y, info, image_shape = _parse_npz(data)
+        if image_shape is not None:
+            return _validated_images(X, y, info, image_shape, max_rows=max_rows,
+                                     max_classes=max_classes,
+                                     min_rows_per_class=min_rows_per_class)
     else:
         raise InvalidDatasetError(f"unsupported format {fmt!r}; use csv, parquet or npz")
     with np.errstate(over="ignore"):
@@ -313,7 +363,7 @@ def parse_upload(
     return X, y, info
 
 
-def _parse_npz(data: bytes) -> tuple[np.ndarray, np.ndarray, dict, tuple[int, int] | None]:
+def _parse_npz(data: bytes) -> tuple[np.ndarray, np.ndarray, dict, tuple[int, ...] | None]:
     """Read arrays X and y from NPZ bytes without ever unpickling."""
     try:
         npz = np.load(io.BytesIO(data), allow_pickle=False)
@@ -336,21 +386,68 @@ def _parse_npz(data: bytes) -> tuple[np.ndarray, np.ndarray, dict, tuple[int, in
             ) from None
     if X.dtype.kind not in "biuf":
         raise InvalidDatasetError(f"array 'X' is not numeric (dtype {X.dtype}); save it as floats")
-    image_shape: tuple[int, int] | None = None
-    if X.ndim == 3:
-        image_shape = (int(X.shape[1]), int(X.shape[2]))
-        X = X.reshape(X.shape[0], -1)
-    if X.ndim != 2:
-        raise InvalidDatasetError(f"array 'X' must have shape (N, F) or (N, H, W), got {X.shape}")
+    image_shape: tuple[int, ...] | None = None
+    if X.ndim in (3, 4):
+        X, image_shape, layout = canonical_images(X)
+    elif X.ndim != 2:
+        raise InvalidDatasetError(f"array 'X' has shape {X.shape}; accepted: {ACCEPTED_LAYOUTS}")
+    else:
+        layout = "NF"
     if raw_y.ndim != 1 or raw_y.shape[0] != X.shape[0]:
         raise InvalidDatasetError(
             f"array 'y' must have shape ({X.shape[0]},) to match 'X', got {raw_y.shape}"
         )
     y, class_names = _encode_labels(raw_y, "y")
-    names = [f"x{j}" for j in range(X.shape[1])]
-    return (
-        X,
-        y,
-        {"feature_names": names, "class_names": class_names, "label_column": "y"},
-        image_shape,
-    )
+    n_features = int(np.prod(X.shape[1:]))
+    names = [f"x{j}" for j in range(n_features)] if image_shape is None else []
+    info = {"feature_names": names, "class_names": class_names, "label_column": "y",
+            "layout": layout, "dtype": str(X.dtype)}
+    return X, y, info, image_shape
+
+
+def canonical_images(X: np.ndarray) -> tuple[np.ndarray, tuple[int, ...], str]:
+    """(stored array, image_shape, uploaded layout) of an image upload; 422 for other layouts.
+
+    Stored: (N, H, W) for one channel (image_shape (H, W)), (N, 3, H, W) for colour
+    (image_shape (3, H, W)); uint8/float16/float32 kept, float64 narrowed to float32.
+    A 4-D X whose last axis is 1 or 3 is channels-last (N, H, W, C), else channels-first.
+    """
+    if X.dtype == np.float64:
+        with np.errstate(over="ignore"):
+            X = X.astype(np.float32)
+    if X.dtype not in IMAGE_DTYPES:
+        raise InvalidDatasetError(
+            f"image array 'X' has dtype {X.dtype}; accepted: {ACCEPTED_LAYOUTS}")
+    if X.ndim == 3:
+        return X, (int(X.shape[1]), int(X.shape[2])), "NHW"
+    if X.shape[3] in (1, 3):
+        layout, X = "NHWC", np.ascontiguousarray(X.transpose(0, 3, 1, 2))
+    elif X.shape[1] in (1, 3):
+        layout = "NCHW"
+    else:
+        raise InvalidDatasetError(
+            f"array 'X' has shape {X.shape}: no channel axis of size 1 or 3; accepted: "
+            f"{ACCEPTED_LAYOUTS}")
+    c, h, w = (int(d) for d in X.shape[1:])
+    if c == 1:
+        return X.reshape(len(X), h, w), (h, w), layout
+    return X, (c, h, w), layout
+
+
+def _validated_images(
+    X: np.ndarray, y: np.ndarray, info: dict[str, Any], image_shape: tuple[int, ...], *,
+    max_rows: int, max_classes: int, min_rows_per_class: int,
+) -> tuple[np.ndarray, np.ndarray, dict[str, Any]]:
+    """Validate an image upload without widening it (finiteness checked in row chunks)."""
+    n = len(X)
+    if X.dtype.kind == "f":
+        for start in range(0, n, 4096):
+            if not np.isfinite(X[start:start + 4096]).all():
+                raise InvalidDatasetError(
+                    "array 'X' contains NaN or inf values; clean them before uploading")
+    n_features = int(np.prod(image_shape))
+    validate_arrays(np.zeros((n, 1), dtype=np.float32), y, max_rows=max_rows, max_columns=1,
+                    max_classes=max_classes, min_rows_per_class=min_rows_per_class)
+    info.update(n_rows=n, n_features=n_features, n_classes=len(info["class_names"]),
+                image_shape=list(image_shape))
+    return X, y, info
