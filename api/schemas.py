@@ -56,6 +56,8 @@ class JobOut(BaseModel):
     started_at: str | None
     finished_at: str | None
     spec: dict[str, Any]
+    cost: dict[str, Any] | None = Field(
+        default=None, description="Estimate made at submission: parameters, FLOPs, memory")
     links: JobLinks
 
     @classmethod
@@ -82,6 +84,7 @@ class JobOut(BaseModel):
             started_at=iso(job.started_at),
             finished_at=iso(job.finished_at),
             spec=job.spec,
+            cost=job.cost,
             links=JobLinks(
                 self=base, result=f"{base}/result", events=f"{base}/events", cancel=f"{base}/cancel"
             ),
@@ -115,6 +118,7 @@ def job_out_json(row: Mapping[Any, Any]) -> bytes:
         "started_at": iso(row["started_at"]),
         "finished_at": iso(row["finished_at"]),
         "spec": row["spec"],
+        "cost": row["cost"],
         "links": {
             "self": base,
             "result": f"{base}/result",

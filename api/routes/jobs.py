@@ -50,6 +50,7 @@ from core.models import TERMINAL_STATUSES, ApiKey, Job
 from core.queue import enqueue_job
 from core.services import jobs as job_service
 from core.services import webhooks
+from core.services.cost import check_job_cost
 from core.services.specs import check_job_spec
 from core.services.tenants import hash_key
 from core.spec import EXAMPLE_SPEC, JobSpec
@@ -96,6 +97,7 @@ def submit_job(
     """Validate the spec, store the job as queued, enqueue it after commit."""
     webhooks.validate_spec_url(spec.webhook_url, settings=settings)
     resolved, dataset_id = check_job_spec(session, tenant_id=tenant.id, spec=spec)
+    cost = check_job_cost(session, tenant_id=tenant.id, spec=spec, settings=settings)
     active = job_service.count_active_jobs(session, tenant_id=tenant.id)
     if active >= settings.max_active_jobs_per_tenant:
         raise TooManyRequestsError(
@@ -109,6 +111,7 @@ def submit_job(
         spec=resolved,
         max_attempts=settings.max_attempts,
         dataset_id=dataset_id,
+        cost=cost.as_dict(),
     )
     session.commit()
     enqueue_committed(session, [job.id])
@@ -166,6 +169,7 @@ _JOB_OUT_COLUMNS = (
     Job.started_at,
     Job.finished_at,
     Job.spec,
+    Job.cost,
 )
 # Authentication and the job in one round trip: no row, the key is invalid or revoked (401,
 # the same test as tenants.authenticate); a row without a job, no such job for this tenant

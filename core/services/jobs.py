@@ -34,8 +34,9 @@ def create_job(
     max_attempts: int,
     sweep_id: str | None = None,
     dataset_id: str | None = None,
+    cost: dict[str, Any] | None = None,
 ) -> Job:
-    """Store a new queued job."""
+    """Store a new queued job (with its cost estimate, core.ml.cost)."""
     now = utcnow()
     job = Job(
         id=new_id("job"),
@@ -48,6 +49,7 @@ def create_job(
         attempt=1,
         max_attempts=max_attempts,
         progress={},
+        cost=cost,
         created_at=now,
         queued_at=now,
         updated_at=now,

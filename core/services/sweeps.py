@@ -5,6 +5,7 @@ from __future__ import annotations
 import contextlib
 import itertools
 import logging
+from collections import Counter
 from collections.abc import Callable
 from dataclasses import dataclass
 from datetime import timedelta
@@ -14,10 +15,12 @@ from pydantic import ValidationError
 from sqlalchemy import func, select, update
 from sqlalchemy.orm import Session
 
+from core.config import Settings
 from core.errors import ConflictError, NotFoundError, TooManyRequestsError, ValidationAppError
 from core.ids import new_id, utcnow
 from core.models import TERMINAL_STATUSES, Job, Sweep
 from core.services import jobs as job_service
+from core.services.cost import check_job_cost, enforce_caps
 from core.services.pagination import newest_first_page
 from core.services.specs import check_job_spec
 from core.services.sweep_report import Trial, build_report, context_slug, plot_rows
@@ -132,8 +135,13 @@ def create_sweep(
     max_trials: int,
     max_attempts: int,
     max_active_jobs: int | None = None,
+    settings: Settings | None = None,
 ) -> CreatedSweep:
-    """Store the sweep and one queued job per trial (the caller commits, then enqueues groups)."""
+    """Store the sweep and one queued job per trial (the caller commits, then enqueues groups).
+
+    With `settings`, every trial's cost estimate is checked against the caps, and so is each
+    group of trials that trains stacked (its trials at once).
+    """
     n = request.n_trials()
     if n > max_trials:
         sizes = " × ".join(f"{len(v)} {SHORT_AXIS_NAMES[k]}" for k, v in request.grid().items())
@@ -151,6 +159,7 @@ def create_sweep(
                 retry_after=30,
             )
     specs, points, dataset_id = expand_trials(session, tenant_id=tenant_id, request=request)
+    costs = _trial_costs(session, tenant_id=tenant_id, specs=specs, settings=settings)
     base = request.base.resolved()
     base["loss"].pop("alpha", None)
     base["training"].pop("seed", None)
@@ -183,9 +192,33 @@ def create_sweep(
             max_attempts=max_attempts,
             sweep_id=sweep.id,
             dataset_id=dataset_id,
+            cost=costs.get(stack_key(spec)),
         )
         groups.setdefault(stack_key(spec), []).append(job.id)
     return CreatedSweep(sweep=sweep, groups=list(groups.values()))
+
+
+# trained stacked (all trials at once); nets with BatchNorm buffers run one by one
+STACKED_ARCHS = ("linear", "mlp", "transformer")
+
+
+def _trial_costs(session: Session, *, tenant_id: str, specs: list[dict[str, Any]],
+                 settings: Settings | None) -> dict[str, dict[str, Any]]:
+    """Cost estimate per stack group, each trial and each stacked group checked against caps."""
+    if settings is None:
+        return {}
+    sizes = Counter(stack_key(spec) for spec in specs)
+    out: dict[str, dict[str, Any]] = {}
+    for spec in specs:
+        key = stack_key(spec)
+        if key in out:
+            continue
+        parsed = JobSpec.model_validate(spec)
+        cost = check_job_cost(session, tenant_id=tenant_id, spec=parsed, settings=settings)
+        if parsed.model.arch in STACKED_ARCHS and parsed.model.dropout == 0:
+            enforce_caps(cost, settings=settings, trials=sizes[key])
+        out[key] = cost.as_dict()
+    return out
 
 
 def get_sweep(session: Session, *, tenant_id: str, sweep_id: str) -> Sweep:
