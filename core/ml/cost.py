@@ -137,7 +137,8 @@ def estimate_cost(
 ) -> CostEstimate:
     """The cost of training `model_spec` on data of this shape for one epoch (see module doc)."""
     arch = str(model_spec.get("arch", "mlp"))
-    hidden = [int(v) for v in model_spec.get("hidden") or []]
+    default = [32, 64, 128] if arch == "cnn" else [256, 256]  # as core.spec.ModelSpec
+    hidden = [int(v) for v in model_spec.get("hidden", default) or []]
     k = 1 if binary else n_classes
     c, h, w = _dims(image_shape, n_features)
     if arch == "linear":
@@ -152,6 +153,7 @@ def estimate_cost(
         p, f, a = _gru(c * w, h, hidden, k)
     else:
         p, f, a = _transformer(c * w, h, hidden, k)
+    a += n_features  # the float input batch, kept for the first layer's backward
     epoch = (3 * n_train + n_val) * f / 1e9
     batch = max(1, min(batch_size, n_train))
     return CostEstimate(parameters=p, flops_per_sample=f, epoch_gflop=epoch,

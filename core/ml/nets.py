@@ -233,7 +233,9 @@ def build_model(
     input_norm: dict[str, Any] | None = None,
 ) -> nn.Module:
     """Build the net for spec["model"] (arch, hidden, dropout, depth); SpecError if it won't fit."""
-    cfg = model_config(model_spec, n_features, n_classes, image_shape, variant, input_norm)
+    # a stored model config (model.json) carries its own input normalisation
+    cfg = model_config(model_spec, n_features, n_classes, image_shape, variant,
+                       input_norm or model_spec.get("input_norm"))
     _check(cfg, image_shape)
     arch, hidden, dropout, n_out = cfg["arch"], cfg["hidden"], cfg["dropout"], cfg["n_outputs"]
     norm = cfg.get("input_norm")
