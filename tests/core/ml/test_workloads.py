@@ -19,7 +19,7 @@ from core.ml.experiment import prepare_experiment, run_experiment
 from core.ml.images import channel_stats, image_view
 from core.ml.nets import build_model
 from core.ml.schedules import lr_factor
-from core.ml.train import TrainConfig, TrainHooks, fit
+from core.ml.train import TrainHooks, fit
 from core.ml.upload import parse_upload
 
 torch.set_num_threads(1)
