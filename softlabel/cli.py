@@ -7,6 +7,7 @@ import json
 import typer
 
 from softlabel import commands, server
+from softlabel.datasets_cli import datasets_app
 
 app = typer.Typer(
     help="Softlabel: label-smoothing training with calibration reports.",
@@ -126,6 +127,7 @@ def demo(alphas: str = "0,0.05,0.1,0.2", epochs: int = 30) -> None:
 
 
 commands.register(app)  # submit, sweep, status, result, cancel (the HTTP client)
+app.add_typer(datasets_app, name="datasets")
 
 
 def main() -> None:
