@@ -100,6 +100,8 @@ class JobOut(BaseModel):
     exports: dict[str, ExportStatus] = Field(
         default_factory=dict, description="Exports of the finished job, e.g. `mlflow`"
     )
+    cost: dict[str, Any] | None = Field(
+        default=None, description="Estimate made at submission: parameters, FLOPs, memory")
     links: JobLinks
 
     @classmethod
@@ -127,6 +129,7 @@ class JobOut(BaseModel):
             finished_at=iso(job.finished_at),
             spec=job.spec,
             exports=exports_out(job.exports),
+            cost=job.cost,
             links=JobLinks(
                 self=base, result=f"{base}/result", events=f"{base}/events", cancel=f"{base}/cancel"
             ),
@@ -161,6 +164,7 @@ def job_out_json(row: Mapping[Any, Any]) -> bytes:
         "finished_at": iso(row["finished_at"]),
         "spec": row["spec"],
         "exports": exports_json(row.get("exports")),
+        "cost": row["cost"],
         "links": {
             "self": base,
             "result": f"{base}/result",

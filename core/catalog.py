@@ -10,7 +10,9 @@ from typing import Any
 
 from core.config import Settings
 from core.ml.arch_compat import compatible_archs
-from core.ml.builtin_datasets import BUILTIN_DATASETS
+from core.ml.builtin_datasets import BUILTIN_DATASETS, BuiltinInfo
+from core.ml.cost import estimate_cost
+from core.ml.upload import ACCEPTED_LAYOUTS
 from core.models import FAILURE_REASONS
 from core.spec import (
     ARCHS,
@@ -42,9 +44,19 @@ ARCH_INFO: dict[str, dict[str, Any]] = {
     },
     "cnn": {
         "view": "image",
-        "needs": "an image shape (H, W): digits, or an NPZ upload whose X has shape (N, H, W)",
-        "hidden": "channels of each 3x3 conv + ReLU layer, then global average pooling",
-        "description": "convolutional net (locality, translation invariance)",
+        "needs": "an image shape: digits, or an NPZ upload of images (N, H, W), (N, H, W, C) "
+                 "or (N, C, H, W)",
+        "hidden": "channels of each 3x3 conv-BN-ReLU block (default [32, 64, 128]); each block "
+                  "is followed by 2x2 max pooling while the map is >= 8 pixels, then global "
+                  "average pooling",
+        "description": "convolutional net that downsamples (locality, translation invariance)",
+    },
+    "resnet": {
+        "view": "image",
+        "needs": "images of at least 8x8 pixels",
+        "hidden": "ignored; model.depth in {20, 32, 44, 56, 110} (default 20)",
+        "description": "CIFAR ResNet-(6n+2) of He et al. 2016: 16/32/64 channels, option-A "
+                       "shortcuts (0.27M parameters at depth 20)",
     },
     "gru": {
         "view": "sequence",
@@ -141,24 +153,53 @@ HISTORY_METRICS: dict[str, str] = {
 }
 
 
+def _default_cost(arch: str, n: int, f: int, k: int, image_shape: tuple[int, ...] | None
+                  ) -> dict[str, Any]:
+    """The cost estimate of the default model of `arch` with the default split and batch."""
+    model = ModelSpec(arch=arch).model_dump()  # type: ignore[arg-type]
+    return estimate_cost(model, n_features=f, n_classes=k, image_shape=image_shape,
+                         n_train=round(n * 0.7), n_val=round(n * 0.15),
+                         batch_size=128).as_dict()
+
+
+def _builtin_entry(name: str, info: BuiltinInfo) -> dict[str, Any]:
+    """One built-in dataset of the catalog, with each compatible arch's default cost."""
+    archs = compatible_archs(info.n_features, info.image_shape)
+    return {
+        "name": name,
+        "source": "builtin",
+        "n_samples": info.n_samples,
+        "n_features": info.n_features,
+        "n_classes": info.n_classes,
+        "image_shape": list(info.image_shape) if info.image_shape else None,
+        "description": info.description,
+        "compatible_archs": archs,
+        "default_cost": {
+            arch: _default_cost(arch, info.n_samples, info.n_features, info.n_classes,
+                                info.image_shape)
+            for arch in archs
+        },
+    }
+
+
+def _cost_limits(settings: Settings) -> dict[str, Any]:
+    """The cost caps a job (and a stacked sweep group) must stay under."""
+    return {
+        "max_model_params": settings.max_model_params,
+        "max_epoch_gflop": settings.max_epoch_gflop,
+        "max_activation_bytes": settings.max_activation_bytes,
+        "notes": "estimated from the spec and the dataset's shape before a job is queued "
+                 "(the job document's `cost`); a stacked sweep group counts all its trials",
+    }
+
+
 def build_catalog(*, settings: Settings) -> dict[str, Any]:
     """Datasets, architectures, loss variants, optimisers, metrics and limits, JSON-ready."""
     model_defaults = ModelSpec().model_dump()
     optimizer_defaults = OptimizerSpec().model_dump()
     return {
-        "datasets": [
-            {
-                "name": name,
-                "source": "builtin",
-                "n_samples": info.n_samples,
-                "n_features": info.n_features,
-                "n_classes": info.n_classes,
-                "image_shape": list(info.image_shape) if info.image_shape else None,
-                "description": info.description,
-                "compatible_archs": compatible_archs(info.n_features, info.image_shape),
-            }
-            for name, info in BUILTIN_DATASETS.items()
-        ],
+        "datasets": [_builtin_entry(name, info) for name, info in BUILTIN_DATASETS.items()],
+        "cost_limits": _cost_limits(settings),
         "dataset_sources": {
             "builtin": "a scikit-learn bundled dataset by name (no network)",
             "synthetic": "seeded Gaussian clusters: classes, features, samples, separation, seed",
@@ -170,9 +211,10 @@ def build_catalog(*, settings: Settings) -> dict[str, Any]:
             "max_rows": settings.max_dataset_rows,
             "max_columns": settings.max_dataset_columns,
             "max_classes": settings.max_dataset_classes,
+            "max_decoded_bytes": settings.max_dataset_bytes,
             "notes": (
                 "CSV needs a header row; every column but label_column (default 'label') must "
-                "be numeric. NPZ holds arrays X ((N, F), or (N, H, W) images) and y; pickled "
+                f"be numeric. NPZ holds arrays X and y, X being {ACCEPTED_LAYOUTS}; pickled "
                 "arrays are refused. Each class needs at least 3 rows."
             ),
         },

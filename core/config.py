@@ -73,6 +73,19 @@ class Settings(BaseSettings):
     max_dataset_rows: int = Field(default=1_000_000, ge=1, description="Rows per upload")
     max_dataset_columns: int = Field(default=10_000, ge=1, description="Feature columns")
     max_dataset_classes: int = Field(default=1000, ge=2, description="Classes per dataset")
+    max_dataset_bytes: int = Field(
+        default=4_000_000_000, ge=1024,
+        description="Decoded size of an upload's arrays (from its headers, checked before reading)",
+    )
+    max_model_params: int = Field(
+        default=100_000_000, ge=1, description="Parameters per job (a stacked group: all trials)"
+    )
+    max_epoch_gflop: float = Field(
+        default=200_000.0, gt=0, description="Estimated GFLOP per training epoch per job"
+    )
+    max_activation_bytes: int = Field(
+        default=16 * 2**30, ge=1, description="Estimated activation memory of one training batch"
+    )
     max_sweep_trials: int = Field(default=64, ge=1, description="Trials per sweep (grid size)")
     idempotency_ttl_hours: float = Field(
         default=24.0, gt=0, description="How long an Idempotency-Key is remembered"

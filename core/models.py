@@ -117,6 +117,7 @@ class Job(Base):
     failure_reason: Mapped[str | None] = mapped_column(String(32), nullable=True)
     failure_message: Mapped[str | None] = mapped_column(Text, nullable=True)
     result: Mapped[dict[str, Any] | None] = mapped_column(JSONDoc, nullable=True)
+    cost: Mapped[dict[str, Any] | None] = mapped_column(JSONDoc, nullable=True)
     cancel_requested: Mapped[bool] = mapped_column(Boolean, default=False)
     exports: Mapped[dict[str, Any]] = mapped_column(JSONDoc, default=dict)
     created_at: Mapped[datetime] = mapped_column(TS, default=utcnow)

@@ -11,7 +11,7 @@ from core.validation import SafeStr, check_alpha, check_http_url
 
 # The vocabularies of the spec, each written once; the tuples (and core.catalog) derive from them.
 BuiltinName = Literal["digits", "iris", "wine", "breast_cancer"]
-Arch = Literal["linear", "mlp", "cnn", "gru", "transformer"]
+Arch = Literal["linear", "mlp", "cnn", "gru", "transformer", "resnet"]
 Variant = Literal["uniform", "off_target", "prior", "binary"]
 Form = Literal["ce", "kl"]
 OptimizerName = Literal["sgd", "adam", "adamw"]
@@ -39,7 +39,9 @@ PosthocMethod = Literal["temperature", "vector_scaling", "matrix_scaling", "hist
                         "isotonic", "platt"]
 POSTHOC_METHODS: tuple[str, ...] = get_args(PosthocMethod)
 DEFAULT_POSTHOC = ("temperature", "vector_scaling", "isotonic")
-
+RESNET_DEPTHS = (20, 32, 44, 56, 110)
+SCHEDULES = ("constant", "step", "cosine")
+DEFAULT_HIDDEN = {"cnn": [32, 64, 128]}  # every other arch: [256, 256]
 
 
 def distinct_values(values: list[Any], name: str) -> list[Any]:
@@ -106,9 +108,18 @@ class ModelSpec(Strict):
         default_factory=lambda: [256, 256], max_length=8
     )
     dropout: float = Field(default=0.0, ge=0, lt=1)
+    depth: Literal[20, 32, 44, 56, 110] | None = Field(
+        default=None, description="resnet only: 6n+2 layers (default 20)"
+    )
 
     @model_validator(mode="after")
     def _check_hidden(self) -> ModelSpec:
+        if "hidden" not in self.model_fields_set and self.arch in DEFAULT_HIDDEN:
+            self.hidden = list(DEFAULT_HIDDEN[self.arch])
+        if self.arch == "resnet" and self.depth is None:
+            self.depth = 20
+        if self.arch != "resnet" and self.depth is not None:
+            raise ValueError(f"model.depth is only used by arch 'resnet', not {self.arch!r}")
         if self.arch != "linear" and not self.hidden:
             raise ValueError(f"model.hidden must name at least one width for arch {self.arch!r}")
         if self.arch == "transformer" and self.hidden and self.hidden[0] % 4 != 0:
@@ -172,6 +183,13 @@ class OptimizerSpec(Strict):
     lr: float = Field(default=0.001, gt=0, le=10)
     weight_decay: float = Field(default=0.0, ge=0, le=1)
     momentum: float = Field(default=0.9, ge=0, lt=1)
+    nesterov: bool = Field(default=False, description="sgd only: Nesterov momentum")
+
+    @model_validator(mode="after")
+    def _check_nesterov(self) -> OptimizerSpec:
+        if self.nesterov and (self.name != "sgd" or self.momentum == 0):
+            raise ValueError("optimizer.nesterov needs name 'sgd' and a momentum > 0")
+        return self
 
 
 class EarlyStoppingSpec(Strict):
@@ -179,6 +197,27 @@ class EarlyStoppingSpec(Strict):
 
     metric: ValMetric = "val_nll"
     patience: int = Field(default=5, ge=1, le=1000)
+
+
+class ScheduleSpec(Strict):
+    """Learning-rate schedule, stepped every batch; optional linear warmup."""
+
+    name: Literal["constant", "step", "cosine"] = "constant"
+    milestones: list[Annotated[int, Field(ge=1, le=1000)]] = Field(
+        default_factory=list, max_length=16, description="step: epochs at which lr *= gamma"
+    )
+    gamma: float = Field(default=0.1, gt=0, le=1)
+    warmup_epochs: int = Field(default=0, ge=0, le=1000)
+
+    @model_validator(mode="after")
+    def _check_milestones(self) -> ScheduleSpec:
+        if self.milestones != sorted(set(self.milestones)):
+            raise ValueError(f"schedule.milestones must be increasing, but got {self.milestones}")
+        if self.name == "step" and not self.milestones:
+            raise ValueError("schedule 'step' needs at least one epoch in schedule.milestones")
+        if self.name != "step" and self.milestones:
+            raise ValueError("schedule.milestones is only used by schedule 'step'")
+        return self
 
 
 class TrainingSpec(Strict):
@@ -189,6 +228,12 @@ class TrainingSpec(Strict):
     seed: int = Field(default=0, ge=0, le=2**31 - 1)
     device: Device = "auto"
     augment: bool = False
+    crop_padding: int | None = Field(
+        default=None, ge=0, le=16,
+        description="augment: random-crop padding (default 4, 1 for images under 16 px)")
+    flip: bool | None = Field(
+        default=None, description="augment: horizontal flips (default on for colour images)")
+    schedule: ScheduleSpec = Field(default_factory=ScheduleSpec)
     early_stopping: EarlyStoppingSpec | None = Field(default_factory=EarlyStoppingSpec)
 
 

@@ -23,7 +23,7 @@ class SweepAxes(Strict):
         default=None, min_length=1, max_length=16
     )
     model_arch: list[Arch] | None = Field(
-        default=None, alias="model.arch", min_length=1, max_length=5
+        default=None, alias="model.arch", min_length=1, max_length=6
     )
     optimizer_weight_decay: list[Annotated[float, Field(ge=0, le=1)]] | None = Field(
         default=None, alias="optimizer.weight_decay", min_length=1, max_length=16

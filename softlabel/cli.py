@@ -7,6 +7,7 @@ import json
 import typer
 
 from softlabel import commands, server
+from softlabel.datasets_cli import datasets_app
 
 app = typer.Typer(
     help="Softlabel: label-smoothing training with calibration reports.",
@@ -148,6 +149,7 @@ def ui(
 
 
 commands.register(app)  # submit, sweep, status, result, cancel (the HTTP client)
+app.add_typer(datasets_app, name="datasets")
 
 
 def main() -> None:

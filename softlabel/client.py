@@ -15,11 +15,11 @@ import os
 import time
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
-from pathlib import Path
 from typing import Any
 
 import httpx
 
+from softlabel.datasets_client import Datasets
 from softlabel.waiting import watch
 
 TERMINAL = ("succeeded", "failed", "canceled")
@@ -265,26 +265,6 @@ class Sweeps(_Resource):
             timeout=timeout,
             poll_initial=0.5,
         )
-
-
-class Datasets(_Resource):
-    """/v1/datasets."""
-
-    def upload(self, path: str | Path, *, name: str | None = None) -> dict[str, Any]:
-        """Upload a CSV, Parquet or NPZ file."""
-        p = Path(path)
-        with p.open("rb") as fh:
-            files = {"file": (p.name, fh, "application/octet-stream")}
-            data = {"name": name} if name else None
-            return dict(self._c.request("POST", "/v1/datasets", files=files, data=data))
-
-    def get(self, dataset_id: str) -> dict[str, Any]:
-        """One dataset's metadata."""
-        return dict(self._c.request("GET", f"/v1/datasets/{dataset_id}"))
-
-    def delete(self, dataset_id: str) -> None:
-        """Delete a dataset."""
-        self._c.request("DELETE", f"/v1/datasets/{dataset_id}")
 
 
 class Client:

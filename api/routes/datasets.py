@@ -68,7 +68,9 @@ class DatasetOut(BaseModel):
     n_rows: int
     n_features: int
     n_classes: int
-    image_shape: list[int] | None
+    image_shape: list[int] | None = Field(description="(H, W) grey or (C, H, W) colour images")
+    layout: str = Field(description="As uploaded: NF (flat), NHW, NHWC, NCHW; or table")
+    dtype: str = Field(description="Stored dtype of X (images keep the uploaded one)")
     class_names: list[str]
     class_counts: list[int]
     label_column: str | None
@@ -91,6 +93,8 @@ class DatasetOut(BaseModel):
             n_features=row.n_features,
             n_classes=row.n_classes,
             image_shape=shape,
+            layout=info.get("layout", "table"),
+            dtype=info.get("dtype", "float32"),
             class_names=info.get("class_names", []),
             class_counts=info.get("class_counts", []),
             label_column=info.get("label_column"),

@@ -44,7 +44,7 @@ from core.errors import (
     ValidationAppError,
 )
 from core.ml import figures
-from core.services import job_reads, webhooks
+from core.services import cost, job_reads, webhooks
 from core.services import jobs as job_service
 from core.services.effects import effects
 from core.services.specs import check_job_spec
@@ -77,6 +77,7 @@ def submit_job(
     """Validate the spec, store the job as queued, enqueue it after commit."""
     webhooks.validate_spec_url(spec.webhook_url, settings=settings)
     resolved, dataset_id = check_job_spec(session, tenant_id=tenant.id, spec=spec)
+    estimate = cost.check_job_cost(session, tenant_id=tenant.id, spec=spec, settings=settings)
     job = job_service.create_job(
         session,
         tenant_id=tenant.id,
@@ -84,6 +85,7 @@ def submit_job(
         max_attempts=settings.max_attempts,
         dataset_id=dataset_id,
         max_active_jobs=settings.max_active_jobs_per_tenant,
+        cost=estimate.as_dict(),
     )
     effects(session).enqueue_job(job.id)
     response.headers["Location"] = f"/v1/jobs/{job.id}"

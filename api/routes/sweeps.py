@@ -91,6 +91,7 @@ def submit_sweep(
         max_trials=settings.max_sweep_trials,
         max_attempts=settings.max_attempts,
         max_active_jobs=settings.max_active_jobs_per_tenant,
+        settings=settings,
     )
     fx = effects(session)
     for group in created.groups:

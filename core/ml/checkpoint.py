@@ -91,6 +91,7 @@ def encode_checkpoint(ckpt: dict[str, Any]) -> bytes:
         "bad_epochs": int(ckpt["bad_epochs"]), "stopped_early": bool(ckpt["stopped_early"]),
         "optimizer": {"param_groups": optim["param_groups"], "state": optim_values},
         "cuda_rng": None if cuda is None else len(cuda),
+        "scheduler": ckpt.get("scheduler"),
     }
     # one metadata key: safetensors writes several in hash order, one gives stable bytes
     return safetensors_save(tensors, metadata={
@@ -186,9 +187,17 @@ def load_checkpoint(blob: bytes) -> dict[str, Any]:
             "best_value": None if meta["best_value"] is None else float(meta["best_value"]),
             "best_epoch": int(meta["best_epoch"]), "best_state": best,
             "bad_epochs": int(meta["bad_epochs"]), "stopped_early": bool(meta["stopped_early"]),
+            "scheduler": _scheduler_meta(meta.get("scheduler")),
         }
     except ValueError:
         raise
     except Exception as exc:  # missing keys, wrong types, a corrupt tensor table
         raise ValueError(f"not a readable Softlabel training checkpoint: {exc!r}") from exc
     return ckpt
+
+
+def _scheduler_meta(value: Any) -> dict[str, Any] | None:
+    """The checkpoint's scheduler state: a dict or nothing (anything else is refused)."""
+    if value is not None and not isinstance(value, dict):
+        raise ValueError(f"scheduler={value!r}")
+    return value

@@ -14,7 +14,7 @@ from typing import Any
 import numpy as np
 import torch
 
-from core.ml.arch_compat import arch_incompatibility, compatible_archs
+from core.ml.arch_compat import arch_incompatibility, compatible_archs, view_of_arch
 from core.ml.builtin_datasets import BUILTIN_DATASETS
 from core.ml.errors import InvalidDatasetError, SpecError
 from core.ml.upload import dataset_sha256, validate_arrays
@@ -230,7 +230,7 @@ class PreparedData:
     X_test: np.ndarray
     y_test: np.ndarray
     n_classes: int
-    image_shape: tuple[int, int] | None
+    image_shape: tuple[int, ...] | None  # (H, W), or (C, H, W) for colour uploads
     mean: np.ndarray
     std: np.ndarray
     y_train_clean: np.ndarray
@@ -284,11 +284,11 @@ def prepare_data(
 
 
 def view_for_arch(arch: str) -> str:
-    """The input view of an arch: flat (linear, mlp), image (cnn), sequence (gru, transformer)."""
-    return {"cnn": "image", "gru": "sequence", "transformer": "sequence"}.get(arch, "flat")
+    """The input view of an arch: flat (linear, mlp), image (cnn, resnet), sequence (rnn)."""
+    return view_of_arch(arch)
 
 
-def to_view(X: np.ndarray, view: str, image_shape: tuple[int, int] | None) -> np.ndarray:
+def to_view(X: np.ndarray, view: str, image_shape: tuple[int, ...] | None) -> np.ndarray:
     """Reshape flat (N, F) data: flat (N, F), image (N, 1, H, W), sequence (N, H, W) (rows)."""
     if view == "flat":
         return X

@@ -30,6 +30,7 @@ from core.ml.data import (
     view_for_arch,
 )
 from core.ml.errors import SpecError
+from core.ml.images import image_view, is_image_array, prepare_image_data, stored_layout
 from core.ml.nets import build_model, model_config
 from core.ml.predictions import predictions_npz
 from core.ml.shifts import shift_block
@@ -99,7 +100,7 @@ class PreparedExperiment:
     names: list[str]
     mcfg: dict[str, Any]
     n_features: int
-    image_shape: tuple[int, int] | None
+    image_shape: tuple[int, ...] | None
     Xtr: torch.Tensor
     ytr: torch.Tensor
     Xva: torch.Tensor
@@ -117,7 +118,8 @@ class PreparedExperiment:
     def build(self) -> torch.nn.Module:
         """Build the (unseeded) model of the spec; callers seed the global RNG first."""
         return build_model(self.job.model.model_dump(mode="json"), self.n_features,
-                           self.data.n_classes, self.image_shape, self.cfg.variant)
+                           self.data.n_classes, self.image_shape, self.cfg.variant,
+                           self.mcfg.get("input_norm"))
 
     def with_spec(self, spec: dict[str, Any]) -> PreparedExperiment:
         """The same data under another spec that differs only in loss.alpha / training.seed."""
@@ -137,9 +139,19 @@ def prepare_experiment(
     ds_spec, split = job.dataset.model_dump(mode="json"), job.split
     model_spec = job.model.model_dump(mode="json")
 
-    X, y, image_shape = load_dataset(ds_spec, arrays=arrays)
-    data = prepare_data(X, y, image_shape, val=split.val, test=split.test, split_seed=split.seed,
-                        label_noise=job.label_noise, train_fraction=split.train_fraction)
+    split_args: dict[str, Any] = {
+        "val": split.val, "test": split.test, "split_seed": split.seed,
+        "label_noise": job.label_noise, "train_fraction": split.train_fraction}
+    raw_images = arrays is not None and is_image_array(np.asarray(arrays[0]))
+    if raw_images and arrays is not None:  # uploaded images stay in their stored dtype
+        X = np.asarray(arrays[0])
+        data = prepare_image_data(X, np.asarray(arrays[1]), **split_args)
+        image_shape: tuple[int, ...] | None = data.image_shape
+        n_features = int(np.prod(X.shape[1:]))
+    else:
+        X, y, image_shape = load_dataset(ds_spec, arrays=arrays)
+        data = prepare_data(X, y, image_shape, **split_args)
+        n_features = int(X.shape[1])
     k = data.n_classes
     names = list(class_names) if class_names else class_names_for(ds_spec, k)
     if len(names) != k:
@@ -147,20 +159,25 @@ def prepare_experiment(
     if cfg.prior is not None and len(cfg.prior) != k:
         raise SpecError(f"loss.prior has {len(cfg.prior)} entries but the dataset has {k} "
                         f"classes; give one probability per class")
-    mcfg = model_config(model_spec, X.shape[1], k, image_shape, cfg.variant)
-    reason = arch_incompatibility(mcfg["arch"], X.shape[1], image_shape)
+    norm = {"mean": data.mean.tolist(), "std": data.std.tolist()} if raw_images else None
+    mcfg = model_config(model_spec, n_features, k, image_shape, cfg.variant, norm)
+    if raw_images:
+        mcfg["stored"] = stored_layout(X)
+    reason = arch_incompatibility(mcfg["arch"], n_features, image_shape)
     if reason:
         raise SpecError(reason)
     view = view_for_arch(mcfg["arch"])
 
     def tensors(Xs: np.ndarray, ys: np.ndarray) -> tuple[torch.Tensor, torch.Tensor]:
-        return torch.from_numpy(to_view(Xs, view, image_shape)), torch.from_numpy(ys)
+        viewed = (image_view(Xs, view, image_shape) if raw_images and image_shape
+                  else to_view(Xs, view, image_shape))
+        return torch.from_numpy(np.ascontiguousarray(viewed)), torch.from_numpy(ys)
 
     Xtr, ytr = tensors(data.X_train, data.y_train)
     Xva, yva = tensors(data.X_val, data.y_val)
     Xte, yte = tensors(data.X_test, data.y_test)
     return PreparedExperiment(spec=spec, job=job, cfg=cfg, data=data, names=names, mcfg=mcfg,
-                              n_features=int(X.shape[1]), image_shape=image_shape,
+                              n_features=n_features, image_shape=image_shape,
                               Xtr=Xtr, ytr=ytr, Xva=Xva, yva=yva, Xte=Xte, yte=yte)
 
 
@@ -241,6 +258,8 @@ def finish_experiment(prep: PreparedExperiment, model: torch.nn.Module, fitted: 
             "n_classes": k, "n_features": prep.n_features, "sha256": data.sha256,
             "label_noise_changed": data.label_noise_changed, "class_names": names,
             "image_shape": list(image_shape) if image_shape else None,
+            **(mcfg.get("stored") or {"layout": "NHW" if image_shape else "NF",
+                                      "dtype": "float32", "channels": 1}),
         },
         "test": test_report,
         "temperature_scaled": scaled,

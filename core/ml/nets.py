@@ -5,14 +5,20 @@ How `model.hidden` is read:
 - linear: ignores hidden; features(x) is the flat input itself.
 - mlp: one Linear + ReLU + Dropout per entry of hidden (its width); penultimate = last width
   (no hidden layers = logistic regression).
-- cnn: one 3x3 conv (padding 1) + ReLU per entry of hidden (its channel count) on the
-  (1, H, W) image, then global average pooling (+ dropout); penultimate = hidden[-1] channels.
+- cnn: one conv-BN-ReLU block (3x3, padding 1) per entry of hidden (its channel count) on the
+  (C, H, W) image, each followed by 2x2 max pooling while the map is at least 8 pixels on its
+  short side (28x28 -> 14 -> 7; digits 8x8 -> 4), then global average pooling (+ dropout);
+  penultimate = hidden[-1] channels. Default hidden for cnn: [32, 64, 128].
+- resnet: the CIFAR ResNet-(6n+2) of He et al. (core.ml.resnet), model.depth in
+  {20, 32, 44, 56, 110}; hidden is ignored; penultimate = 64 channels.
 - gru: a GRU over the image rows as time steps, hidden size hidden[0], len(hidden) layers
   (dropout between layers); the last step's top-layer state is the penultimate vector.
 - transformer: rows projected to d_model = hidden[0] (must be divisible by 4 heads),
   len(hidden) pre-norm encoder layers (feed-forward 2*d_model), a learned positional
   embedding and a class token whose final (layer-normed) state is the penultimate vector.
 With loss variant `binary` the head has a single output (exactly 2 classes required).
+Uploaded images arrive raw (uint8/float16/float32); every net starts with an `InputNorm`
+that casts the batch to float32 and normalises it per channel with training-split statistics.
 """
 
 from __future__ import annotations
@@ -22,10 +28,13 @@ from typing import Any
 import torch
 from torch import Tensor, nn
 
-from core.ml.arch_compat import arch_incompatibility
+from core.ml.arch_compat import arch_incompatibility, image_dims, view_of_arch
+from core.ml.cost import cnn_pooling
 from core.ml.errors import SpecError
+from core.ml.resnet import CifarResNet, InputNorm, kaiming_init
 
-__all__ = ["CNN", "GRUNet", "LinearNet", "MLP", "TransformerNet", "build_model", "model_config"]
+__all__ = ["CNN", "CifarResNet", "GRUNet", "LinearNet", "MLP", "TransformerNet", "build_model",
+           "model_config"]
 
 
 class LinearNet(nn.Module):
@@ -33,13 +42,14 @@ class LinearNet(nn.Module):
 
     input_view = "flat"
 
-    def __init__(self, n_features: int, n_out: int) -> None:
+    def __init__(self, n_features: int, n_out: int, inorm: InputNorm | None = None) -> None:
         super().__init__()
+        self.inorm = inorm or InputNorm()
         self.head = nn.Linear(n_features, n_out)
 
     def features(self, x: Tensor) -> Tensor:
-        """Penultimate activations: the flattened input."""
-        return x.flatten(1)
+        """Penultimate activations: the flattened (normalised) input."""
+        return self.inorm(x).flatten(1)
 
     def forward(self, x: Tensor) -> Tensor:
         """Logits."""
@@ -51,8 +61,10 @@ class MLP(nn.Module):
 
     input_view = "flat"
 
-    def __init__(self, n_features: int, hidden: list[int], n_out: int, dropout: float) -> None:
+    def __init__(self, n_features: int, hidden: list[int], n_out: int, dropout: float,
+                 inorm: InputNorm | None = None) -> None:
         super().__init__()
+        self.inorm = inorm or InputNorm()
         layers: list[nn.Module] = []
         width = n_features
         for h in hidden:
@@ -63,7 +75,7 @@ class MLP(nn.Module):
 
     def features(self, x: Tensor) -> Tensor:
         """Penultimate activations: the last hidden layer."""
-        return self.body(x.flatten(1))
+        return self.body(self.inorm(x).flatten(1))
 
     def forward(self, x: Tensor) -> Tensor:
         """Logits."""
@@ -71,24 +83,30 @@ class MLP(nn.Module):
 
 
 class CNN(nn.Module):
-    """3x3 conv + ReLU stack, global average pooling, linear head."""
+    """Conv-BN-ReLU blocks with 2x2 max pooling while the map is large, GAP, linear head."""
 
     input_view = "image"
 
-    def __init__(self, channels: list[int], n_out: int, dropout: float) -> None:
+    def __init__(self, in_channels: int, size: tuple[int, int], channels: list[int], n_out: int,
+                 dropout: float, inorm: InputNorm | None = None) -> None:
         super().__init__()
+        self.inorm = inorm or InputNorm()
         layers: list[nn.Module] = []
-        c_in = 1
-        for c in channels:
-            layers += [nn.Conv2d(c_in, c, kernel_size=3, padding=1), nn.ReLU()]
+        c_in = in_channels
+        for c, pool in zip(channels, cnn_pooling(size, len(channels)), strict=True):
+            layers += [nn.Conv2d(c_in, c, kernel_size=3, padding=1, bias=False),
+                       nn.BatchNorm2d(c), nn.ReLU()]
+            if pool:
+                layers.append(nn.MaxPool2d(2))
             c_in = c
         self.body = nn.Sequential(*layers)
         self.drop = nn.Dropout(dropout)
         self.head = nn.Linear(c_in, n_out)
+        kaiming_init(self)
 
     def features(self, x: Tensor) -> Tensor:
-        """Penultimate activations: globally average-pooled channels of the last conv."""
-        return self.drop(self.body(x).mean(dim=(2, 3)))
+        """Penultimate activations: globally average-pooled channels of the last block."""
+        return self.drop(self.body(self.inorm(x)).mean(dim=(2, 3)))
 
     def forward(self, x: Tensor) -> Tensor:
         """Logits."""
@@ -100,8 +118,10 @@ class GRUNet(nn.Module):
 
     input_view = "sequence"
 
-    def __init__(self, step_dim: int, hidden: list[int], n_out: int, dropout: float) -> None:
+    def __init__(self, step_dim: int, hidden: list[int], n_out: int, dropout: float,
+                 inorm: InputNorm | None = None) -> None:
         super().__init__()
+        self.inorm = inorm or InputNorm()
         self.gru = nn.GRU(step_dim, hidden[0], num_layers=len(hidden), batch_first=True,
                           dropout=dropout if len(hidden) > 1 else 0.0)
         self.drop = nn.Dropout(dropout)
@@ -109,7 +129,7 @@ class GRUNet(nn.Module):
 
     def features(self, x: Tensor) -> Tensor:
         """Penultimate activations: the top layer's state after the last row."""
-        _, h_n = self.gru(x)
+        _, h_n = self.gru(self.inorm(x))
         return self.drop(h_n[-1])
 
     def forward(self, x: Tensor) -> Tensor:
@@ -123,8 +143,9 @@ class TransformerNet(nn.Module):
     input_view = "sequence"
 
     def __init__(self, step_dim: int, n_steps: int, hidden: list[int], n_out: int,
-                 dropout: float) -> None:
+                 dropout: float, inorm: InputNorm | None = None) -> None:
         super().__init__()
+        self.inorm = inorm or InputNorm()
         d = hidden[0]
         self.embed = nn.Linear(step_dim, d)
         self.cls = nn.Parameter(torch.zeros(1, 1, d))
@@ -138,7 +159,7 @@ class TransformerNet(nn.Module):
 
     def features(self, x: Tensor) -> Tensor:
         """Penultimate activations: the class token's final state."""
-        tok = self.embed(x)
+        tok = self.embed(self.inorm(x))
         tok = torch.cat([self.cls.expand(len(x), -1, -1), tok], dim=1) + self.pos
         return self.norm(self.encoder(tok)[:, 0])
 
@@ -151,12 +172,16 @@ def model_config(
     model_spec: dict[str, Any],
     n_features: int,
     n_classes: int,
-    image_shape: tuple[int, int] | None,
+    image_shape: tuple[int, ...] | None,
     variant: str,
+    input_norm: dict[str, Any] | None = None,
 ) -> dict[str, Any]:
-    """JSON-safe description of a built model (stored in model.json and safetensors metadata)."""
+    """JSON-safe description of a built model (stored in model.json and safetensors metadata).
+
+    `input_norm` ({"mean": [...], "std": [...]} per channel) is set for raw uploaded images.
+    """
     arch = str(model_spec.get("arch", "mlp"))
-    return {
+    cfg: dict[str, Any] = {
         "arch": arch,
         "hidden": [int(h) for h in model_spec.get("hidden", [256, 256])],
         "dropout": float(model_spec.get("dropout", 0.0)),
@@ -164,29 +189,27 @@ def model_config(
         "n_classes": int(n_classes),
         "n_outputs": 1 if variant == "binary" else int(n_classes),
         "image_shape": list(image_shape) if image_shape else None,
-        "input_view": {"cnn": "image", "gru": "sequence", "transformer": "sequence"}.get(
-            arch, "flat"),
+        "input_view": view_of_arch(arch),
         "variant": variant,
     }
+    if arch == "resnet":
+        cfg["depth"] = int(model_spec.get("depth") or 20)
+    if input_norm is not None:
+        cfg["input_norm"] = {"mean": [float(v) for v in input_norm["mean"]],
+                             "std": [float(v) for v in input_norm["std"]]}
+    return cfg
 
 
-def build_model(
-    model_spec: dict[str, Any],
-    n_features: int,
-    n_classes: int,
-    image_shape: tuple[int, int] | None,
-    variant: str = "uniform",
-) -> nn.Module:
-    """Build the net for spec["model"] (arch, hidden, dropout); SpecError if it does not fit."""
-    cfg = model_config(model_spec, n_features, n_classes, image_shape, variant)
+def _check(cfg: dict[str, Any], image_shape: tuple[int, ...] | None) -> None:
+    """SpecError unless the model config fits its data and its own rules."""
     arch, hidden, dropout = cfg["arch"], cfg["hidden"], cfg["dropout"]
-    reason = arch_incompatibility(arch, n_features, image_shape)
+    reason = arch_incompatibility(arch, cfg["n_features"], image_shape)
     if reason:
         raise SpecError(reason)
-    if variant == "binary" and n_classes != 2:
+    if cfg["variant"] == "binary" and cfg["n_classes"] != 2:
         raise SpecError(
-            f"loss.variant='binary' needs exactly 2 classes, this dataset has {n_classes}; "
-            f"use 'uniform' or 'off_target'"
+            f"loss.variant='binary' needs exactly 2 classes, this dataset has "
+            f"{cfg['n_classes']}; use 'uniform' or 'off_target'"
         )
     if not 0.0 <= dropout < 1.0:
         raise SpecError(f"model.dropout={dropout} must be in [0, 1)")
@@ -194,21 +217,40 @@ def build_model(
         raise SpecError(f"model.hidden={hidden}: every entry must be >= 1")
     if arch in ("cnn", "gru", "transformer") and not hidden:
         raise SpecError(f"model.arch={arch!r} needs at least one entry in model.hidden")
-    n_out = cfg["n_outputs"]
-    if arch == "linear":
-        return LinearNet(n_features, n_out)
-    if arch == "mlp":
-        return MLP(n_features, hidden, n_out, dropout)
-    if arch == "cnn":
-        return CNN(hidden, n_out, dropout)
-    if image_shape is None:  # unreachable: arch_incompatibility refuses it
-        raise SpecError(f"model.arch={arch!r} needs image-shaped data")
-    n_steps, step_dim = image_shape
-    if arch == "gru":
-        return GRUNet(step_dim, hidden, n_out, dropout)
-    if hidden[0] % 4:
+    if arch == "transformer" and hidden[0] % 4:
         raise SpecError(
             f"model.hidden[0]={hidden[0]} is the transformer's d_model and must be divisible by "
             f"its 4 attention heads; use e.g. {hidden[0] + 4 - hidden[0] % 4}"
         )
-    return TransformerNet(step_dim, n_steps, hidden, n_out, dropout)
+
+
+def build_model(
+    model_spec: dict[str, Any],
+    n_features: int,
+    n_classes: int,
+    image_shape: tuple[int, ...] | None,
+    variant: str = "uniform",
+    input_norm: dict[str, Any] | None = None,
+) -> nn.Module:
+    """Build the net for spec["model"] (arch, hidden, dropout, depth); SpecError if it won't fit."""
+    # a stored model config (model.json) carries its own input normalisation
+    cfg = model_config(model_spec, n_features, n_classes, image_shape, variant,
+                       input_norm or model_spec.get("input_norm"))
+    _check(cfg, image_shape)
+    arch, hidden, dropout, n_out = cfg["arch"], cfg["hidden"], cfg["dropout"], cfg["n_outputs"]
+    norm = cfg.get("input_norm")
+    inorm = InputNorm(norm["mean"], norm["std"], cfg["input_view"]) if norm else InputNorm()
+    if arch == "linear":
+        return LinearNet(n_features, n_out, inorm)
+    if arch == "mlp":
+        return MLP(n_features, hidden, n_out, dropout, inorm)
+    if image_shape is None:  # unreachable: arch_incompatibility refuses it
+        raise SpecError(f"model.arch={arch!r} needs image-shaped data")
+    c, h, w = image_dims(image_shape)
+    if arch == "cnn":
+        return CNN(c, (h, w), hidden, n_out, dropout, inorm)
+    if arch == "resnet":
+        return CifarResNet(cfg["depth"], c, n_out, inorm)
+    if arch == "gru":
+        return GRUNet(c * w, hidden, n_out, dropout, inorm)
+    return TransformerNet(c * w, h, hidden, n_out, dropout, inorm)

@@ -41,7 +41,7 @@ from torch import Tensor, nn
 from torch.func import functional_call, stack_module_state, vmap
 
 from core.ml import losses
-from core.ml.data import shift_augment
+from core.ml.augment import augment_defaults, random_crop_flip
 from core.ml.early_stopping import EarlyStopping, epoch_row
 from core.ml.errors import SpecError, TrainingDivergedError, TrainingStopped, TrialDivergedError
 from core.ml.experiment import (
@@ -51,6 +51,7 @@ from core.ml.experiment import (
     prepare_experiment,
     run_experiment,
 )
+from core.ml.placement import batch_view
 from core.ml.train import (
     FitResult,
     TrainConfig,
@@ -87,6 +88,7 @@ def can_stack(prep: PreparedExperiment) -> bool:
     """Whether trials of this prepared spec train stacked (else one after another)."""
     return (prep.mcfg["arch"] in STACKABLE_ARCHS and prep.mcfg["dropout"] == 0.0
             and prep.cfg.method == "label_smoothing"  # only label smoothing is stacked
+            and prep.cfg.schedule == "constant"  # the stacked loop has no lr schedule
             and not any(True for _ in prep.build().buffers()))
 
 
@@ -272,13 +274,16 @@ class _Stack:
         perms = {s: torch.randperm(n, generator=self.orders[s]).to(self.device) for s in slots}
         rows_slot = torch.tensor([slots.index(t.seed_slot) for t in self.active],
                                  device=self.device)
+        shape = self.image_shape if cfg.augment else None
+        pad, flip = augment_defaults(shape, cfg.crop_padding, cfg.flip) if shape else (0, False)
         for start in range(0, n, bs):
             xs, ys = [], []
             for s in slots:
                 idx = perms[s][start:start + bs]
                 xb = X[idx]
-                if cfg.augment and self.image_shape is not None:
-                    xb = shift_augment(xb, self.image_shape, self.augs[s])
+                if shape is not None:
+                    xb = random_crop_flip(xb, shape, batch_view(xb), self.augs[s], padding=pad,
+                                          flip=flip)
                 xs.append(xb)
                 ys.append(y[idx])
             if len(slots) == 1:

@@ -12,6 +12,7 @@ from __future__ import annotations
 import functools
 import json
 import logging
+import math
 import time
 from collections.abc import Callable, Iterable
 from dataclasses import asdict, dataclass, field
@@ -21,6 +22,7 @@ import torch
 from torch import Tensor, nn
 
 from core.ml import losses, methods
+from core.ml.augment import augment_defaults, random_crop_flip
 from core.ml.checkpoint import (
     CHECKPOINT_FORMAT,
     _cpu_state,
@@ -29,12 +31,13 @@ from core.ml.checkpoint import (
     encode_checkpoint,
     load_checkpoint,
 )
-from core.ml.data import shift_augment
 from core.ml.early_stopping import EarlyStopping, epoch_row
 from core.ml.errors import DeviceUnavailableError, SpecError, TrainingStopped
 from core.ml.evaluation import autocast as _autocast
 from core.ml.evaluation import class_logits, evaluate, val_metrics
 from core.ml.pause import pause_if_requested
+from core.ml.placement import batch_view, prepare_model_for, to_device
+from core.ml.schedules import make_scheduler, restore_scheduler, scheduler_state
 from core.ml.train_config import TrainConfig
 
 # The config, checkpoints and evaluation live in their own modules (train_config, checkpoint,
@@ -109,6 +112,7 @@ def make_optimizer(model: nn.Module | Iterable[Tensor], cfg: TrainConfig, *,
     params = model.parameters() if isinstance(model, nn.Module) else list(model)
     if cfg.optimizer == "sgd":
         return torch.optim.SGD(params, lr=cfg.lr, momentum=cfg.momentum,
+                               nesterov=cfg.nesterov and cfg.momentum > 0,
                                weight_decay=cfg.weight_decay, fused=fused)
     if cfg.optimizer == "adam":
         return torch.optim.Adam(params, lr=cfg.lr, weight_decay=cfg.weight_decay, fused=fused)
@@ -133,11 +137,16 @@ def train_one_epoch(
     *,
     order: torch.Generator,
     aug: torch.Generator | None = None,
-    image_shape: tuple[int, int] | None = None,
+    image_shape: tuple[int, ...] | None = None,
     prior: Tensor | None = None,
     should_stop: Callable[[], str | None] | None = None,
+    scheduler: torch.optim.lr_scheduler.LRScheduler | None = None,
 ) -> float:
-    """One pass over (X, y) in a seeded random order; returns the mean training loss."""
+    """One pass over (X, y) in a seeded random order; returns the mean training loss.
+
+    With `aug` and an image shape, each batch is randomly cropped (and flipped) on its device;
+    `scheduler` is stepped after every optimizer step.
+    """
     model.train()
     device = X.device
     n = len(X)
@@ -147,19 +156,21 @@ def train_one_epoch(
         idx = perm[start:start + cfg.batch_size]
         xb, yb = X[idx], y[idx]
         if aug is not None and image_shape is not None:
-            xb = shift_augment(xb, image_shape, aug)
+            padding, flip = augment_defaults(image_shape, cfg.crop_padding, cfg.flip)
+            xb = random_crop_flip(xb, image_shape, batch_view(xb), aug, padding=padding,
+                                  flip=flip)
         with _autocast(device):
             raw = model(xb)
         loss = compute_loss(raw, yb, cfg, prior)
         optimizer.zero_grad(set_to_none=True)
         loss.backward()
         optimizer.step()
+        if scheduler is not None:
+            scheduler.step()
         total += loss.detach().double() * len(idx)
         if should_stop is not None and (reason := should_stop()):
             raise TrainingStopped(reason)
     return float(total / n)
-
-
 
 
 # --------------------------------------------------------------------------- the loop
@@ -174,7 +185,7 @@ def fit(
     cfg: TrainConfig,
     hooks: TrainHooks | None = None,
     *,
-    image_shape: tuple[int, int] | None = None,
+    image_shape: tuple[int, ...] | None = None,
     fingerprint: dict[str, Any] | None = None,
 ) -> FitResult:
     """Train `model` (already built and seeded) with early stopping, checkpoints and resume.
@@ -189,11 +200,12 @@ def fit(
     if cfg.augment and image_shape is None:
         raise SpecError("training.augment shifts images and needs image-shaped data; set it "
                         "to false for this dataset")
-    model.to(device)
-    X_train, y_train = X_train.to(device), y_train.to(device)
-    X_val, y_val = X_val.to(device), y_val.to(device)
+    prepare_model_for(model, device)
+    X_train, y_train = to_device(X_train, device), to_device(y_train, device)
+    X_val, y_val = to_device(X_val, device), to_device(y_val, device)
     prior = torch.tensor(cfg.prior, dtype=torch.float32, device=device) if cfg.prior else None
     optimizer = make_optimizer(model, cfg)
+    scheduler = make_scheduler(optimizer, cfg, math.ceil(len(X_train) / cfg.batch_size))
     order = torch.Generator().manual_seed(cfg.seed)
     aug = torch.Generator().manual_seed(cfg.seed + 1)
     config_json = json.dumps({"train": asdict(cfg), "fingerprint": fingerprint}, sort_keys=True)
@@ -219,6 +231,8 @@ def fit(
         if ckpt is not None:
             model.load_state_dict(ckpt["model"])
             optimizer.load_state_dict(ckpt["optimizer"])
+            if ckpt.get("scheduler"):
+                restore_scheduler(scheduler, ckpt["scheduler"])
             torch.set_rng_state(ckpt["rng"]["torch"])
             order.set_state(ckpt["rng"]["order"])
             aug.set_state(ckpt["rng"]["augment"])
@@ -236,7 +250,7 @@ def fit(
         train_loss = train_one_epoch(
             model, optimizer, X_train, y_train, cfg, order=order,
             aug=aug if cfg.augment else None, image_shape=image_shape, prior=prior,
-            should_stop=hooks.should_stop,
+            should_stop=hooks.should_stop, scheduler=scheduler,
         )
         logits, labels, _ = evaluate(model, X_val, y_val, batch_size=cfg.eval_batch_size)
         row = epoch_row(epoch, train_loss, logits, labels, cfg.n_bins)
@@ -253,6 +267,7 @@ def fit(
                 "best_value": stop.best_value, "best_epoch": stop.best_epoch,
                 "best_state": best_state, "bad_epochs": stop.bad_epochs,
                 "stopped_early": stop.stopped,
+                "scheduler": scheduler_state(scheduler),
             }
             if hooks.checkpoint_ready:
                 hooks.checkpoint_ready(functools.partial(encode_checkpoint, _frozen(state)))

@@ -20,6 +20,7 @@ __all__ = ["TrainConfig", "parse_job_spec"]
 _SPEC = JobSpec()  # the spec's defaults, read by name below
 _TRAINING, _OPTIMIZER, _LOSS = _SPEC.training, _SPEC.optimizer, _SPEC.loss
 _EARLY = _TRAINING.early_stopping
+_SCHEDULE = _TRAINING.schedule
 
 
 @dataclass
@@ -35,6 +36,13 @@ class TrainConfig:
     lr: float = _OPTIMIZER.lr
     weight_decay: float = _OPTIMIZER.weight_decay
     momentum: float = _OPTIMIZER.momentum
+    nesterov: bool = _OPTIMIZER.nesterov
+    schedule: str = _SCHEDULE.name
+    milestones: list[int] = field(default_factory=lambda: list(_SCHEDULE.milestones))
+    gamma: float = _SCHEDULE.gamma
+    warmup_epochs: int = _SCHEDULE.warmup_epochs
+    crop_padding: int | None = _TRAINING.crop_padding
+    flip: bool | None = _TRAINING.flip
     alpha: float = _LOSS.alpha
     variant: str = _LOSS.variant
     prior: list[float] | None = None
@@ -63,6 +71,9 @@ class TrainConfig:
             form=loss.form, early_stopping_metric=es.metric if es else None,
             patience=es.patience if es else 0, n_bins=job.calibration.n_bins,
             method=loss.method, method_params=methods.params_from_spec(loss.model_dump()),
+            nesterov=opt.nesterov, schedule=tr.schedule.name,
+            milestones=list(tr.schedule.milestones), gamma=tr.schedule.gamma,
+            warmup_epochs=tr.schedule.warmup_epochs, crop_padding=tr.crop_padding, flip=tr.flip,
         )
 
 

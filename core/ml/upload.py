@@ -19,12 +19,20 @@ import numpy as np
 from core.ml.errors import InvalidDatasetError
 
 __all__ = [
+    "ACCEPTED_LAYOUTS",
+    "IMAGE_DTYPES",
+    "canonical_images",
     "dataset_sha256",
     "parse_upload",
     "to_npz_bytes",
     "validate_arrays",
 ]
 
+IMAGE_DTYPES = (np.dtype(np.uint8), np.dtype(np.float16), np.dtype(np.float32))
+ACCEPTED_LAYOUTS = (
+    "X of shape (N, F) (flat features), or images (N, H, W), (N, H, W, C) or (N, C, H, W) "
+    "with C in {1, 3}, of dtype uint8, float16 or float32 (float64 is stored as float32)"
+)
 
 # Default limits; the API passes its configured ones.
 MAX_ROWS = 1_000_000
@@ -37,12 +45,24 @@ MIN_ROWS_PER_CLASS = 3
 
 
 def dataset_sha256(X: np.ndarray, y: np.ndarray) -> str:
-    """SHA-256 of canonical bytes: JSON header (shapes) + X float32 LE C-order + y int64 LE."""
-    x = np.ascontiguousarray(X, dtype="<f4")
+    """SHA-256 of canonical bytes: JSON header (shapes) + X float32 LE C-order + y int64 LE.
+
+    Image sets ((N, H, W) or (N, C, H, W)) hash X in their stored dtype, which the header
+    names, so a uint8 set is never widened to float32 for hashing.
+    """
     t = np.ascontiguousarray(y, dtype="<i8")
     h = hashlib.sha256()
-    h.update(json.dumps({"X": list(x.shape), "y": list(t.shape)}, sort_keys=True).encode())
-    h.update(x.tobytes())
+    if X.ndim in (3, 4) and X.dtype in IMAGE_DTYPES:
+        x = np.ascontiguousarray(X, dtype=X.dtype.newbyteorder("<"))
+        h.update(json.dumps({"X": list(x.shape), "dtype": x.dtype.str, "y": list(t.shape)},
+                            sort_keys=True).encode())
+        flat = x.reshape(len(x), -1) if len(x) else x.reshape(0, 0)
+        for start in range(0, len(flat), 4096):
+            h.update(flat[start:start + 4096].tobytes())
+    else:
+        x = np.ascontiguousarray(X, dtype="<f4")
+        h.update(json.dumps({"X": list(x.shape), "y": list(t.shape)}, sort_keys=True).encode())
+        h.update(x.tobytes())
     h.update(t.tobytes())
     return h.hexdigest()
 
@@ -55,16 +75,19 @@ def to_npz_bytes(
     With `image_shape` (H, W) X is stored as (N, H, W), so loading it back keeps the image
     shape (load_dataset reads a 3-D X as images).
     """
+    X = np.asarray(X)
     if image_shape is not None:
-        X = np.asarray(X).reshape(len(X), int(image_shape[0]), int(image_shape[1]))
+        X = X.reshape(len(X), *(int(d) for d in image_shape))
+    keep = X.ndim in (3, 4) and X.dtype in IMAGE_DTYPES  # images keep their stored dtype
     buf = io.BytesIO()
     with zipfile.ZipFile(buf, "w", compression=zipfile.ZIP_DEFLATED) as zf:
         for name, arr in (
-            ("X", np.ascontiguousarray(X, dtype=np.float32)),
+            ("X", np.ascontiguousarray(X, dtype=X.dtype if keep else np.float32)),
             ("y", np.ascontiguousarray(y, dtype=np.int64)),
         ):
             info = zipfile.ZipInfo(f"{name}.npy", date_time=(1980, 1, 1, 0, 0, 0))
-            info.compress_type = zipfile.ZIP_DEFLATED
+            # images are stored uncompressed: raw pixels barely compress and deflate is slow
+            info.compress_type = zipfile.ZIP_STORED if keep else zipfile.ZIP_DEFLATED
             member = io.BytesIO()
             np.lib.format.write_array(member, arr, allow_pickle=False)
             zf.writestr(info, member.getvalue())
@@ -238,12 +261,16 @@ def parse_upload(
     info: n_rows, n_features, n_classes, class_names, feature_names, image_shape, label_column.
     """
     fmt = fmt.lower().lstrip(".")
-    image_shape: tuple[int, int] | None = None
+    image_shape: tuple[int, ...] | None = None
     if fmt in ("csv", "parquet"):
         table = _read_table(data, fmt, max_rows=max_rows, max_columns=max_columns)
         X, y, info = _table_to_arrays(table, label_column)
     elif fmt == "npz":
         X, y, info, image_shape = _parse_npz(data)
+        if image_shape is not None:
+            return _validated_images(X, y, info, image_shape, max_rows=max_rows,
+                                     max_classes=max_classes,
+                                     min_rows_per_class=min_rows_per_class)
     else:
         raise InvalidDatasetError(f"unsupported format {fmt!r}; use csv, parquet or npz")
     with np.errstate(over="ignore"):
@@ -266,7 +293,7 @@ def parse_upload(
     return X, y, info
 
 
-def _parse_npz(data: bytes) -> tuple[np.ndarray, np.ndarray, dict, tuple[int, int] | None]:
+def _parse_npz(data: bytes) -> tuple[np.ndarray, np.ndarray, dict, tuple[int, ...] | None]:
     """Read arrays X and y from NPZ bytes without ever unpickling."""
     try:
         npz = np.load(io.BytesIO(data), allow_pickle=False)
@@ -289,21 +316,68 @@ def _parse_npz(data: bytes) -> tuple[np.ndarray, np.ndarray, dict, tuple[int, in
             ) from None
     if X.dtype.kind not in "biuf":
         raise InvalidDatasetError(f"array 'X' is not numeric (dtype {X.dtype}); save it as floats")
-    image_shape: tuple[int, int] | None = None
-    if X.ndim == 3:
-        image_shape = (int(X.shape[1]), int(X.shape[2]))
-        X = X.reshape(X.shape[0], -1)
-    if X.ndim != 2:
-        raise InvalidDatasetError(f"array 'X' must have shape (N, F) or (N, H, W), got {X.shape}")
+    image_shape: tuple[int, ...] | None = None
+    if X.ndim in (3, 4):
+        X, image_shape, layout = canonical_images(X)
+    elif X.ndim != 2:
+        raise InvalidDatasetError(f"array 'X' has shape {X.shape}; accepted: {ACCEPTED_LAYOUTS}")
+    else:
+        layout = "NF"
     if raw_y.ndim != 1 or raw_y.shape[0] != X.shape[0]:
         raise InvalidDatasetError(
             f"array 'y' must have shape ({X.shape[0]},) to match 'X', got {raw_y.shape}"
         )
     y, class_names = _encode_labels(raw_y, "y")
-    names = [f"x{j}" for j in range(X.shape[1])]
-    return (
-        X,
-        y,
-        {"feature_names": names, "class_names": class_names, "label_column": "y"},
-        image_shape,
-    )
+    n_features = int(np.prod(X.shape[1:]))
+    names = [f"x{j}" for j in range(n_features)] if image_shape is None else []
+    info = {"feature_names": names, "class_names": class_names, "label_column": "y",
+            "layout": layout, "dtype": str(X.dtype)}
+    return X, y, info, image_shape
+
+
+def canonical_images(X: np.ndarray) -> tuple[np.ndarray, tuple[int, ...], str]:
+    """(stored array, image_shape, uploaded layout) of an image upload; 422 for other layouts.
+
+    Stored: (N, H, W) for one channel (image_shape (H, W)), (N, 3, H, W) for colour
+    (image_shape (3, H, W)); uint8/float16/float32 kept, float64 narrowed to float32.
+    A 4-D X whose last axis is 1 or 3 is channels-last (N, H, W, C), else channels-first.
+    """
+    if X.dtype == np.float64:
+        with np.errstate(over="ignore"):
+            X = X.astype(np.float32)
+    if X.dtype not in IMAGE_DTYPES:
+        raise InvalidDatasetError(
+            f"image array 'X' has dtype {X.dtype}; accepted: {ACCEPTED_LAYOUTS}")
+    if X.ndim == 3:
+        return X, (int(X.shape[1]), int(X.shape[2])), "NHW"
+    if X.shape[3] in (1, 3):
+        layout, X = "NHWC", np.ascontiguousarray(X.transpose(0, 3, 1, 2))
+    elif X.shape[1] in (1, 3):
+        layout = "NCHW"
+    else:
+        raise InvalidDatasetError(
+            f"array 'X' has shape {X.shape}: no channel axis of size 1 or 3; accepted: "
+            f"{ACCEPTED_LAYOUTS}")
+    c, h, w = (int(d) for d in X.shape[1:])
+    if c == 1:
+        return X.reshape(len(X), h, w), (h, w), layout
+    return X, (c, h, w), layout
+
+
+def _validated_images(
+    X: np.ndarray, y: np.ndarray, info: dict[str, Any], image_shape: tuple[int, ...], *,
+    max_rows: int, max_classes: int, min_rows_per_class: int,
+) -> tuple[np.ndarray, np.ndarray, dict[str, Any]]:
+    """Validate an image upload without widening it (finiteness checked in row chunks)."""
+    n = len(X)
+    if X.dtype.kind == "f":
+        for start in range(0, n, 4096):
+            if not np.isfinite(X[start:start + 4096]).all():
+                raise InvalidDatasetError(
+                    "array 'X' contains NaN or inf values; clean them before uploading")
+    n_features = int(np.prod(image_shape))
+    validate_arrays(np.zeros((n, 1), dtype=np.float32), y, max_rows=max_rows, max_columns=1,
+                    max_classes=max_classes, min_rows_per_class=min_rows_per_class)
+    info.update(n_rows=n, n_features=n_features, n_classes=len(info["class_names"]),
+                image_shape=list(image_shape))
+    return X, y, info

@@ -148,12 +148,36 @@ def _npz_header_shapes(data: bytes) -> dict[str, tuple[tuple[int, ...], np.dtype
     return found
 
 
+def _check_decoded_bytes(
+    shapes: dict[str, tuple[tuple[int, ...], np.dtype]], settings: Settings
+) -> None:
+    """Refuse an NPZ whose headers declare more decoded bytes than SOFTLABEL_MAX_DATASET_BYTES.
+
+    Counts what parsing will hold: flat X widened to float32, string labels at their declared
+    width per element, plus the int64 class ids.
+    """
+    total = 0
+    for key, (shape, dtype) in shapes.items():
+        count = int(np.prod(shape, dtype=object)) if shape else 1
+        width = dtype.itemsize
+        if key == "X" and len(shape) <= 2:
+            width = max(width, 4)
+        total += count * width + (count * 8 if key == "y" else 0)
+    if total > settings.max_dataset_bytes:
+        raise invalid_upload(
+            f"the NPZ declares {total:,} bytes of decoded arrays, above the limit of "
+            f"{settings.max_dataset_bytes:,} (SOFTLABEL_MAX_DATASET_BYTES); upload fewer rows, "
+            f"a narrower dtype (uint8 images) or shorter label strings"
+        )
+
+
 def _check_sizes_before_loading(data: bytes, fmt: str, settings: Settings) -> None:
     """Refuse too many rows or columns from the file's metadata, before anything is unpacked.
 
     NPZ and Parquet are compressed: a small upload can declare arrays of many gigabytes.
     """
     rows = columns = 0
+    shapes: dict[str, tuple[tuple[int, ...], np.dtype]] = {}
     if fmt == "npz":
         shapes = _npz_header_shapes(data)
         for key, (shape, dtype) in shapes.items():
@@ -164,8 +188,8 @@ def _check_sizes_before_loading(data: bytes, fmt: str, settings: Settings) -> No
                 )
             if shape:
                 rows = max(rows, shape[0])
-            if key == "X" and len(shape) > 1:
-                columns = int(np.prod(shape[1:], dtype=np.int64))
+            if key == "X" and len(shape) == 2:  # image sets are limited by bytes, not columns
+                columns = int(shape[1])
     elif fmt == "parquet":
         import pyarrow.parquet as pq
 
@@ -183,6 +207,7 @@ def _check_sizes_before_loading(data: bytes, fmt: str, settings: Settings) -> No
             f"too many feature columns: {columns} > the limit of {settings.max_dataset_columns}; "
             f"reduce the features"
         )
+    _check_decoded_bytes(shapes, settings)
 
 
 def parse_dataset(
@@ -222,6 +247,8 @@ def parse_dataset(
         "image_shape": info.get("image_shape"),
         "columns": info.get("feature_names") or [],
         "label_column": info.get("label_column"),
+        "layout": info.get("layout", "table"),
+        "dtype": info.get("dtype", "float32"),
     }
     return ParsedDataset(X=X, y=y, info=info, sha256=dataset_sha256(X, y))
 
@@ -254,7 +281,7 @@ def create_dataset(
     for row in candidates:
         if _same_content(row, parsed):
             return row, False
-    n_rows, n_features = parsed.X.shape
+    n_rows, n_features = parsed.X.shape[0], int(np.prod(parsed.X.shape[1:]))
     dataset = Dataset(
         id=new_id("ds"),
         tenant_id=tenant_id,

@@ -81,6 +81,7 @@ _JOB_OUT_COLUMNS = (
     Job.finished_at,
     Job.spec,
     Job.exports,
+    Job.cost,
 )
 # Authentication and the job in one round trip: no row, the key is invalid or revoked (401,
 # the same test as tenants.authenticate); a row without a job, no such job for this tenant

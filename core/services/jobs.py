@@ -62,6 +62,7 @@ def create_job(
     sweep_id: str | None = None,
     dataset_id: str | None = None,
     max_active_jobs: int | None = None,
+    cost: dict[str, Any] | None = None,
 ) -> Job:
     """Store a new queued job (refused with 429 above `max_active_jobs` active ones)."""
     if max_active_jobs is not None:
@@ -78,6 +79,7 @@ def create_job(
         attempt=1,
         max_attempts=max_attempts,
         progress={},
+        cost=cost,
         created_at=now,
         queued_at=now,
         updated_at=now,

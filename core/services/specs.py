@@ -21,8 +21,9 @@ class DataShape:
 
     n_features: int
     n_classes: int
-    image_shape: tuple[int, int] | None
+    image_shape: tuple[int, ...] | None
     dataset_id: str | None = None
+    n_rows: int = 0
 
 
 def _invalid(field: str, message: str) -> ValidationAppError:
@@ -46,16 +47,18 @@ def data_shape(session: Session, *, tenant_id: str, spec: JobSpec) -> DataShape:
     ds = spec.dataset
     if ds.source == "builtin":
         info = BUILTIN_DATASETS[ds.name]
-        return DataShape(info.n_features, info.n_classes, info.image_shape)
+        return DataShape(info.n_features, info.n_classes, info.image_shape,
+                         n_rows=info.n_samples)
     if ds.source == "synthetic":
-        return DataShape(ds.features, ds.classes, None)
+        return DataShape(ds.features, ds.classes, None, n_rows=ds.samples)
     row = session.scalar(select(Dataset).where(Dataset.id == ds.id, Dataset.tenant_id == tenant_id))
     if row is None:
         raise _invalid(
             "dataset.id", f"dataset {ds.id} does not exist; upload it first with POST /v1/datasets"
         )
     shape = row.info.get("image_shape")
-    return DataShape(row.n_features, row.n_classes, tuple(shape) if shape else None, row.id)
+    return DataShape(row.n_features, row.n_classes, tuple(shape) if shape else None, row.id,
+                     n_rows=row.n_rows)
 
 
 def _check_shifts(spec: JobSpec, shape: DataShape) -> None:

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import contextlib
 import logging
+from collections import Counter
 from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Any
@@ -11,13 +12,16 @@ from typing import Any
 from sqlalchemy import func, select, update
 from sqlalchemy.orm import Session
 
+from core.config import Settings
 from core.errors import ConflictError, NotFoundError, ValidationAppError
 from core.ids import new_id
 from core.models import Job, Sweep
 from core.services import jobs as job_service
+from core.services.cost import check_job_cost, enforce_caps
 from core.services.pagination import newest_first_page
 from core.services.sweep_grid import SHORT_AXIS_NAMES, expand_trials, trial_tags
 from core.services.sweep_report import Trial, build_report, context_slug, plot_rows
+from core.spec import JobSpec
 from core.states import TERMINAL_STATUSES, SweepStatus
 from core.storage import get_artifact, put_artifact
 from core.sweep_spec import SweepSpec, stack_key
@@ -49,8 +53,13 @@ def create_sweep(
     max_trials: int,
     max_attempts: int,
     max_active_jobs: int | None = None,
+    settings: Settings | None = None,
 ) -> CreatedSweep:
-    """Store the sweep and one queued job per trial (the caller commits, then enqueues groups)."""
+    """Store the sweep and one queued job per trial (the caller commits, then enqueues groups).
+
+    With `settings`, every trial's cost estimate is checked against the caps, and so is each
+    group of trials that trains stacked (its trials at once).
+    """
     n = request.n_trials()
     if n > max_trials:
         sizes = " × ".join(f"{len(v)} {SHORT_AXIS_NAMES[k]}" for k, v in request.grid().items())
@@ -62,23 +71,13 @@ def create_sweep(
     if max_active_jobs is not None:
         job_service.ensure_capacity(session, tenant_id=tenant_id, adding=n, limit=max_active_jobs)
     specs, points, dataset_id = expand_trials(session, tenant_id=tenant_id, request=request)
-    base = request.base.resolved()
-    base["loss"].pop("alpha", None)
-    base["training"].pop("seed", None)
-    document = {
-        "base": base,
-        "alphas": list(request.alphas),
-        "seeds": list(request.seeds),
-        "objective": request.objective,
-        "axes": request.axes.as_grid() if request.axes else {},
-        "target_accuracy": request.target_accuracy,
-    }
+    costs = _trial_costs(session, tenant_id=tenant_id, specs=specs, settings=settings)
     now = utcnow()
     sweep = Sweep(
         id=new_id("swp"),
         tenant_id=tenant_id,
         status="queued",
-        request=document,
+        request=_sweep_document(request),
         tags=dict(request.base.tags),
         n_trials=len(specs),
         created_at=now,
@@ -95,9 +94,51 @@ def create_sweep(
             max_attempts=max_attempts,
             sweep_id=sweep.id,
             dataset_id=dataset_id,
+            cost=costs.get(stack_key(spec)),
         )
         groups.setdefault(stack_key(spec), []).append(job.id)
     return CreatedSweep(sweep=sweep, groups=list(groups.values()))
+
+
+def _sweep_document(request: SweepSpec) -> dict[str, Any]:
+    """The sweep's stored request: the resolved base without α and seed, and the grid."""
+    base = request.base.resolved()
+    base["loss"].pop("alpha", None)
+    base["training"].pop("seed", None)
+    return {
+        "base": base,
+        "alphas": list(request.alphas),
+        "seeds": list(request.seeds),
+        "objective": request.objective,
+        "axes": request.axes.as_grid() if request.axes else {},
+        "target_accuracy": request.target_accuracy,
+    }
+
+
+# trained stacked (all trials at once); nets with BatchNorm buffers run one by one
+STACKED_ARCHS = ("linear", "mlp", "transformer")
+
+
+def _trial_costs(session: Session, *, tenant_id: str, specs: list[dict[str, Any]],
+                 settings: Settings | None) -> dict[str, dict[str, Any]]:
+    """Cost estimate per stack group, each trial and each stacked group checked against caps."""
+    if settings is None:
+        return {}
+    sizes = Counter(stack_key(spec) for spec in specs)
+    out: dict[str, dict[str, Any]] = {}
+    for spec in specs:
+        key = stack_key(spec)
+        if key in out:
+            continue
+        parsed = JobSpec.model_validate(spec)
+        cost = check_job_cost(session, tenant_id=tenant_id, spec=parsed, settings=settings)
+        stacked = (parsed.model.arch in STACKED_ARCHS and parsed.model.dropout == 0
+                   and parsed.loss.method == "label_smoothing"
+                   and parsed.training.schedule.name == "constant")  # as core.ml.sweep.can_stack
+        if stacked:
+            enforce_caps(cost, settings=settings, trials=sizes[key])
+        out[key] = cost.as_dict()
+    return out
 
 
 def get_sweep(session: Session, *, tenant_id: str, sweep_id: str) -> Sweep:

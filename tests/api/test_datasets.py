@@ -127,6 +127,7 @@ def test_npz_images_keep_their_shape_and_fit_every_arch(client: Any) -> None:
     assert resp.status_code == 201, resp.text
     body = resp.json()
     assert body["image_shape"] == [4, 5] and body["n_features"] == 20
+    # 4x5 images are too small for resnet
     assert body["compatible_archs"] == ["linear", "mlp", "cnn", "gru", "transformer"]
     with session_scope() as s:
         art = s.scalar(select(Artifact).where(Artifact.key == f"datasets/{body['id']}.npz"))

@@ -32,7 +32,7 @@ def counts() -> tuple[int, int]:
         ({"alphas": [1.0]}, "alphas"),
         ({"alphas": [0.1], "seeds": list(range(11))}, "seeds"),
         ({"alphas": [0.1], "objective": "test_ece"}, "objective"),
-        ({"alphas": [0.1], "axes": {"model.arch": ["mlp", "resnet"]}}, "model.arch"),
+        ({"alphas": [0.1], "axes": {"model.arch": ["mlp", "vgg"]}}, "model.arch"),
         ({"alphas": [0.1], "axes": {"label_noise": [0.1, 1.5]}}, "label_noise"),
         ({"alphas": [0.1], "axes": {"optimizer.weight_decay": [-1]}}, "weight_decay"),
         ({"alphas": [0.1], "axes": {"dropout": [0.1]}}, "dropout"),

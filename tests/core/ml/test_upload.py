@@ -71,7 +71,7 @@ def test_npz_flat_and_images():
     assert X2.dtype == np.float32 and np.array_equal(X2, X) and y2.tolist() == y.tolist()
     imgs = np.zeros((6, 2, 3), dtype=np.float32)
     X3, _, info3 = parse_upload(_npz(X=imgs, y=y), "npz", None)
-    assert X3.shape == (6, 6) and info3["image_shape"] == [2, 3]
+    assert X3.shape == (6, 2, 3) and info3["image_shape"] == [2, 3]  # images keep their shape
 
 
 @pytest.mark.parametrize(
@@ -145,11 +145,11 @@ def test_canonical_bytes():
 def test_architecture_compatibility():
     d, i = BUILTIN_DATASETS["digits"], BUILTIN_DATASETS["iris"]
     assert compatible_archs(d.n_features, d.image_shape) == [
-        "linear", "mlp", "cnn", "gru", "transformer"]
+        "linear", "mlp", "cnn", "gru", "transformer", "resnet"]
     assert compatible_archs(i.n_features, i.image_shape) == ["linear", "mlp"]
     msg = arch_incompatibility("cnn", i.n_features, i.image_shape)
     assert msg is not None and "'cnn'" in msg and "image" in msg
-    assert "unknown architecture" in (arch_incompatibility("resnet", 4, None) or "")
+    assert "unknown architecture" in (arch_incompatibility("vgg", 4, None) or "")
 
 
 def test_upload_module_is_torch_free():
