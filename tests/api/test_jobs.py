@@ -28,9 +28,10 @@ def test_submit_stores_queued_job_with_resolved_spec(client: Any) -> None:
     assert body["links"]["result"] == f"/v1/jobs/{body['id']}/result"
     spec = body["spec"]
     assert spec["loss"] == {"alpha": 0.2, "variant": "uniform", "prior": None, "form": "ce",
-                            "method": "label_smoothing", "gamma": None, "margin": None,
-                            "margin_weight": None, "beta": None}
-    assert spec["model"] == {"arch": "mlp", "hidden": [256, 256], "dropout": 0.0}
+                            "method": "label_smoothing", "margin": None, "margin_weight": None,
+                            "gamma": None, "beta": None}
+    assert spec["model"] == {"arch": "mlp", "hidden": [256, 256], "dropout": 0.0, "depth": None}
+    assert body["cost"]["parameters"] == 64 * 256 + 256 + 256 * 256 + 256 + 256 * 10 + 10
     assert spec["training"]["early_stopping"] == {"metric": "val_nll", "patience": 5}
     assert spec["calibration"]["n_bins"] == 15
     with session_scope() as s:
