@@ -92,9 +92,10 @@ def _reflected_conv(values: np.ndarray, sigma: float) -> np.ndarray:
     ker = _kernel(g, sigma)
     ext = np.concatenate([values[:, ::-1][:, :-1], values, values[:, ::-1][:, 1:]], axis=1)
     if g <= _DIRECT_CONV_MAX and len(values) == 1:
-        full = np.convolve(ext[0], ker, "valid")[None, :]
-    else:
-        full = fftconvolve(ext, ker[None, :], mode="valid", axes=1)
+        # only the G outputs kept below: each "valid" output is its own dot product, so
+        # convolving just the part of ext they read gives the same values at half the cost
+        return np.convolve(ext[0, g // 2: g // 2 + 2 * g - 1], ker, "valid")[None, :]
+    full = fftconvolve(ext, ker[None, :], mode="valid", axes=1)
     return full[:, g // 2: g // 2 + g]
 
 
@@ -193,13 +194,18 @@ class _SmoothECE:
     def __init__(self, conf: np.ndarray, correct: np.ndarray) -> None:
         self.f, self.r = conf, conf - correct
         self.grids: dict[int, tuple[np.ndarray, np.ndarray]] = {}
+        self.values: dict[float, float] = {}
 
     def at(self, sigma: float) -> float:
+        """smECE_σ (each σ computed once)."""
+        if sigma in self.values:
+            return self.values[sigma]
         g = _grid_size(sigma)
         if g not in self.grids:
             self.grids[g] = (_round_to_grid(self.f, self.r, g),
                              _round_to_grid(self.f, np.ones_like(self.f), g))
-        return float(_smece_from_grids(*self.grids[g], sigma)[0])
+        value = self.values[sigma] = float(_smece_from_grids(*self.grids[g], sigma)[0])
+        return value
 
     def fixed_point(self, eps: float = 0.001) -> tuple[float, float]:
         """(smECE, σ) with relplot's search_param(check, start=1, refine=10)."""
