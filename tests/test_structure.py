@@ -17,8 +17,6 @@ STATE_COLUMNS = {"status", "lease_owner", "lease_expires_at", "attempt"}
 # there, then removed from this list.
 KNOWN_OVERSIZED = {
     ("softlabel/demo.py", "run_demo"),
-    ("core/ml/train.py", "fit"),
-    ("core/ml/experiment.py", "finish_experiment"),
 }
 MAX_MODULE_LINES = 400
 MAX_FUNCTION_LINES = 60

@@ -122,7 +122,7 @@ def _vector_newton(z: Tensor, y: Tensor) -> tuple[Tensor, Tensor]:
             break
         step = np.linalg.solve(hess, grad)
         scale = 1.0
-        while True:  # backtrack until the loss does not increase (Newton steps are full near the end)
+        while True:  # backtrack until the loss does not increase (full steps near the end)
             cand = theta - scale * step
             new = _vector_objective(zn, onehot, cand)
             if new[0] <= loss or scale < 1e-10:
