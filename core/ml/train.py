@@ -265,8 +265,8 @@ def fit(
         raise SpecError("training.augment shifts images and needs image-shaped data; set it "
                         "to false for this dataset")
     prepare_model_for(model, device)
-    X_train, y_train = to_device(X_train, device), to_device(y_train, device)
-    X_val, y_val = to_device(X_val, device), to_device(y_val, device)
+    X_train, y_train, X_val, y_val = (to_device(t, device) for t in (X_train, y_train, X_val,
+                                                                      y_val))
     prior = torch.tensor(cfg.prior, dtype=torch.float32, device=device) if cfg.prior else None
     optimizer = make_optimizer(model, cfg)
     scheduler = make_scheduler(optimizer, cfg, math.ceil(len(X_train) / cfg.batch_size))
@@ -298,12 +298,16 @@ def fit(
             hooks.on_epoch(dict(row))
         pause_if_requested(st.epoch, hooks.should_stop)
 
-    if st.best_state is not None:  # early stopping keeps the best epoch's weights
+    return _finished(model, st, len(X_train) * epochs_run, time.perf_counter() - t0, device)
+
+
+def _finished(model: nn.Module, st: _LoopState, samples: int, train_s: float,
+              device: torch.device) -> FitResult:
+    """The best epoch's weights back in `model` (early stopping) and the FitResult."""
+    if st.best_state is not None:
         model.load_state_dict(st.best_state)
-    train_s = time.perf_counter() - t0
     return FitResult(
         history=st.history, best_epoch=st.stop.best_epoch, stopped_early=st.stop.stopped,
-        train_s=train_s,
-        samples_per_s=len(X_train) * epochs_run / train_s if train_s > 0 else 0.0,
+        train_s=train_s, samples_per_s=samples / train_s if train_s > 0 else 0.0,
         device=str(device), resumed_from_epoch=st.resumed_from,
     )
