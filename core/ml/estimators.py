@@ -38,6 +38,7 @@ __all__ = [
     "ece_debiased_l2",
     "ece_sweep",
     "estimator_report",
+    "estimators_of",
     "smooth_ece",
     "top_label",
 ]
@@ -361,8 +362,16 @@ def estimator_report(probs: Tensor, labels: Tensor, n_bins: int = 15) -> dict[st
     if not isinstance(labels, Tensor) or labels.shape != probs.shape[:1]:
         top_label(probs, labels)
     correct = (pred == labels.detach().cpu()).double().numpy()
+    return estimators_of(values, correct, None, n_bins)
+
+
+def estimators_of(values: Tensor, correct: np.ndarray, order: np.ndarray | None,
+                  n_bins: int = 15) -> dict[str, Any]:
+    """estimator_report from the top-label confidences (in the probabilities' dtype), the
+    correctness (float64) and, if known, the confidences' stable ascending order."""
     conf = values.double().numpy()
-    order = np.argsort(conf, kind="stable")
+    if order is None:
+        order = np.argsort(conf, kind="stable")
     smooth, sigma = _SmoothECE(conf, correct).fixed_point() if conf.size else (math.nan, None)
     sweep, sweep_bins = _ece_sweep(conf, correct, order)
     return {

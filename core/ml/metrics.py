@@ -55,6 +55,7 @@ class _State:
     corrects: list[Tensor] = field(default_factory=list)
     gaps: list[Tensor] = field(default_factory=list)
     has_logits: bool | None = None
+    _sorted: tuple[Tensor, Tensor, Tensor] | None = None
 
     def _init(self, num_classes: int) -> None:
         m = self.n_bins
@@ -186,13 +187,18 @@ class _State:
         gap = (self.top_acc[nonempty].double() - self.top_conf[nonempty]).abs() / cnt
         return float(gap.max())
 
+    def sorted_confidences(self) -> tuple[Tensor, Tensor, Tensor]:
+        """The kept confidences, their correctness and their stable ascending order (cached)."""
+        if self._sorted is None or self._sorted[0].shape[0] != self.n:
+            conf = torch.cat(self.confs)
+            self._sorted = (conf, torch.cat(self.corrects), sorted_order(conf))
+        return self._sorted
+
     def adaptive_ece(self) -> float:
         """Equal-mass ECE from the kept confidences."""
         self._require()
-        conf = torch.cat(self.confs)
-        correct = torch.cat(self.corrects)
+        conf, correct, order = self.sorted_confidences()
         n, m = conf.shape[0], self.n_bins
-        order = sorted_order(conf)
         group = torch.arange(n, dtype=torch.int64).mul_(m).div_(n, rounding_mode="floor")
         s_conf = torch.bincount(group, weights=conf[order].double(), minlength=m)
         s_acc = torch.bincount(group, weights=correct[order].double(), minlength=m)
@@ -295,7 +301,13 @@ def calibration_report(
     alpha = check_alpha(alpha)
     state = _State(check_n_bins(n_bins))
     state.update(probs, labels, logits)
-    return {**state.report(alpha), **estimators.estimator_report(probs, labels, n_bins)}
+    report = state.report(alpha)
+    if isinstance(probs, Tensor) and probs.dtype in (torch.float32, torch.float64):
+        # the estimators reuse the pass's confidences and their sort (the same values)
+        conf, correct, order = state.sorted_confidences()
+        return {**report, **estimators.estimators_of(conf, correct.double().numpy(),
+                                                     order.numpy(), n_bins)}
+    return {**report, **estimators.estimator_report(probs, labels, n_bins)}
 
 
 def expected_calibration_error(
