@@ -122,13 +122,14 @@ def _conv_entries(x: np.ndarray, s: np.ndarray, g: int, ker: np.ndarray) -> np.n
     Row x of the convolution is sum_u ext[x + G//2 + u] * ker[G-1-u], where ext (3G - 2
     long) is the grid reflected at both ends; grid index s sits at ext positions G-1-s
     (s >= 1), G-1+s and 3G-3-s (s <= G-2), so an entry sums at most three kernel values.
+    The kernel is read from a zero-padded copy, so a u outside [0, G) contributes 0.
     """
-    out = np.zeros(np.broadcast_shapes(x.shape, s.shape))
-    for m, valid in ((g - 1 - s, s >= 1), (g - 1 + s, s >= 0), (3 * g - 3 - s, s <= g - 2)):
-        u = m - x - g // 2
-        ok = valid & (u >= 0) & (u < g)
-        out += np.where(ok, ker[np.clip(g - 1 - u, 0, g - 1)], 0.0)
-    return out
+    padded = np.concatenate([np.zeros(g), ker, np.zeros(g)])
+    last = padded.size - 1
+    base = x + (2 * g - 1 + g // 2)  # padded index of ker[G-1-u] is base - m
+    out = padded[np.clip(base - (g - 1 + s), 0, last)]
+    out = out + np.where(s >= 1, padded[np.clip(base - (g - 1 - s), 0, last)], 0.0)
+    return out + np.where(s <= g - 2, padded[np.clip(base - (3 * g - 3 - s), 0, last)], 0.0)
 
 
 def _smoothing_columns(g: int, sigma: float, cols: np.ndarray) -> np.ndarray:
