@@ -221,15 +221,9 @@ class _State:
         for b, (cnt, sc, sa) in enumerate(
             zip(self.top_count.tolist(), self.top_conf.tolist(), self.top_acc.tolist(), strict=True)
         ):
-            out.append(
-                {
-                    "lo": b / m,
-                    "hi": (b + 1) / m,
-                    "count": int(cnt),
-                    "confidence": sc / cnt if cnt else None,
-                    "accuracy": sa / cnt if cnt else None,
-                }
-            )
+            out.append({"lo": b / m, "hi": (b + 1) / m, "count": int(cnt),
+                        "confidence": sc / cnt if cnt else None,
+                        "accuracy": sa / cnt if cnt else None})
         return out
 
     def gap_stats(self, alpha: float | None) -> dict[str, float | None]:
@@ -302,12 +296,11 @@ def calibration_report(
     state = _State(check_n_bins(n_bins))
     state.update(probs, labels, logits)
     report = state.report(alpha)
-    if isinstance(probs, Tensor) and probs.dtype in (torch.float32, torch.float64):
-        # the estimators reuse the pass's confidences and their sort (the same values)
-        conf, correct, order = state.sorted_confidences()
-        return {**report, **estimators.estimators_of(conf, correct.double().numpy(),
-                                                     order.numpy(), n_bins)}
-    return {**report, **estimators.estimator_report(probs, labels, n_bins)}
+    if not (isinstance(probs, Tensor) and probs.dtype in (torch.float32, torch.float64)):
+        return {**report, **estimators.estimator_report(probs, labels, n_bins)}
+    conf, correct, order = state.sorted_confidences()  # reused: the same values, sorted once
+    return {**report, **estimators.estimators_of(conf, correct.double().numpy(), order.numpy(),
+                                                 n_bins)}
 
 
 def expected_calibration_error(
@@ -401,8 +394,3 @@ class CalibrationMetrics:
     def reset(self) -> None:
         """Forget every batch."""
         self._state = _State(self.n_bins)
-
-
-# --------------------------------------------------------------------------------------------
-# temperature scaling
-# --------------------------------------------------------------------------------------------
