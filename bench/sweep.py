@@ -14,8 +14,10 @@
   The job figures are drawn by the API on first request; the cost of that first request is
   printed apart (it is not on the path to finished_at).
 * **In process, by step**: the same job and sweep run here once with timers around the
-  training steps, per-epoch validation, evaluation, temperature fits, metrics, the projection,
-  serialisation, and the figures drawn from the results, to show where the time goes.
+  training steps, per-epoch validation, evaluation, temperature fits, metrics (calibration
+  reports, the estimators included), the post-hoc fits and their cross-fitted scores, the
+  projection, serialisation (model, predictions.npz), and the figures drawn from the results,
+  to show where the time goes.
 
 Wall-clock timings on a shared machine are noisy; only ratios from one run are meant to be
 compared.
