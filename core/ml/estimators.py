@@ -310,7 +310,7 @@ def bootstrap_intervals(probs: Tensor, labels: Tensor, n_bins: int = 15, *,
     return _bootstrap(conf32, conf, correct, n_bins, resamples, seed, max_examples)
 
 
-@lru_cache(maxsize=8)
+@lru_cache(maxsize=2)  # at most 2 x 16 MB (n = 2000): a job or sweep reuses one
 def _resamples(n_all: int, resamples: int, seed: int, max_examples: int
                ) -> tuple[np.ndarray, np.ndarray]:
     """The kept examples and the (R, n) draw counts of each: the same for every call with
