@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import asyncio
 import time
+from collections.abc import Callable
 from typing import Any
 
 import httpx
@@ -49,12 +50,15 @@ async def _client(
 
 
 async def long_poll_phase(
-    *, base: str, key: str, job_id: str, dsn: str, clients: int, changes: int
+    *, base: str, key: str, job_id: str, dsn: str, clients: int, changes: int,
+    count: Callable[[], int] | None = None,
 ) -> dict[str, Any]:
     """`clients` long polls on one job; the job changes `changes` times (one UPDATE each).
 
     Latency: from the UPDATE's commit to each client's response showing it. The next change
-    comes once every client has seen the last one and is waiting again.
+    comes once every client has seen the last one and is waiting again. `count` (the
+    database's statements so far) is read once every client waits and again after the last
+    answer: `queries` is the difference (the UPDATEs included).
     """
     import psycopg
 
@@ -67,6 +71,9 @@ async def long_poll_phase(
         for i in range(clients)
     ]
     await asyncio.sleep(2.0)  # every client is waiting
+    if count is not None:
+        await asyncio.sleep(STATS_SETTLE_S)  # the statistics of the start-up are flushed
+        before = await asyncio.to_thread(count)
     latencies: list[float] = []
     async with await psycopg.AsyncConnection.connect(dsn, autocommit=True) as conn:
         for epoch in range(1, changes + 1):
@@ -81,7 +88,12 @@ async def long_poll_phase(
             latencies += [(s[epoch] - committed) * 1000 for s in seen if epoch in s]
             await asyncio.sleep(0.3)  # the clients' next long polls are registered
     sent = sum(await asyncio.gather(*tasks))
+    queries = None
+    if count is not None:
+        await asyncio.sleep(STATS_SETTLE_S)
+        queries = await asyncio.to_thread(count) - before
     return {
+        "queries": queries,
         "changes": changes,
         "clients": clients,
         "deliveries": len(latencies),
