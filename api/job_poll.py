@@ -39,6 +39,7 @@ def _load_job(request: Request, settings: Settings, job_id: str) -> Mapping[Any,
         return _authenticated(request, row)
     with session_scope() as session:  # no key: 401, or the local tenant when auth is disabled
         tenant = resolve_tenant(request, session, settings)
+        request.state.tenant_id = tenant.id  # whose fan-out bodies a long poll may take
         return job_reads.job_row(session, tenant_id=tenant.id, job_id=job_id)
 
 
@@ -108,8 +109,8 @@ async def get_job_response(
         listener=listener,
         channel=CHANNEL_JOB,
         key=job_id,
+        request=request,
         load=lambda: job_body(job_id, request, listener),
-        current=lambda: cached_etag(listener, CHANNEL_JOB, job_id, request),
         if_none_match=if_none_match,
         wait=wait,
         settled=_job_settled,

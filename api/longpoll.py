@@ -80,14 +80,14 @@ def conditional_response(body: bytes, if_none_match: str | None) -> Response:
 
 @dataclass(eq=False)  # hashed by identity: one per waiting request
 class Subscription:
-    """One waiting request: woken with a fetched body, or RECHECK."""
+    """One waiting request: woken with a Fetched job or sweep, or RECHECK."""
 
     channel: str
     key: str
     queue: asyncio.Queue[Any] = field(default_factory=asyncio.Queue)
 
     async def next(self, timeout: float) -> Any:
-        """The next wake-up's body (or RECHECK); raises TimeoutError when none comes in time."""
+        """The next wake-up (Fetched or RECHECK); raises TimeoutError when none comes in time."""
         return await asyncio.wait_for(self.queue.get(), timeout)
 
 
@@ -103,6 +103,7 @@ class ChangeListener:
         self.notifications = 0
         self.fetches = 0
         self.connects = 0
+        self._fetching: dict[tuple[str, str], int] = {}  # reads under way for waiters
         self.waiting = 0  # long polls waiting now
         self._last_use = time.monotonic()
 
@@ -111,6 +112,10 @@ class ChangeListener:
         """Whether LISTEN is active (notifications are being received)."""
         return self._ready.is_set()
 
+
+    def fetching(self, channel: str, key: str) -> bool:
+        """Whether a read of (channel, key) for its waiters is under way."""
+        return (channel, key) in self._fetching
 
     def start(self) -> None:
         """Listen (from the next moment) and keep listening while requests come."""
@@ -180,6 +185,7 @@ class ChangeListener:
             self._wake((channel, key), RECHECK)
         else:
             ticket = self.cache.ticket()
+            self._fetching[(channel, key)] = self._fetching.get((channel, key), 0) + 1
             asyncio.create_task(self._fetch_and_wake(fetch, channel, key, ticket))
 
     async def _fetch_and_wake(
@@ -196,7 +202,10 @@ class ChangeListener:
             self.cache.store(ticket, channel, key, tenant_id=found.tenant_id,
                              etag=etag_of(found.body))
         if found is not None:
-            woken = found.body
+            woken = found
+        left = self._fetching.pop((channel, key), 1) - 1
+        if left:
+            self._fetching[(channel, key)] = left
         self._wake((channel, key), woken)
 
     def _wake(self, key: tuple[str, str], value: Any) -> None:
@@ -246,37 +255,41 @@ def cached_etag(
     return found[1]
 
 
+def caller_tenant(listener: ChangeListener, request: Request) -> str | None:
+    """The tenant of the request's key when this process's cache knows it (None: unknown)."""
+    token = bearer_token(request)
+    tenant = listener.cache.tenant_of(hash_key(token)) if token is not None else None
+    if tenant is not None:
+        request.state.tenant_id = tenant
+    return tenant
+
+
 async def wait_for_change(
     *,
     listener: ChangeListener | None,
     channel: str,
     key: str,
+    request: Request,
     load: Callable[[], Awaitable[bytes]],
-    current: Callable[[], str | None],
     if_none_match: str | None,
     wait: float,
     settled: Callable[[bytes], bool],
 ) -> Response:
     """Answer at once if the state differs from the client's; else when it changes or at `wait`.
 
-    `load` reads the current body (and checks access: it raises 401/404); `current` is the
-    cached ETag (None: unknown), which spares that read when it is the client's. Without an
-    If-None-Match, the state at the request is the baseline; a settled (terminal) one
-    returns at once.
+    `load` reads the current body (and checks access: it raises 401/404, and leaves the
+    caller's tenant in `request.state.tenant_id`). A client's ETag that the cache knows is
+    current spares that read, and so does a read for every waiter already under way (the
+    change's fan-out). Without an If-None-Match, the state at the request is the baseline;
+    a settled (terminal) one returns at once.
     """
     deadline = time.monotonic() + min(wait, MAX_WAIT_SECONDS)
     async with _maybe_subscribe(listener, channel, key) as sub:
-        cached = current() if sub is not None and if_none_match else None
-        body: bytes | None = None
-        if cached is not None and etag_matches(if_none_match, cached):
-            etag = cached  # the client's state is the current one: no read needed
-        else:
-            body = await load()
-            etag = etag_of(body)
-            if not if_none_match and settled(body):
-                return conditional_response(body, None)
+        body, etag = await _start(listener, sub, channel, key, request, load, if_none_match)
+        if body is not None and not if_none_match and settled(body):
+            return conditional_response(body, None)
         baseline = if_none_match or etag
-        while etag_matches(baseline, etag):
+        while etag is None or etag_matches(baseline, etag):
             remaining = deadline - time.monotonic()
             if remaining <= 0:
                 break
@@ -284,11 +297,41 @@ async def wait_for_change(
                 woken = await _next(sub, remaining)
             except TimeoutError:
                 break
-            body = await load() if woken is RECHECK else woken
+            body = await _body_of(woken, request, load)
+            etag = etag_of(body)
+        if etag is None:  # the read under way never answered: read now
+            body = await load()
             etag = etag_of(body)
     if body is None:
         return not_modified(etag)
     return conditional_response(body, if_none_match)
+
+
+async def _start(
+    listener: ChangeListener | None,
+    sub: Subscription | None,
+    channel: str,
+    key: str,
+    request: Request,
+    load: Callable[[], Awaitable[bytes]],
+    if_none_match: str | None,
+) -> tuple[bytes | None, str | None]:
+    """The state at the request: (None, ETag) cached, (None, None) a read under way, or read."""
+    if listener is not None and sub is not None and if_none_match:
+        cached = cached_etag(listener, channel, key, request)
+        if cached is not None and etag_matches(if_none_match, cached):
+            return None, cached  # the client's state is the current one
+        if cached is None and listener.fetching(channel, key) and caller_tenant(listener, request):
+            return None, None  # the change's read for every waiter is under way: wait for it
+    body = await load()
+    return body, etag_of(body)
+
+
+async def _body_of(woken: Any, request: Request, load: Callable[[], Awaitable[bytes]]) -> bytes:
+    """A wake-up's body when it is the caller's tenant's; else read (RECHECK; 404)."""
+    if isinstance(woken, Fetched) and woken.tenant_id == getattr(request.state, "tenant_id", None):
+        return woken.body
+    return await load()
 
 
 @contextlib.asynccontextmanager

@@ -95,6 +95,10 @@ class VersionCache:
         if self._valid(ticket, kind, key):
             _put(self._etags, (kind, key), (tenant_id, etag))
 
+    def tenant_of(self, key_hash: str) -> str | None:
+        """The tenant of a live API key, when known."""
+        return self._keys.get(key_hash) if self.live else None
+
     def current(self, kind: str, key: str, *, key_hash: str) -> tuple[str, str] | None:
         """(tenant id, ETag) of the entry when the key's tenant owns it; None: ask the database."""
         if not self.live:

@@ -181,6 +181,7 @@ async def get_sweep(
     async def load() -> bytes:
         ticket = listener.cache.ticket() if listener is not None else None
         found = await to_thread.run_sync(_sweep_body, request, sweep_id, limiter=db_limiter())
+        request.state.tenant_id = found.tenant_id  # whose fan-out bodies a long poll may take
         token = bearer_token(request)
         if listener is not None and token is not None and found.cacheable:
             listener.cache.store_key(ticket, key_hash=hash_key(token), tenant_id=found.tenant_id)
@@ -202,8 +203,8 @@ async def get_sweep(
         listener=listener,
         channel=CHANNEL_SWEEP,
         key=sweep_id,
+        request=request,
         load=load,
-        current=current,
         if_none_match=if_none_match,
         wait=wait,
         settled=lambda body: json.loads(body)["status"] in TERMINAL_STATUSES,
