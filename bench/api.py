@@ -127,44 +127,64 @@ def _busy_s() -> tuple[float, float]:
     return total - idle, total
 
 
-def measure(cmd: list[str], *, procs: list[int], backends: Any, duration: int) -> dict[str, Any]:
-    """One wrk run: its figures and where the machine's CPU went meanwhile.
+class CpuWindow:
+    """Where the machine's CPU went between start() and stop() (psutil cpu_times).
 
-    CPU seconds (user + system) of wrk (the load generator), the API processes and this
-    database's Postgres backends, and everything else on the machine (other work: the
-    machine is shared), as shares of all cores' time over the run (psutil cpu_times).
+    CPU seconds (user + system) of the load generator (wrk: this process's children; the
+    long poll's clients: this process), the API processes, this database's Postgres
+    backends, and everything else on the machine (the machine is shared), as shares of all
+    cores' time; and how long the API workers were runnable but waiting for a CPU.
     """
+
+    def __init__(self, procs: list[int], backends: Any, generator: int) -> None:
+        self.procs, self.backends, self.generator = procs, backends, generator
+
+    def _generator_s(self) -> float:
+        usage = resource.getrusage(self.generator)
+        return usage.ru_utime + usage.ru_stime
+
+    def start(self) -> None:
+        """Take the first snapshot."""
+        self.gen0 = self._generator_s()
+        self.api0 = sum(_cpu_s(pid) for pid in self.procs)
+        self.wait0 = sum(_runqueue_wait_s(pid) for pid in self.procs)
+        self.pg0 = self.backends()
+        self.busy0, self.total0 = _busy_s()
+        self.t0 = time.monotonic()
+
+    def stop(self) -> dict[str, Any]:
+        """CPU seconds per part, shares of all cores and the API's runqueue wait."""
+        wall = time.monotonic() - self.t0
+        busy1, total1 = _busy_s()
+        cpu = {
+            "load generator": self._generator_s() - self.gen0,
+            "api": sum(_cpu_s(pid) for pid in self.procs) - self.api0,
+            "postgres": sum(c - self.pg0.get(pid, 0.0) for pid, c in self.backends().items() if c),
+        }
+        cpu["other"] = max(0.0, (busy1 - self.busy0) - sum(cpu.values()))
+        capacity = max(total1 - self.total0, 1e-9)
+        shares = {k: 100 * v / capacity for k, v in cpu.items()}
+        shares["idle"] = max(0.0, 100 - sum(shares.values()))
+        waited = sum(_runqueue_wait_s(pid) for pid in self.procs) - self.wait0
+        return {"cpu": cpu, "cpu_share": shares,
+                "api_wait_pct": 100 * waited / (wall * len(self.procs))}
+
+
+def measure(cmd: list[str], *, procs: list[int], backends: Any, duration: int) -> dict[str, Any]:
+    """One wrk run: its figures and where the machine's CPU went meanwhile (CpuWindow)."""
     load_before = _loadavg()
-    api_cpu = sum(_cpu_s(pid) for pid in procs)
-    api_wait = sum(_runqueue_wait_s(pid) for pid in procs)
-    pg_cpu = backends()
-    busy0, total0 = _busy_s()
-    wrk_cpu = resource.getrusage(resource.RUSAGE_CHILDREN)
-    started = time.monotonic()
+    window = CpuWindow(procs, backends, resource.RUSAGE_CHILDREN)
+    window.start()
     run = subprocess.run(cmd, capture_output=True, text=True, check=True)
-    wall = time.monotonic() - started
-    wrk_after = resource.getrusage(resource.RUSAGE_CHILDREN)
-    busy1, total1 = _busy_s()
-    stats: dict[str, Any] = dict(parse_wrk(run.stdout))
+    stats: dict[str, Any] = {**parse_wrk(run.stdout), **window.stop()}
     stats["wrk_latency"] = " ".join(
         " ".join(line.split()) for line in run.stdout.splitlines()
         if re.match(r"^\s+(Latency\s|75%|90%)", line)
     )
     requests = max(stats["rps"] * duration, 1.0)
-    cpu = {
-        "wrk": wrk_after.ru_utime + wrk_after.ru_stime - wrk_cpu.ru_utime - wrk_cpu.ru_stime,
-        "api": sum(_cpu_s(pid) for pid in procs) - api_cpu,
-        "postgres": sum(c - pg_cpu.get(pid, 0.0) for pid, c in backends().items() if c),
-    }
-    cpu["other"] = max(0.0, (busy1 - busy0) - sum(cpu.values()))
-    capacity = max(total1 - total0, 1e-9)
-    stats["cpu_share"] = {k: 100 * v / capacity for k, v in cpu.items()}
-    stats["cpu_share"]["idle"] = max(0.0, 100 - sum(stats["cpu_share"].values()))
-    stats["api_cpu_us"] = cpu["api"] / requests * 1e6
-    stats["pg_cpu_us"] = cpu["postgres"] / requests * 1e6
-    stats["wrk_cpu_us"] = cpu["wrk"] / requests * 1e6
-    waited = sum(_runqueue_wait_s(pid) for pid in procs) - api_wait
-    stats["api_wait_pct"] = 100 * waited / (wall * len(procs))
+    stats["api_cpu_us"] = stats["cpu"]["api"] / requests * 1e6
+    stats["pg_cpu_us"] = stats["cpu"]["postgres"] / requests * 1e6
+    stats["wrk_cpu_us"] = stats["cpu"]["load generator"] / requests * 1e6
     stats["load_before"], stats["load_after"] = load_before, _loadavg()
     return stats
 
@@ -277,13 +297,15 @@ def main() -> int:
                               duration=args.duration)
         time.sleep(STATS_SETTLE_S)
         conditional["queries_per_s"] = (xacts(admin, db_name) - x_before) / args.duration
+        lp_window = CpuWindow(workers or [api.pid], backends, resource.RUSAGE_SELF)
         polled = run_long_poll(base=base, key=key, job_id=job.json()["id"],
                                dsn=env["SOFTLABEL_DATABASE_URL"].replace("+psycopg", ""),
                                clients=args.connections, changes=args.changes,
-                               count=lambda: xacts(admin, db_name))
+                               count=lambda: xacts(admin, db_name), cpu=lp_window)
         # statements from the first change to the last client's answer, less the UPDATEs:
         # the listeners' reads and any the clients' requests and re-polls caused
         polled["fanout_per_change"] = (polled["queries"] - args.changes) / args.changes
+        polled["reads_per_change"] = (polled["job_scans"] - args.changes) / args.changes
         in_app = _in_app_latency(httpx.get(
             f"{base}/metrics", headers={"Authorization": "Bearer bench-metrics-key"}).text)
     finally:
@@ -323,15 +345,22 @@ def main() -> int:
           f"queries/s {conditional['queries_per_s']:.0f} "
           f"({conditional['queries_per_s'] / conditional['rps']:.4f} per request)")
     print(f"    {dominant(conditional)}")
-    lp_ok = polled["p99_ms"] <= TARGET_LP_P99_MS and polled["fanout_per_change"] <= args.workers
+    lp_ok = polled["p99_ms"] <= TARGET_LP_P99_MS and polled["reads_per_change"] <= args.workers
     print(f"P5 long poll: {polled['clients']} clients, {polled['changes']} changes, "
           f"{polled['deliveries']} deliveries, {polled['requests']} requests")
     print(f"  change -> every client: p50 {polled['p50_ms']:.1f} ms   p99 {polled['p99_ms']:.1f} ms"
           f"   max {polled['max_ms']:.1f} ms   ratio p99 vs 100 ms: "
           f"{polled['p99_ms'] / TARGET_LP_P99_MS:.2f}x")
-    print(f"  database queries per change (all {polled['clients']} clients' requests and "
-          f"re-polls included): {polled['fanout_per_change']:.2f} (target <= 1 per API "
-          f"process: <= {args.workers})")
+    print(f"  reads of the job per change (job table scans less the UPDATEs; all "
+          f"{polled['clients']} clients' requests and re-polls included): "
+          f"{polled['reads_per_change']:.2f} (target <= 1 per API process: <= {args.workers})")
+    print(f"  database statements per change (pg_stat_database transactions less the UPDATEs; "
+          f"autovacuum and connection start-ups included): {polled['fanout_per_change']:.2f}")
+    print(f"  {dominant(polled)} (load generator: the {polled['clients']} clients, in this "
+          "process)")
+    if polled["p99_ms"] > TARGET_LP_P99_MS:
+        top = max(polled["cpu_share"].items(), key=lambda kv: kv[1])
+        print(f"  p99 missed: the largest CPU share was {top[0]} ({top[1]:.0f}%)")
     print("  PASS" if lp_ok else "  FAIL")
     return 0 if ok and lp_ok else 1
 
