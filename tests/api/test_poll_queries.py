@@ -18,7 +18,7 @@ import httpx
 import pytest
 from sqlalchemy import text
 
-from tests.api.test_long_poll import SPEC, set_progress
+from tests.api.test_long_poll import SPEC, Poll, set_progress
 from tests.processes import start_api, stop_process
 
 METRICS_KEY = "poll-metrics-key"
@@ -210,3 +210,33 @@ def test_a_sweeps_conditional_get_is_answered_from_the_cache_until_a_trial_chang
     done = api.client.get(path, params={"wait": 30}, headers={"If-None-Match": etag})
     assert done.status_code == 200 and done.json()["progress"]["done"] == 1
     assert api.client.get(path, headers={"If-None-Match": etag}).status_code == 200
+
+
+def test_sweep_long_polls_read_the_sweep_once_per_change(api: Api) -> None:
+    sweep_id = api.client.post("/v1/sweeps", json={"base": SPEC, "alphas": [0.0, 0.1]}).json()["id"]
+    path = f"/v1/sweeps/{sweep_id}"
+    api.client.get(path)
+    api.until("softlabel_listen_connected", lambda v: v == 1, "LISTEN never came up")
+    cost = scrape_cost(api)
+    etag = api.client.get(path).headers["ETag"]
+    one_read = queries_of(api, cost, lambda: api.client.get(path))  # key, sweep, trials
+    trial = api.client.get("/v1/jobs", params={"sweep_id": sweep_id}).json()["items"][0]["id"]
+    polls = [Poll(api.client, path, etag, 60) for _ in range(CLIENTS)]
+
+    def change() -> None:
+        for poll in polls:
+            poll.start()
+        api.until("softlabel_long_polls_waiting", lambda v: v == CLIENTS, "not all waiting")
+        with api_engine_begin() as conn:  # a trial ends, as a worker would end it
+            conn.execute(
+                text("UPDATE job SET status = 'canceled', finished_at = now() WHERE id = :id"),
+                {"id": trial},
+            )
+        for poll in polls:
+            poll.join(timeout=90)
+
+    issued = queries_of(api, cost, change)
+    for poll in polls:
+        assert poll.response is not None and poll.response.status_code == 200
+        assert poll.response.json()["progress"]["done"] == 1
+    assert 0 < issued <= one_read, (issued, one_read)  # one read for all, not one per client
