@@ -36,6 +36,10 @@ MAX_WAIT_SECONDS = 60.0
 FALLBACK_RECHECK_SECONDS = 1.0
 RECONNECT_SECONDS = 0.5
 IDLE_CLOSE_S = 60.0  # no long poll for this long: the LISTEN connection is closed
+# A peer that vanished without closing (a network partition) is noticed within ~25 s, and the
+# cache dropped then; a closed connection (Postgres restarted, backend ended) at once.
+LISTEN_KEEPALIVES = {"keepalives": 1, "keepalives_idle": 10, "keepalives_interval": 5,
+                     "keepalives_count": 3}
 RECHECK = object()  # a wake-up without a row: the waiter reloads by itself
 
 
@@ -149,7 +153,9 @@ class ChangeListener:
         args, kwargs = get_engine().dialect.create_connect_args(get_engine().url)
         while True:
             try:
-                conn = await psycopg.AsyncConnection.connect(*args, autocommit=True, **kwargs)
+                conn = await psycopg.AsyncConnection.connect(
+                    *args, autocommit=True, **{**LISTEN_KEEPALIVES, **kwargs}
+                )
                 async with conn:
                     for channel in (CHANNEL_JOB, CHANNEL_SWEEP, CHANNEL_KEY):
                         QUERIES.add()
