@@ -116,7 +116,6 @@ class ChangeListener:
         """Whether LISTEN is active (notifications are being received)."""
         return self._ready.is_set()
 
-
     def fetching(self, channel: str, key: str) -> bool:
         """Whether a read of (channel, key) for its waiters is under way."""
         return (channel, key) in self._fetching
