@@ -70,6 +70,10 @@ def test_etag_and_304_until_the_job_changes(http: httpx.Client) -> None:
     touch_lease(job_id)
     assert http.get(f"/v1/jobs/{job_id}", headers={"If-None-Match": etag}).status_code == 304
     set_progress(job_id, 1)
+    # The API learns of the change by its NOTIFY (at most as late as a long poll does): once
+    # a long poll has returned it, the old ETag is stale for conditional GETs too.
+    woken = http.get(f"/v1/jobs/{job_id}", params={"wait": 30}, headers={"If-None-Match": etag})
+    assert woken.status_code == 200
     changed = http.get(f"/v1/jobs/{job_id}", headers={"If-None-Match": etag})
     assert changed.status_code == 200 and changed.headers["ETag"] != etag
     assert changed.json()["progress"]["epoch"] == 1
