@@ -1,7 +1,9 @@
 """Uploaded datasets: parse and validate, store content-addressed, list, inspect, delete.
 
-The canonical data (X float32, y int64 as a byte-deterministic NPZ) is stored in the
-artifact store under `datasets/{id}.npz` in the same transaction as the dataset row;
+The canonical data (X float32, or images in their uploaded dtype, stored uncompressed so
+workers can memory-map it; y int64; a byte-deterministic NPZ) is written from the upload
+file in bounded memory (`core.ml.ingest`) and streamed into the artifact store under
+`datasets/{id}.npz` in the same transaction as the dataset row;
 `sha256` is the hash of that canonical content (the same hash a job's result reports).
 Uploading the same content again (same X, y, class names and image shape) returns the
 tenant's existing dataset instead of storing a duplicate.
