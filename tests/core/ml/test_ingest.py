@@ -98,3 +98,15 @@ def test_a_later_csv_block_of_another_type_is_a_clear_error(tmp_path: Path) -> N
     src.write_bytes(("f,label\n" + rows).encode())
     with pytest.raises(InvalidDatasetError, match="could not parse the CSV file"):
         ingest_file(src, "csv", None, limits=Limits(), workdir=tmp_path)
+
+
+def test_datasets_stored_before_streaming_still_load(tmp_path: Path) -> None:
+    """The older canonical form (flat X deflated) is decompressed to a side file and mapped."""
+    from core.ml.upload import to_npz_bytes
+
+    X, y = RNG.normal(size=(40, 6)).astype(np.float32), np.arange(40) % 2
+    path = tmp_path / "old.npz"
+    path.write_bytes(to_npz_bytes(X, y))
+    mapped = load_npz_mapped(path)
+    assert np.array_equal(mapped["X"], X) and np.array_equal(mapped["y"], y)
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["old.npz"]  # side files unlinked
