@@ -27,7 +27,7 @@ from core.ml.ingest import (
     too_many_bytes,
 )
 
-CSV_BLOCK_BYTES = 1 << 20
+CSV_BLOCK_BYTES = 1 << 18  # the streaming reader reads several blocks ahead
 FIRST_LINE_BYTES = 1 << 20
 
 
@@ -83,15 +83,15 @@ def _csv_batches(path: Path, column: str) -> tuple[list[str], Iterator[Any]]:
     import pyarrow as pa
     import pyarrow.csv as pacsv
 
-    read = pacsv.ReadOptions(block_size=CSV_BLOCK_BYTES)
-    with pacsv.open_csv(path, read_options=read) as probe:
+    read = pacsv.ReadOptions(block_size=CSV_BLOCK_BYTES, use_threads=False)
+    with pa.OSFile(str(path)) as source, pacsv.open_csv(source, read_options=read) as probe:
         schema = probe.schema
     features = _feature_names(schema, column)
     types = {n: pa.float64() for n in features
              if pa.types.is_integer(schema.field(n).type) or pa.types.is_null(schema.field(n).type)}
     label_type = schema.field(column).type
     types[column] = pa.string() if pa.types.is_null(label_type) else label_type
-    reader = pacsv.open_csv(path, read_options=read,
+    reader = pacsv.open_csv(pa.OSFile(str(path)), read_options=read,
                             convert_options=pacsv.ConvertOptions(column_types=types))
     return features, iter(reader)
 

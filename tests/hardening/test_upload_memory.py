@@ -145,6 +145,27 @@ def test_large_npz_upload_streams_in_bounded_memory(
     assert rss.grown_mb < 100, f"API RSS grew {rss.grown_mb:.0f} MB for {decoded_mb:.0f} MB"
 
 
+def test_large_csv_upload_streams_in_bounded_memory(api: Proc, api_key: str,
+                                                    tmp_path: Path) -> None:
+    rng = np.random.default_rng(1)
+    block = "".join(",".join(f"{v:.5f}" for v in rng.normal(size=16)) + f",c{i % 5}\n"
+                    for i in range(1000))
+    path = tmp_path / "big.csv"
+    with open(path, "w") as out:
+        out.write(",".join(f"f{j}" for j in range(16)) + ",label\n")
+        for _ in range(1000):  # 1M rows (the row limit), about 150 MB of text
+            out.write(block)
+    size_mb = path.stat().st_size / MB
+    _warm_up(api, api_key)
+    with PeakRss(api.pid) as rss, open(path, "rb") as body:
+        resp = _post(api, api_key, body, "csv")
+    assert resp.status_code == 201, resp.text[:500]
+    ds = resp.json()
+    assert (ds["n_rows"], ds["n_features"], ds["n_classes"]) == (1_000_000, 16, 5)
+    print(f"\nupload CSV ({size_mb:.0f} MB): API peak RSS +{rss.grown_mb:.1f} MB")
+    assert rss.grown_mb < 100, f"API RSS grew {rss.grown_mb:.0f} MB for a {size_mb:.0f} MB CSV"
+
+
 def _npz_declaring(x_header: dict[str, Any]) -> bytes:
     """An NPZ whose X.npy header declares `x_header` (no data follows) and a small y."""
     header = io.BytesIO()
