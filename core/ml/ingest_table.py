@@ -118,7 +118,7 @@ def _parquet_batches(path: Path, column: str, limits: Limits) -> tuple[list[str]
                   for g in range(meta.num_row_groups)), default=1.0)
     rows = int(min(65536, max(64, CHUNK_BYTES // max(1.0, widest + 8 * len(schema.names)))))
     reader = pq.ParquetFile(path, read_dictionary=[column] if textual else None,
-                            buffer_size=1 << 20, pre_buffer=False)
+                            buffer_size=1 << 16, pre_buffer=False)
     return features, reader.iter_batches(batch_size=rows)
 
 
