@@ -168,6 +168,32 @@ def _train(url: str, key: str, dataset_id: str, fraction: float, holdout: float,
         time.sleep(0.2)
 
 
+def _data_path_in_process(dataset_id: str, args: Any) -> None:
+    """The worker's data path alone, in this process: stream from Postgres, map, prepare."""
+    from core.ml.experiment import prepare_experiment
+    from worker.attempt import load_upload
+
+    spec = {"dataset": {"source": "upload", "id": dataset_id}, "model": {"arch": "linear"},
+            "split": {"train_fraction": args.train_fraction, "val": args.holdout,
+                      "test": args.holdout},
+            "training": {"epochs": 1, "batch_size": 512, "early_stopping": None}}
+    me = Sampler(os.getpid())
+    idle = me.snapshot()
+    me.start()
+    t0 = time.monotonic()
+    X, y = load_upload(dataset_id)
+    prep = prepare_experiment(spec, arrays=(X, y))
+    seconds = time.monotonic() - t0
+    grown = _grown(idle, me.stop())
+    d = prep.data
+    tensors = sum(a.nbytes for a in (d.X_train, d.X_val, d.X_test, d.y_train, d.y_val,
+                                     d.y_test)) / MB
+    print(_line("worker data path in-process (load_upload + prepare_experiment)", seconds,
+                grown))
+    print(f"  its tensors: {tensors:.0f} MB; anon above idle minus them: "
+          f"{grown['RssAnon'] - tensors:+.0f} MB; X is a {type(X).__name__}")
+
+
 def _line(name: str, seconds: float, grown: dict[str, float]) -> str:
     return (f"{name}: {seconds:.1f} s; peak RSS +{grown['VmRSS']:.0f} MB above idle "
             f"(anon +{grown['RssAnon']:.0f} MB, file-backed +{grown['RssFile']:.0f} MB)")
@@ -250,6 +276,7 @@ def main() -> int:
                     _grown(worker_idle, finish_peaks | {
                         pid: {k: max(v, phase.get("peaks", {}).get(pid, {}).get(k, 0))
                               for k, v in p.items()} for pid, p in finish_peaks.items()})))
+        _data_path_in_process(ds["id"], args)
         print(json.dumps({"ingest_s": round(ingest, 1), "file_mb": round(size_mb),
                           "job_s": round(seconds, 1), "job": job["status"]}))
         return 0 if job["status"] == "succeeded" else 1
