@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import asyncio
 import time
+from collections.abc import Callable
 from typing import Any
 
 import httpx
@@ -23,6 +24,22 @@ def xacts(admin: Any, db_name: str) -> int:
             {"db": db_name},
         ).scalar_one()
     return int(row)
+
+
+def job_scans(dsn: str) -> int:
+    """Scans of the job table so far (seq + index; pg_stat_user_tables): its reads and updates.
+
+    Unlike the database's transaction count, no autovacuum or connection start-up adds to it.
+    """
+    import psycopg
+
+    with psycopg.connect(dsn, autocommit=True) as conn:
+        conn.execute("SELECT pg_stat_clear_snapshot()")
+        row = conn.execute(
+            "SELECT seq_scan + coalesce(idx_scan, 0) FROM pg_stat_user_tables "
+            "WHERE relname = 'job'"
+        ).fetchone()
+    return int(row[0]) if row else 0
 
 
 def _pct(values: list[float], q: float) -> float:
@@ -49,12 +66,17 @@ async def _client(
 
 
 async def long_poll_phase(
-    *, base: str, key: str, job_id: str, dsn: str, clients: int, changes: int
+    *, base: str, key: str, job_id: str, dsn: str, clients: int, changes: int,
+    count: Callable[[], int] | None = None, cpu: Any = None,
 ) -> dict[str, Any]:
     """`clients` long polls on one job; the job changes `changes` times (one UPDATE each).
 
     Latency: from the UPDATE's commit to each client's response showing it. The next change
-    comes once every client has seen the last one and is waiting again.
+    comes once every client has seen the last one and is waiting again. `count` (the
+    database's statements so far) is read once every client waits and again after the last
+    answer: `queries` is the difference (the UPDATEs included), and `job_scans` the job table's
+scans meanwhile (the UPDATEs' included). `cpu` (bench.api.CpuWindow) is started before the
+first change and stopped after the last client's answer; its figures are returned too.
     """
     import psycopg
 
@@ -67,8 +89,14 @@ async def long_poll_phase(
         for i in range(clients)
     ]
     await asyncio.sleep(2.0)  # every client is waiting
+    if count is not None:
+        await asyncio.sleep(STATS_SETTLE_S)  # the statistics of the start-up are flushed
+        before = await asyncio.to_thread(count)
+        scans_before = await asyncio.to_thread(job_scans, dsn)
     latencies: list[float] = []
     async with await psycopg.AsyncConnection.connect(dsn, autocommit=True) as conn:
+        if cpu is not None:
+            cpu.start()
         for epoch in range(1, changes + 1):
             await conn.execute(
                 "UPDATE job SET progress = %s::jsonb WHERE id = %s",
@@ -81,7 +109,16 @@ async def long_poll_phase(
             latencies += [(s[epoch] - committed) * 1000 for s in seen if epoch in s]
             await asyncio.sleep(0.3)  # the clients' next long polls are registered
     sent = sum(await asyncio.gather(*tasks))
+    window = cpu.stop() if cpu is not None else {}
+    queries = scans = None
+    if count is not None:
+        await asyncio.sleep(STATS_SETTLE_S)
+        scans = await asyncio.to_thread(job_scans, dsn) - scans_before
+        queries = await asyncio.to_thread(count) - before
     return {
+        **window,
+        "queries": queries,
+        "job_scans": scans,
         "changes": changes,
         "clients": clients,
         "deliveries": len(latencies),

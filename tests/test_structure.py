@@ -16,7 +16,6 @@ STATE_COLUMNS = {"status", "lease_owner", "lease_expires_at", "attempt"}
 # 11's epoch/early-stopping helper and lazy figures are rewriting them); each is to be split
 # there, then removed from this list.
 KNOWN_OVERSIZED = {
-    ("softlabel/demo.py", "run_demo"),
     ("core/ml/train.py", "fit"),
     ("core/ml/experiment.py", "finish_experiment"),
 }

@@ -7,6 +7,7 @@ from typing import Any
 
 from core.config import Settings
 from core.ml.errors import TrainingStopped, TrialDivergedError
+from core.services.fairness import FAIR_SHARE_RETRY_S, FairShareDeferred
 from core.services.jobs import ClaimedJob
 from core.states import FailureReason, JobStatus, LeaseState, StopReason
 from worker import attempt
@@ -22,7 +23,11 @@ def execute_group(job_ids: list[str], *, settings: Settings, owner: str | None =
     from celery.exceptions import SoftTimeLimitExceeded
 
     owner = owner or attempt.worker_identity()
-    jobs = attempt.claim(job_ids, owner=owner, settings=settings)
+    try:
+        jobs = attempt.claim(job_ids, owner=owner, settings=settings, fair_share=True)
+    except FairShareDeferred:
+        requeue_deferred_group(job_ids)
+        return {}
     if not jobs:
         logger.info("delivery could not claim any trial of the group; nothing to do")
         return {}
@@ -31,6 +36,16 @@ def execute_group(job_ids: list[str], *, settings: Settings, owner: str | None =
     except SoftTimeLimitExceeded:
         _end_all(jobs, owner, FailureReason.TIMEOUT, attempt.timeout_message(settings))
         return {job.id: JobStatus.FAILED for job in jobs}
+
+
+def requeue_deferred_group(job_ids: list[str]) -> None:
+    """Put a deferred group's task back on the training queue, after a short delay."""
+    from core.queue import QUEUE_TRAINING, TASK_RUN_GROUP, get_celery
+
+    get_celery().send_task(
+        TASK_RUN_GROUP, args=[job_ids], queue=QUEUE_TRAINING, countdown=FAIR_SHARE_RETRY_S
+    )
+    logger.info("tenant at its fair share: trial group deferred", extra={"job_id": job_ids[0]})
 
 
 def _end_all(jobs: list[ClaimedJob], owner: str, reason: FailureReason, message: str) -> Outcomes:

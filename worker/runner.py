@@ -6,7 +6,7 @@ import logging
 
 from core.config import Settings
 from core.ml.errors import TrainingStopped
-from core.services.fairness import FairShareDeferred
+from core.services.fairness import FAIR_SHARE_RETRY_S, FairShareDeferred
 from core.services.jobs import ClaimedJob
 from core.states import FailureReason, JobStatus, StopReason
 from worker.attempt import (
@@ -26,7 +26,6 @@ from worker.lease import LeaseKeeper
 
 logger = logging.getLogger("softlabel.worker")
 DEFERRED = "deferred"
-FAIR_SHARE_RETRY_S = 1.0
 
 
 def requeue_deferred(job_id: str) -> None:

@@ -2,9 +2,7 @@
 
 from __future__ import annotations
 
-import json
 import logging
-from collections.abc import Mapping
 from typing import Annotated, Any
 
 from anyio import to_thread
@@ -18,13 +16,12 @@ from api.deps import (
     SessionDep,
     SettingsDep,
     TenantDep,
-    bearer_token,
     db_limiter,
     request_settings,
     resolve_tenant,
 )
 from api.event_stream import open_event_stream
-from api.longpoll import change_listener, conditional_response, wait_for_change
+from api.job_poll import get_job_response
 from api.problems import PROBLEMS, not_found
 from api.schemas import (
     JobOut,
@@ -32,15 +29,13 @@ from api.schemas import (
     Problem,
     WebhookDeliveryList,
     WebhookDeliveryOut,
-    job_out_json,
 )
 from core import storage
 from core.config import Settings
-from core.db import async_read_pool, session_scope
+from core.db import session_scope
 from core.errors import (
     ConflictError,
     NotFoundError,
-    UnauthorizedError,
     ValidationAppError,
 )
 from core.ml import figures
@@ -48,10 +43,8 @@ from core.services import cost, job_reads, webhooks
 from core.services import jobs as job_service
 from core.services.effects import effects
 from core.services.specs import check_job_spec
-from core.services.tenants import hash_key
-from core.services.watch import CHANNEL_JOB
 from core.spec import EXAMPLE_SPEC, JobSpec
-from core.states import TERMINAL_STATUSES, JobStatus
+from core.states import JobStatus
 from core.timeutil import iso
 from core.validation import IsoDateTime
 
@@ -126,25 +119,6 @@ def list_jobs(
     return JobPage(items=[JobOut.from_job(j) for j in rows], next_cursor=next_cursor)
 
 
-def _load_job(request: Request, settings: Settings, job_id: str) -> Mapping[Any, Any] | None:
-    """The caller's job as a row of its JobOut columns (None: no such job for the tenant)."""
-    token = bearer_token(request)
-    if token is not None:
-        row = job_reads.job_row_by_key(job_id=job_id, key_hash=hash_key(token))
-        return _authenticated(request, row)
-    with session_scope() as session:  # no key: 401, or the local tenant when auth is disabled
-        tenant = resolve_tenant(request, session, settings)
-        return job_reads.job_row(session, tenant_id=tenant.id, job_id=job_id)
-
-
-def _authenticated(request: Request, row: Mapping[Any, Any] | None) -> Mapping[Any, Any] | None:
-    """The job of a key-and-job row; 401 when the key matched nothing."""
-    if row is None:
-        raise UnauthorizedError("The API key is invalid or revoked")
-    request.state.tenant_id = row["auth_tenant_id"]
-    return row if row["id"] is not None else None
-
-
 WaitQuery = Annotated[
     float | None,
     Query(
@@ -160,37 +134,6 @@ IfNoneMatch = Annotated[
 NOT_MODIFIED: dict[int | str, dict[str, Any]] = {
     304: {"description": "Not modified: the If-None-Match ETag is still current"}
 }
-
-
-async def _job_body(job_id: str, request: Request) -> bytes:
-    """The caller's job as the JobOut JSON body (401 for a bad key, 404 for no such job)."""
-    # The hot path (P5): one query for the key and the job, awaited on the event loop on
-    # Postgres (a worker thread otherwise), the body written straight from the row (the
-    # same bytes as the JobOut response model).
-    token = bearer_token(request)
-    pool = async_read_pool() if token is not None else None
-    row: Mapping[Any, Any] | None
-    if token is not None and pool is not None:
-        found = await job_reads.job_row_by_key_async(pool, job_id=job_id, key_hash=hash_key(token))
-        row = _authenticated(request, found)
-    else:
-        settings = request_settings(request)
-        row = await to_thread.run_sync(_load_job, request, settings, job_id, limiter=db_limiter())
-    if row is None:
-        raise NotFoundError(f"Job {job_id} does not exist")
-    return job_out_json(row)
-
-
-async def _fetch_job_row(job_id: str) -> Mapping[Any, Any] | None:
-    """The job's row by id, once per change for all of this process's waiters."""
-    pool = async_read_pool()
-    if pool is None:
-        return None
-    return await job_reads.job_row_by_id_async(pool, job_id=job_id)
-
-
-def _job_settled(body: bytes) -> bool:
-    return bool(json.loads(body)["status"] in TERMINAL_STATUSES)
 
 
 @router.get(
@@ -209,20 +152,11 @@ async def get_job(
 
     Every answer has an `ETag`; with `If-None-Match` the answer is 304 while nothing changed.
     With `?wait=SECONDS` (at most 60) it is a long poll that answers as soon as the job
-    changes, or at the end with its state (304 when it matches `If-None-Match`).
+    changes, or at the end with its state (304 when it matches `If-None-Match`). While
+    nothing changed, a 304 costs no database query (the process's ETag cache, kept fresh by
+    Postgres LISTEN/NOTIFY).
     """
-    if wait is None:
-        return conditional_response(await _job_body(job_id, request), if_none_match)
-    return await wait_for_change(
-        listener=change_listener({CHANNEL_JOB: _fetch_job_row}),
-        channel=CHANNEL_JOB,
-        key=job_id,
-        load=lambda: _job_body(job_id, request),
-        render=job_out_json,
-        if_none_match=if_none_match,
-        wait=wait,
-        settled=_job_settled,
-    )
+    return await get_job_response(job_id, request, wait=wait, if_none_match=if_none_match)
 
 
 @router.get(

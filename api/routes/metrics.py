@@ -7,13 +7,20 @@ from collections.abc import Iterator
 from fastapi import APIRouter, Depends, Request, Response
 from fastapi.security import HTTPBearer
 from prometheus_client import REGISTRY, CollectorRegistry, generate_latest
-from prometheus_client.core import GaugeMetricFamily, HistogramMetricFamily, Metric
+from prometheus_client.core import (
+    CounterMetricFamily,
+    GaugeMetricFamily,
+    HistogramMetricFamily,
+    Metric,
+)
 from prometheus_client.registry import Collector
 from sqlalchemy.orm import Session
 
 from api.deps import SessionDep, SettingsDep
+from api.longpoll import LISTENERS
 from api.safety import require_metrics_key
 from api.schemas import Problem
+from core.db import QUERIES
 from core.services import metrics as metric_queries
 
 router = APIRouter(tags=["operations"])
@@ -63,6 +70,38 @@ class JobStatsCollector(Collector):
         yield hist
 
 
+class ProcessCollector(Collector):
+    """This API process's own figures: database statements, long polls, the ETag cache."""
+
+    def collect(self) -> Iterator[Metric]:
+        """Yield the metric families."""
+        listeners = list(LISTENERS)
+        yield CounterMetricFamily(
+            "softlabel_db_queries", "SQL statements this process sent to the database",
+            value=QUERIES.value,
+        )
+        yield GaugeMetricFamily(
+            "softlabel_long_polls_waiting", "Long polls (?wait=) of this process waiting now",
+            value=sum(x.waiting for x in listeners),
+        )
+        yield GaugeMetricFamily(
+            "softlabel_listen_connected", "1 while this process's LISTEN connection is up",
+            value=float(any(x.live for x in listeners)),
+        )
+        yield CounterMetricFamily(
+            "softlabel_listen_connects", "Times this process's LISTEN connection was opened",
+            value=sum(x.connects for x in listeners),
+        )
+        yield CounterMetricFamily(
+            "softlabel_listen_notifications", "Change notifications this process received",
+            value=sum(x.notifications for x in listeners),
+        )
+        yield CounterMetricFamily(
+            "softlabel_etag_cache_hits", "Conditional reads answered from the ETag cache",
+            value=sum(x.cache.hits for x in listeners),
+        )
+
+
 @router.get(
     "/metrics",
     response_class=Response,
@@ -89,5 +128,6 @@ def metrics(request: Request, session: SessionDep, settings: SettingsDep) -> Res
 def exposition(session: Session) -> bytes:
     """The metrics text: process-wide series plus the job figures from the database."""
     scrape = CollectorRegistry(auto_describe=False)
+    scrape.register(ProcessCollector())
     scrape.register(JobStatsCollector(session))
     return bytes(generate_latest(REGISTRY) + generate_latest(scrape))

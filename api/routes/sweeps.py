@@ -16,11 +16,21 @@ from api.deps import (
     SessionDep,
     SettingsDep,
     TenantDep,
+    bearer_token,
     db_limiter,
     request_settings,
     resolve_tenant,
 )
-from api.longpoll import change_listener, conditional_response, wait_for_change
+from api.longpoll import (
+    Fetched,
+    cached_etag,
+    change_listener,
+    conditional_response,
+    etag_matches,
+    etag_of,
+    not_modified,
+    wait_for_change,
+)
 from api.problems import PROBLEMS, not_found
 from api.routes.jobs import NOT_MODIFIED, IfNoneMatch, WaitQuery
 from api.schemas import Problem, SweepOut, SweepPage
@@ -30,6 +40,7 @@ from core.models import Sweep
 from core.services import sweeps as sweep_service
 from core.services import webhooks
 from core.services.effects import effects
+from core.services.tenants import hash_key
 from core.services.watch import CHANNEL_SWEEP
 from core.states import TERMINAL_STATUSES
 from core.sweep_spec import SweepSpec
@@ -118,13 +129,33 @@ def list_sweeps(
     return SweepPage(items=[_out(session, s) for s in rows], next_cursor=next_cursor)
 
 
-def _sweep_body(request: Request, sweep_id: str) -> bytes:
+def _sweep_body(request: Request, sweep_id: str) -> Fetched:
     """The caller's sweep as the SweepOut JSON body (401 / 404 like every route)."""
     with session_scope() as session:
         tenant = resolve_tenant(request, session, request_settings(request))
         sweep = sweep_service.get_sweep(session, tenant_id=tenant.id, sweep_id=sweep_id)
         _finalize_if_stuck(session, sweep)
-        return _out(session, sweep).model_dump_json().encode()
+        return _fetched(session, sweep)
+
+
+def _fetched(session: SessionDep, sweep: Sweep) -> Fetched:
+    progress = sweep_service.sweep_progress(session, sweep_id=sweep.id)
+    state = sweep_service.live_status(sweep, progress)
+    body = SweepOut.from_sweep(sweep, progress=progress, status=state).model_dump_json().encode()
+    # Every trial ended but no report yet: a read may have to ask for it, so it is not cached.
+    waiting_for_report = sweep.report is None and progress["done"] >= progress["total"]
+    return Fetched(sweep.tenant_id, body, cacheable=not waiting_for_report)
+
+
+def _sweep_by_id(sweep_id: str) -> Fetched | None:
+    with session_scope() as session:
+        sweep = sweep_service.find_sweep(session, sweep_id=sweep_id)
+        return None if sweep is None else _fetched(session, sweep)
+
+
+async def _fetch_sweep(sweep_id: str) -> Fetched | None:
+    """The sweep's body by id, once per change for all of this process's waiters."""
+    return await to_thread.run_sync(_sweep_by_id, sweep_id, limiter=db_limiter())
 
 
 @router.get(
@@ -141,21 +172,39 @@ async def get_sweep(
 ) -> Response:
     """Status and progress (trials done / total); the trials are jobs under /v1/jobs?sweep_id=.
 
-    `ETag` / `If-None-Match` (304) and `?wait=SECONDS` long polls as on GET /v1/jobs/{id}:
-    any trial's change or the sweep's own wakes it.
+    `ETag` / `If-None-Match` (304, without a query while nothing changed) and
+    `?wait=SECONDS` long polls as on GET /v1/jobs/{id}: any trial's change or the sweep's
+    own wakes it.
     """
+    listener = change_listener(CHANNEL_SWEEP, _fetch_sweep)
 
     async def load() -> bytes:
-        return await to_thread.run_sync(_sweep_body, request, sweep_id, limiter=db_limiter())
+        ticket = listener.cache.ticket() if listener is not None else None
+        found = await to_thread.run_sync(_sweep_body, request, sweep_id, limiter=db_limiter())
+        request.state.tenant_id = found.tenant_id  # whose fan-out bodies a long poll may take
+        token = bearer_token(request)
+        if listener is not None and token is not None and found.cacheable:
+            listener.cache.store_key(ticket, key_hash=hash_key(token), tenant_id=found.tenant_id)
+            listener.cache.store(ticket, CHANNEL_SWEEP, sweep_id, tenant_id=found.tenant_id,
+                                 etag=etag_of(found.body))
+        return found.body
+
+    def current() -> str | None:
+        return cached_etag(listener, CHANNEL_SWEEP, sweep_id, request)
 
     if wait is None:
+        etag = current() if if_none_match else None
+        if etag is not None and etag_matches(if_none_match, etag):
+            return not_modified(etag)
+        if listener is not None:
+            listener.start()
         return conditional_response(await load(), if_none_match)
     return await wait_for_change(
-        listener=change_listener({}),
+        listener=listener,
         channel=CHANNEL_SWEEP,
         key=sweep_id,
+        request=request,
         load=load,
-        render=None,
         if_none_match=if_none_match,
         wait=wait,
         settled=lambda body: json.loads(body)["status"] in TERMINAL_STATUSES,

@@ -1,30 +1,26 @@
 """Trials trained together: specs differing only in loss.alpha and training.seed, one stacked model.
 
-`run_trials(specs)` builds every trial's model exactly as its standalone job would (the
-global RNG seeded with the trial's training.seed before `build_model`), stacks the
-parameters (`torch.func.stack_module_state`) and trains them with one `vmap`ped
-`functional_call` per batch: one forward and one backward over the batch for all trials.
+`run_trials(specs)` builds every trial's model exactly as its standalone job would (the global
+RNG seeded with the trial's training.seed before `build_model`), stacks the parameters
+(`torch.func.stack_module_state`) and trains them with one `vmap`ped `functional_call` per
+batch: one forward and one backward over the batch for all trials.
 
 Equality with standalone jobs (`run_experiment(specs[i])`), per trial:
-- the same initial weights, the same data order (a `torch.Generator` per training seed,
-  consumed like `fit` does; trials with different seeds gather their own batches), the same
-  augmentation stream (seed + 1), the same loss (`losses.label_smoothed_cross_entropy` on the
-  stacked logits with one alpha per trial, equal to each trial's lone call; the sum of
-  the per-trial means leaves every trial's gradient its own), the same optimiser (Adam/AdamW/SGD
-  are element-wise, so one optimiser over stacked tensors is per-trial identical), the same
-  validation metrics, early-stopping rule and best-epoch weights, and the same
-  post-training code (`experiment.finish_experiment`).
-- A trial that stops early (or is canceled) is masked out by compaction: at the epoch
-  boundary its rows are dropped from the stacked parameters and the optimiser state, so
-  its weights and state never change again and it costs nothing further.
-- The batched matmuls are not bit-identical to unbatched ones (different BLAS blocking), so
-  results agree within float tolerance, not bit for bit (tests/core/ml/test_sweep.py
-  measures it).
+- the same initial weights, the same data order (a `torch.Generator` per training seed, consumed
+  like `fit` does; trials with different seeds gather their own batches), the same augmentation
+  stream (seed + 1), the same loss (`losses.label_smoothed_cross_entropy` on the stacked logits
+  with one alpha per trial; the sum of the per-trial means leaves every trial's gradient its
+  own), the same optimiser (Adam/AdamW/SGD are element-wise, so one optimiser over stacked
+  tensors is per-trial identical), the same validation metrics, early-stopping rule and
+  best-epoch weights, and the same post-training code (`experiment.finish_experiment`).
+- A trial that stops early (or is canceled) is masked out by compaction: its rows are dropped
+  from the stacked parameters and the optimiser state at the epoch boundary.
+- Batched matmuls are not bit-identical to unbatched ones (BLAS blocking): results agree within
+  float tolerance (tests/core/ml/test_sweep.py measures it).
 
-Not stacked, run one after another through `run_experiment` instead (same results as
-standalone by construction): dropout > 0 (vmap'ed dropout cannot reproduce the standalone
-random stream), architectures outside `STACKABLE_ARCHS`, and models with buffers.
-Checkpoint/resume is not supported for a stacked group: a retried group starts over.
+Not stacked, run one after another through `run_experiment` instead: dropout > 0 (vmap'ed
+dropout cannot reproduce the standalone random stream), architectures outside
+`STACKABLE_ARCHS`, and models with buffers. A retried stacked group starts over.
 """
 
 from __future__ import annotations
@@ -51,6 +47,7 @@ from core.ml.experiment import (
     prepare_experiment,
     run_experiment,
 )
+from core.ml.pause import pause_if_requested
 from core.ml.placement import batch_view
 from core.ml.train import (
     FitResult,
@@ -63,13 +60,7 @@ from core.ml.train import (
 )
 from core.sweep_spec import stack_key
 
-__all__ = [
-    "STACKABLE_ARCHS",
-    "TrialHooks",
-    "can_stack",
-    "run_trials",
-    "stack_key",
-]
+__all__ = ["STACKABLE_ARCHS", "TrialHooks", "can_stack", "run_trials", "stack_key"]
 
 STACKABLE_ARCHS = frozenset({"linear", "mlp", "cnn", "transformer"})
 _PREFIX = "net."
@@ -349,6 +340,14 @@ def _drop_canceled(stack: _Stack, hooks: TrialHooks) -> None:
     stack.keep(keep)
 
 
+def _stop_or_all_canceled(stack: _Stack, hooks: TrialHooks) -> str | None:
+    """Why the whole stack should stop now: the group's stop, or every trial canceled."""
+    reason = hooks.should_stop() if hooks.should_stop is not None else None
+    canceled = hooks.trial_canceled
+    gone = canceled is not None and all(canceled(t.index) for t in stack.active)
+    return reason or ("canceled" if gone else None)
+
+
 def _train_stack(stack: _Stack, p0: PreparedExperiment, hooks: TrialHooks) -> float:
     """Every epoch of the stacked trials (until all stopped or were canceled); seconds taken."""
     X, y = p0.Xtr.to(stack.device), p0.ytr.to(stack.device)
@@ -360,6 +359,7 @@ def _train_stack(stack: _Stack, p0: PreparedExperiment, hooks: TrialHooks) -> fl
             break
         train_losses = stack.train_epoch(X, y, hooks)
         still = stack.end_epoch(epoch, train_losses, stack.validate(Xva), labels, hooks)
+        pause_if_requested(epoch, lambda: _stop_or_all_canceled(stack, hooks))
         if epoch == stack.cfg.epochs:
             for r, t in enumerate(stack.active):
                 t.final_state = _trial_state(stack.params, r)

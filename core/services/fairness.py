@@ -1,11 +1,11 @@
 """Fair shares of the workers between tenants, decided at claim time.
 
-A tenant that already runs `cap` jobs does not get another worker while some other tenant
-has a job waiting: that delivery is deferred (put back on the queue after a short delay)
-and the worker moves on to the next task, so one tenant's 100 queued jobs cannot starve
-another's. When nobody else waits, the tenant may use every idle worker (work-conserving).
-Claims of one tenant are serialised by a row lock on the tenant (Postgres), so concurrent
-workers cannot overshoot the cap together.
+A tenant that already holds `cap` workers (a stacked sweep group counts as one) does not get
+another worker while some other tenant has a job waiting: that delivery is deferred (put
+back on the queue after a short delay) and the worker moves on to the next task, so one
+tenant's 100 queued jobs cannot starve another's. When nobody else waits, the tenant may
+use every idle worker (work-conserving). Claims of one tenant are serialised by a row lock
+on the tenant (Postgres), so concurrent workers cannot overshoot the cap together.
 """
 
 from __future__ import annotations
@@ -14,6 +14,8 @@ from sqlalchemy import exists, func, select
 from sqlalchemy.orm import Session
 
 from core.models import Job, Tenant
+
+FAIR_SHARE_RETRY_S = 1.0  # a deferred delivery comes back after this long
 
 
 class FairShareDeferred(Exception):  # noqa: N818 - not an error: a delivery put back
@@ -30,8 +32,10 @@ def must_yield(session: Session, *, job_id: str, cap: int) -> bool:
     if tenant_id is None or cap <= 0:
         return False
     session.execute(select(Tenant.id).where(Tenant.id == tenant_id).with_for_update())
+    # Shares are counted in workers: a stacked sweep group (many trials, one lease owner)
+    # occupies one worker, as does a single job.
     running = session.scalar(
-        select(func.count()).select_from(Job)
+        select(func.count(func.distinct(Job.lease_owner)))
         .where(Job.tenant_id == tenant_id, Job.status == "running")
     ) or 0
     if running < cap:

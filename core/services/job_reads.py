@@ -97,7 +97,9 @@ _JOB_BY_TENANT = select(*_JOB_OUT_COLUMNS).where(
 )
 
 
-_JOB_BY_ID = select(*_JOB_OUT_COLUMNS).where(Job.id == bindparam("job_id"))
+_JOB_BY_ID = select(Job.tenant_id.label("owner_tenant_id"), *_JOB_OUT_COLUMNS).where(
+    Job.id == bindparam("job_id")
+)
 
 
 @lru_cache(maxsize=4)
@@ -121,7 +123,7 @@ async def job_row_by_key_async(
 
 
 async def job_row_by_id_async(pool: AsyncReadPool, *, job_id: str) -> Mapping[Any, Any] | None:
-    """The job's JobOut columns by id alone (a long poll's fan-out, after access was checked)."""
+    """The job's owner and JobOut columns by id alone (a long poll's fan-out, access checked)."""
     query = _compiled(_JOB_BY_ID, get_engine().dialect)
     return await pool.fetchone(query, {"job_id": job_id})
 

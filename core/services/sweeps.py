@@ -149,6 +149,11 @@ def get_sweep(session: Session, *, tenant_id: str, sweep_id: str) -> Sweep:
     return sweep
 
 
+def find_sweep(session: Session, *, sweep_id: str) -> Sweep | None:
+    """The sweep by id alone (a long poll's fan-out, after the caller's access was checked)."""
+    return session.get(Sweep, sweep_id)
+
+
 def list_sweeps(
     session: Session,
     *,

@@ -26,6 +26,7 @@ def test_suite_brings_its_own_servers_when_none_answer(tmp_path: Path) -> None:
         "TMPDIR": str(tmp_path),
     }
     assert not answers(env["SOFTLABEL_TEST_PG"], 5432)
+    before = set(Path("/tmp").glob("softlabel-pg-*"))  # where a root run's server may live
     tests = ["tests/api/test_idempotency.py::test_same_key_same_body_replays_the_original_response",
              "tests/test_migrations.py"]
     result = subprocess.run(
@@ -38,3 +39,4 @@ def test_suite_brings_its_own_servers_when_none_answer(tmp_path: Path) -> None:
     # the run's servers are gone, and so are their folders
     leftovers = [p.name for p in tmp_path.iterdir() if p.name.startswith("softlabel-")]
     assert not [p for p in leftovers if p.startswith(("softlabel-pg-", "softlabel-redis-"))]
+    assert not set(Path("/tmp").glob("softlabel-pg-*")) - before
