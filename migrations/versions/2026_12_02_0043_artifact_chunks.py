@@ -1,7 +1,7 @@
 """artifact_chunk: large artifacts' bytes as fixed-size chunk rows (streamed, no 1 GB bytea cap)
 
 Revision ID: 0043
-Revises: 0020
+Revises: 0041
 Create Date: 2026-12-02 03:40:00
 """
 
@@ -11,7 +11,7 @@ import sqlalchemy as sa
 from alembic import op
 
 revision: str = "0043"
-down_revision: str | None = "0020"
+down_revision: str | None = "0041"
 branch_labels: str | Sequence[str] | None = None
 depends_on: str | Sequence[str] | None = None
 
