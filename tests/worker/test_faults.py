@@ -15,7 +15,7 @@ import pytest
 from sqlalchemy import func, select
 
 from core.db import session_scope
-from core.ml.pause import PAUSE_ENV
+from core.ml.pause import PAUSE_ENV, RELEASE_ENV
 from core.models import Artifact
 from core.services import jobs as job_service
 from core.storage import job_artifact_key
@@ -43,9 +43,9 @@ from worker.checkpoints import CHECKPOINT_NAME
 
 pytestmark = pytest.mark.slow
 
-# Slow enough per epoch that "mid-training" is reliable, small enough to finish fast; a few
-# seconds in all, because the worker stores checkpoints and progress at most once per
-# CHECKPOINT_INTERVAL_S (1 s): progress first shows (with a checkpoint) a second in.
+# A job that trains for a few seconds at most. "Mid-training" is not left to the machine's
+# speed: tests hold it with the test pause (`held`) and release it when they have done the
+# damage. A running job whose progress shows epoch k has a stored checkpoint of epoch >= k.
 LONG: dict[str, Any] = {
     "model": {"hidden": [64]},
     "training": {"epochs": 30, "batch_size": 16, "early_stopping": None},
@@ -78,6 +78,12 @@ def procs() -> Iterator[list[Proc]]:
 def tenant(db: str) -> str:
     """A tenant id."""
     return make_tenant()[0]
+
+
+def held(tmp_path: Path, epoch: int) -> tuple[dict[str, str], Path]:
+    """Worker env that holds training after `epoch`, and the file whose creation releases it."""
+    release = tmp_path / "release-training"
+    return {PAUSE_ENV: str(epoch), RELEASE_ENV: str(release)}, release
 
 
 def worker_env(broker: RedisServer, **extra: str) -> dict[str, str]:
@@ -113,23 +119,26 @@ def assert_one_result(job_id: str) -> None:
 def test_sigkill_mid_training_resumes_from_checkpoint(
     victim: str, broker: RedisServer, procs: list[Proc], tenant: str, tmp_path: Path
 ) -> None:
-    env = worker_env(broker)
+    pause, release = held(tmp_path, 2)
+    env = worker_env(broker, **pause)
     worker = spawn_worker(tmp_path, procs, env)
     spawn_reconciler(tmp_path, procs, env)
     job_id = create_job(tenant, LONG)
     send(broker, job_id)
-    wait_epoch(job_id, 2, 120, logs=(worker,))
+    wait_epoch(job_id, 2, 120, logs=(worker,))  # held after epoch 2, its checkpoint stored
     if victim == "whole_worker":  # the machine or container died: nothing of it is left
         kill_worker(worker)
+        release.touch()
         worker = spawn_worker(tmp_path, procs, env)
     else:  # the kernel's OOM killer took the training process; the main process lives on
         (child,) = children_of(worker.pid)
         os.kill(child, signal.SIGKILL)
+        release.touch()
     job = wait_status(job_id, DONE, 180, logs=(worker,))
     assert_one_result(job_id)
     assert job.attempt == 2
     assert job.result is not None and job.result["attempt"] == 2
-    assert job.result["timing"]["resumed_from_epoch"] >= 2
+    assert job.result["timing"]["resumed_from_epoch"] == 2
     assert count_status(job_id, "running") == 2
     if victim == "whole_worker":  # an uninterrupted run of the same spec ends identically
         reference = create_job(tenant, LONG)
@@ -172,16 +181,18 @@ def test_redis_down_at_submit_and_queue_lost(
 def test_redis_restart_without_persistence_while_jobs_queued(
     broker: RedisServer, procs: list[Proc], tenant: str, tmp_path: Path
 ) -> None:
-    env = worker_env(broker)
+    pause, release = held(tmp_path, 1)
+    env = worker_env(broker, **pause)
     worker = spawn_worker(tmp_path, procs, env)
     spawn_reconciler(tmp_path, procs, env)
     ids = [create_job(tenant, LONG)] + [create_job(tenant, SMALL) for _ in range(3)]
     for job_id in ids:
         send(broker, job_id)
-    wait_epoch(ids[0], 1, 120, logs=(worker,))
+    wait_epoch(ids[0], 1, 120, logs=(worker,))  # training, held: the others wait in Redis
     broker.stop()
     time.sleep(1.0)
     broker.start()
+    release.touch()
     for job_id in ids:
         wait_status(job_id, DONE, 180, logs=(worker,))
         assert_one_result(job_id)
@@ -225,12 +236,13 @@ def wait_pg(timeout: float = 60) -> None:
 def test_postgres_restart_while_training(
     broker: RedisServer, procs: list[Proc], tenant: str, tmp_path: Path
 ) -> None:
-    env = worker_env(broker)
+    pause, release = held(tmp_path, 2)
+    env = worker_env(broker, **pause)
     worker = spawn_worker(tmp_path, procs, env)
     spawn_reconciler(tmp_path, procs, env)
     job_id = create_job(tenant, LONG)
     send(broker, job_id)
-    wait_epoch(job_id, 2, 120, logs=(worker,))
+    wait_epoch(job_id, 2, 120, logs=(worker,))  # held mid-training (heartbeats go on)
     try:
         pg_cluster("restart")
     finally:
@@ -239,6 +251,7 @@ def test_postgres_restart_while_training(
         except AssertionError:
             pg_cluster("start")
             wait_pg(60)
+    release.touch()
     wait_status(job_id, DONE, 180, logs=(worker,))
     assert_one_result(job_id)
     # The same worker (and reconciler) go on working: no broken connection left behind.
@@ -251,7 +264,7 @@ def test_postgres_restart_while_training(
 def test_worker_killed_max_attempts_times_fails_worker_lost(
     broker: RedisServer, procs: list[Proc], tenant: str, tmp_path: Path
 ) -> None:
-    env = worker_env(broker)
+    env = worker_env(broker, **PAUSED)  # every attempt is still training when it is killed
     worker = spawn_worker(tmp_path, procs, env)
     spawn_reconciler(tmp_path, procs, env)
     job_id = create_job(tenant, LONG, max_attempts=3)
@@ -329,17 +342,19 @@ def test_cancel_during_training(
 def test_sigterm_returns_the_job_to_the_queue(
     broker: RedisServer, procs: list[Proc], tenant: str, tmp_path: Path
 ) -> None:
-    env = worker_env(broker)
+    pause, release = held(tmp_path, 1)
+    env = worker_env(broker, **pause)
     worker = spawn_worker(tmp_path, procs, env)
     job_id = create_job(tenant, LONG)
     send(broker, job_id)
-    wait_epoch(job_id, 1, 120, logs=(worker,))
+    wait_epoch(job_id, 1, 120, logs=(worker,))  # held mid-training
     os.kill(worker.pid, signal.SIGTERM)
     worker.popen.wait(timeout=30)
     job = job_row(job_id)
     assert job.status == "queued" and job.attempt == 1, status_events(job_id)
     assert any(e.get("released") for e in status_events(job_id))
     assert broker.queue_length() == 1  # re-enqueued by the releasing worker
+    release.touch()
     spawn_worker(tmp_path, procs, env)
     job = wait_status(job_id, DONE, 120)
     assert_one_result(job_id)
