@@ -36,7 +36,7 @@ import torch
 from torch import Tensor, nn
 from torch.func import functional_call, stack_module_state, vmap
 
-from core.ml import losses
+from core.ml import group_checkpoint
 from core.ml.augment import augment_defaults, random_crop_flip
 from core.ml.early_stopping import EarlyStopping, epoch_row
 from core.ml.errors import SpecError, TrainingDivergedError, TrainingStopped, TrialDivergedError
@@ -49,6 +49,7 @@ from core.ml.experiment import (
 )
 from core.ml.pause import pause_if_requested
 from core.ml.placement import batch_view
+from core.ml.stacked_loss import StackedLoss
 from core.ml.train import (
     FitResult,
     TrainConfig,
@@ -73,6 +74,10 @@ class TrialHooks:
     on_epoch: Callable[[int, dict], None] | None = None
     should_stop: Callable[[], str | None] | None = None
     trial_canceled: Callable[[int], bool] | None = None
+    # group checkpoints (core/ml/group_checkpoint.py): trials are matched by key (job ids)
+    checkpoint: Callable[[Callable[[], bytes]], None] | None = None  # after each epoch
+    resume: bytes | None = None  # a checkpoint to continue from (unusable: epoch 1, logged)
+    trial_keys: list[str] | None = None
 
 
 def can_stack(prep: PreparedExperiment) -> bool:
@@ -197,30 +202,6 @@ def _compact(params: dict[str, Tensor], optimizer: torch.optim.Optimizer, keep: 
     return new, new_opt
 
 
-class _StackedLoss:
-    """Every active trial's label-smoothed loss (train.compute_loss) from one stacked call.
-
-    `losses.label_smoothed_cross_entropy` with stacked logits (T, B, K) and one alpha per
-    trial returns each trial's batch mean, equal to its lone call; summing the per-trial
-    means leaves every trial's gradient its own.
-    """
-
-    def __init__(self, cfgs: list[TrainConfig]) -> None:
-        cfg = cfgs[0]
-        self.variant, self.form = cfg.variant, cfg.form
-        self.prior = torch.tensor(cfg.prior, dtype=torch.float64) if cfg.prior else None
-        self.alphas = torch.tensor([c.alpha for c in cfgs], dtype=torch.float64)
-
-    def keep(self, rows: list[int]) -> None:
-        """Drop the trials that left the stack."""
-        self.alphas = self.alphas[rows]
-
-    def __call__(self, raw: Tensor, y: Tensor) -> Tensor:
-        """Per-trial mean losses (T,) from raw outputs (T, B, K or 1) and labels (T, B) or (B,)."""
-        return losses.label_smoothed_cross_entropy(
-            raw.float(), y, self.alphas, self.variant, prior=self.prior, form=self.form)
-
-
 class _Stack:
     """The active trials' stacked parameters, optimiser and loss; row r belongs to active[r]."""
 
@@ -236,7 +217,7 @@ class _Stack:
         self.params = {k: v.detach().to(device).requires_grad_(True) for k, v in params.items()}
         self.base = _Net(copy.deepcopy(self.models[0])).to("meta")
         self.optimizer = make_optimizer(self.params.values(), cfg, fused=True)
-        self.loss_fn = _StackedLoss([p.cfg for p in preps])
+        self.loss_fn = StackedLoss([p.cfg for p in preps])
         seeds = sorted({p.cfg.seed for p in preps})
         self.orders = [torch.Generator().manual_seed(s) for s in seeds]
         self.augs = [torch.Generator().manual_seed(s + 1) for s in seeds]
@@ -244,6 +225,8 @@ class _Stack:
                               EarlyStopping(cfg.early_stopping_metric, cfg.patience))
                        for i, p in enumerate(preps)]
         self.active = list(self.trials)
+        self.keys, self.fingerprint = [str(i) for i in range(len(preps))], stack_key(p0.spec)
+        self.resumed_from: int | None = None
 
     def call(self, p: dict[str, Tensor], x: Tensor) -> Tensor:
         """The base net's raw outputs under one trial's parameters (vmapped over trials)."""
@@ -353,21 +336,36 @@ def _train_stack(stack: _Stack, p0: PreparedExperiment, hooks: TrialHooks) -> fl
     X, y = p0.Xtr.to(stack.device), p0.ytr.to(stack.device)
     Xva, labels = p0.Xva.to(stack.device), p0.yva.cpu()
     t0 = time.perf_counter()
-    for epoch in range(1, stack.cfg.epochs + 1):
+    for epoch in range((stack.resumed_from or 0) + 1, stack.cfg.epochs + 1):
         _drop_canceled(stack, hooks)
         if not stack.active:
             break
         train_losses = stack.train_epoch(X, y, hooks)
         still = stack.end_epoch(epoch, train_losses, stack.validate(Xva), labels, hooks)
-        pause_if_requested(epoch, lambda: _stop_or_all_canceled(stack, hooks))
         if epoch == stack.cfg.epochs:
             for r, t in enumerate(stack.active):
                 t.final_state = _trial_state(stack.params, r)
         else:
             stack.keep(still)
-            if not stack.active:
-                break
+            if hooks.checkpoint is not None and stack.active:
+                hooks.checkpoint(group_checkpoint.handoff(stack, epoch))
+        pause_if_requested(epoch, lambda: _stop_or_all_canceled(stack, hooks))
+        if not stack.active:
+            break
     return time.perf_counter() - t0
+
+
+def _new_stack(preps: list[PreparedExperiment], device: torch.device, hooks: TrialHooks
+               ) -> _Stack:
+    """The stack of `preps`, resumed from `hooks.resume` when that checkpoint fits them."""
+    stack = _Stack(preps, device)
+    stack.keys = list(hooks.trial_keys or stack.keys)
+    if hooks.resume is not None:
+        stack.resumed_from = group_checkpoint.resume_or_none(stack, hooks.resume)
+        if stack.resumed_from is None:  # unusable (another trial set): a fresh start
+            stack = _Stack(preps, device)
+            stack.keys = list(hooks.trial_keys or stack.keys)
+    return stack
 
 
 def _run_stacked(preps: list[PreparedExperiment], hooks: TrialHooks
@@ -378,7 +376,7 @@ def _run_stacked(preps: list[PreparedExperiment], hooks: TrialHooks
     if cfg0.augment and p0.image_shape is None:
         raise SpecError("training.augment shifts images and needs image-shaped data; set it "
                         "to false for this dataset")
-    stack = _Stack(preps, device)
+    stack = _new_stack(preps, device, hooks)
     train_s = _train_stack(stack, p0, hooks)
     outputs: list[ExperimentOutput | None] = []
     for t, p, model in zip(stack.trials, preps, stack.models, strict=True):
@@ -393,6 +391,7 @@ def _run_stacked(preps: list[PreparedExperiment], hooks: TrialHooks
             history=t.history, best_epoch=t.stop.best_epoch, stopped_early=t.stop.stopped,
             train_s=train_s,
             samples_per_s=len(p0.Xtr) * t.epochs_run / train_s if train_s > 0 else 0.0,
-            device=str(device), extra={"stacked_trials": len(stack.trials)})
+            device=str(device), resumed_from_epoch=stack.resumed_from,
+            extra={"stacked_trials": len(stack.trials)})
         outputs.append(finish_experiment(p, model, fitted))
     return outputs
