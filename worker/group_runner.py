@@ -12,6 +12,11 @@ from core.services.jobs import ClaimedJob
 from core.states import FailureReason, JobStatus, LeaseState, StopReason
 from worker import attempt
 from worker.checkpoints import record_progress_row
+from worker.group_checkpoints import (
+    GroupCheckpointWriter,
+    discard_group_checkpoint,
+    read_group_checkpoint,
+)
 from worker.lease import GroupLeaseKeeper
 
 logger = logging.getLogger("softlabel.worker")
@@ -90,6 +95,7 @@ def _train_group(jobs: list[ClaimedJob], owner: str, settings: Settings) -> Outc
             return {**outcomes, **{job.id: "released" for job in pending}}
     for job in pending:
         outcomes[job.id] = _store_trial(job, owner, lease.states[job.id], outputs.get(job.id))
+    discard_group_checkpoint(jobs)
     return outcomes
 
 
@@ -108,18 +114,23 @@ def _train_stacked(group: list[ClaimedJob], owner: str, lease: GroupLeaseKeeper)
         job = group[i]
         record_progress_row(job, owner, int(job.spec["training"]["epochs"]), row)
 
-    hooks = TrialHooks(
-        on_epoch=on_epoch,
-        should_stop=lease.group_stop_reason,
-        trial_canceled=lambda i: lease.masked(group[i].id),
-    )
     first = group[0]
-    results = run_trials(
-        [j.spec for j in group],
-        arrays=attempt.load_upload(first.dataset_id) if first.dataset_id else None,
-        hooks=hooks,
-        class_names=attempt.upload_class_names(first.dataset_id),
-    )
+    with GroupCheckpointWriter(group, owner, lease) as writer:
+        hooks = TrialHooks(
+            on_epoch=on_epoch,
+            should_stop=lambda: writer.stop_reason or lease.group_stop_reason(),
+            trial_canceled=lambda i: lease.masked(group[i].id),
+            checkpoint=writer.checkpoint_ready,
+            resume=read_group_checkpoint(group),
+            trial_keys=[j.id for j in group],
+        )
+        results = run_trials(
+            [j.spec for j in group],
+            arrays=attempt.load_upload(first.dataset_id) if first.dataset_id else None,
+            hooks=hooks,
+            class_names=attempt.upload_class_names(first.dataset_id),
+        )
+        writer.close(checkpoint=False)  # trained: the results make the checkpoint useless
     return {job.id: out for job, out in zip(group, results, strict=True)}
 
 
