@@ -161,4 +161,5 @@ def resume_or_none(stack: Any, blob: bytes) -> int | None:
         logger.warning("group checkpoint not used, the trials start from epoch 1: %s", exc)
         return None
     logger.info("stacked trials resumed from the group checkpoint after epoch %d", epoch)
+    stack.resumed_from = epoch
     return epoch

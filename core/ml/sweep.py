@@ -20,7 +20,11 @@ Equality with standalone jobs (`run_experiment(specs[i])`), per trial:
 
 Not stacked, run one after another through `run_experiment` instead: dropout > 0 (vmap'ed
 dropout cannot reproduce the standalone random stream), architectures outside
-`STACKABLE_ARCHS`, and models with buffers. A retried stacked group starts over.
+`STACKABLE_ARCHS`, and models with buffers.
+
+Group checkpoints (core/ml/group_checkpoint.py): after every epoch but the last the state goes
+to `hooks.checkpoint`; `hooks.resume` goes on from one at epoch k+1, bit for bit like a run
+never interrupted (fewer trials than it holds: float tolerance; a trial it lacks: epoch 1).
 """
 
 from __future__ import annotations
@@ -74,10 +78,9 @@ class TrialHooks:
     on_epoch: Callable[[int, dict], None] | None = None
     should_stop: Callable[[], str | None] | None = None
     trial_canceled: Callable[[int], bool] | None = None
-    # group checkpoints (core/ml/group_checkpoint.py): trials are matched by key (job ids)
-    checkpoint: Callable[[Callable[[], bytes]], None] | None = None  # after each epoch
-    resume: bytes | None = None  # a checkpoint to continue from (unusable: epoch 1, logged)
-    trial_keys: list[str] | None = None
+    checkpoint: Callable[[Callable[[], bytes]], None] | None = None  # gets an encoder
+    resume: bytes | None = None  # a group checkpoint to go on from (unusable: epoch 1)
+    trial_keys: list[str] | None = None  # trials' ids in checkpoints (job ids)
 
 
 def can_stack(prep: PreparedExperiment) -> bool:
@@ -205,7 +208,8 @@ def _compact(params: dict[str, Tensor], optimizer: torch.optim.Optimizer, keep: 
 class _Stack:
     """The active trials' stacked parameters, optimiser and loss; row r belongs to active[r]."""
 
-    def __init__(self, preps: list[PreparedExperiment], device: torch.device) -> None:
+    def __init__(self, preps: list[PreparedExperiment], device: torch.device,
+                 keys: list[str] | None = None) -> None:
         p0, cfg = preps[0], preps[0].cfg
         self.cfg, self.device, self.image_shape = cfg, device, p0.image_shape
         self.models = []
@@ -225,7 +229,8 @@ class _Stack:
                               EarlyStopping(cfg.early_stopping_metric, cfg.patience))
                        for i, p in enumerate(preps)]
         self.active = list(self.trials)
-        self.keys, self.fingerprint = [str(i) for i in range(len(preps))], stack_key(p0.spec)
+        self.keys = list(keys or (str(i) for i in range(len(preps))))  # ids in checkpoints
+        self.fingerprint = stack_key(p0.spec)
         self.resumed_from: int | None = None
 
     def call(self, p: dict[str, Tensor], x: Tensor) -> Tensor:
@@ -358,13 +363,9 @@ def _train_stack(stack: _Stack, p0: PreparedExperiment, hooks: TrialHooks) -> fl
 def _new_stack(preps: list[PreparedExperiment], device: torch.device, hooks: TrialHooks
                ) -> _Stack:
     """The stack of `preps`, resumed from `hooks.resume` when that checkpoint fits them."""
-    stack = _Stack(preps, device)
-    stack.keys = list(hooks.trial_keys or stack.keys)
-    if hooks.resume is not None:
-        stack.resumed_from = group_checkpoint.resume_or_none(stack, hooks.resume)
-        if stack.resumed_from is None:  # unusable (another trial set): a fresh start
-            stack = _Stack(preps, device)
-            stack.keys = list(hooks.trial_keys or stack.keys)
+    stack = _Stack(preps, device, hooks.trial_keys)
+    if hooks.resume is not None and group_checkpoint.resume_or_none(stack, hooks.resume) is None:
+        stack = _Stack(preps, device, hooks.trial_keys)  # unusable (logged): a fresh start
     return stack
 
 

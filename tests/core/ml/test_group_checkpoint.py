@@ -4,7 +4,6 @@ exactly (bit for bit) like the same group trained without interruption."""
 from __future__ import annotations
 
 from collections.abc import Callable, Iterator
-from typing import Any
 
 import pytest
 import torch
