@@ -14,8 +14,10 @@
   The job figures are drawn by the API on first request; the cost of that first request is
   printed apart (it is not on the path to finished_at).
 * **In process, by step**: the same job and sweep run here once with timers around the
-  training steps, per-epoch validation, evaluation, temperature fits, metrics, the projection,
-  serialisation, and the figures drawn from the results, to show where the time goes.
+  training steps, per-epoch validation, evaluation, temperature fits, metrics (calibration
+  reports, the estimators included), the post-hoc fits and their cross-fitted scores, the
+  projection, serialisation (model, predictions.npz), and the figures drawn from the results,
+  to show where the time goes.
 
 Wall-clock timings on a shared machine are noisy; only ratios from one run are meant to be
 compared.
@@ -186,7 +188,7 @@ def print_api(samples: dict[str, list[dict[str, float]]], args: argparse.Namespa
 @contextmanager
 def probes(totals: dict[str, float]) -> Iterator[None]:
     """Time calls of the steps of a job (module attributes patched, restored on exit)."""
-    from core.ml import calibration, experiment, sweep, train
+    from core.ml import calibration, experiment, posthoc, sweep, train
 
     targets: list[tuple[Any, str, str]] = [
         (train, "train_one_epoch", "training steps"),
@@ -200,6 +202,10 @@ def probes(totals: dict[str, float]) -> Iterator[None]:
         (calibration, "calibration_report", "metrics (calibration reports)"),
         (experiment, "_projection", "projection"),
         (experiment, "safetensors_save", "serialisation"),
+        (experiment, "predictions_npz", "serialisation"),
+        (posthoc, "_affine", "post-hoc fits (vector/matrix scaling)"),
+        (posthoc, "isotonic_fit", "post-hoc fits (isotonic)"),
+        (posthoc, "_scores", "post-hoc cross-fitted scores"),
     ]
     saved = [(owner, name, getattr(owner, name)) for owner, name, _ in targets]
 
@@ -238,9 +244,9 @@ def profile_side(label: str, fn: Callable[[], list[Any]]) -> None:
     print(f"\n{label}: {wall:.3f} s in run_experiment/run_trials; then figures "
           f"{drawn:.3f} s (drawn on request, not on the job's path)")
     for step, seconds in sorted(totals.items(), key=lambda kv: -kv[1]):
-        print(f"  {step:32s}{seconds:8.3f} s {100 * seconds / wall:6.1f} %")
+        print(f"  {step:40s}{seconds:8.3f} s {100 * seconds / wall:6.1f} %")
     rest = wall - sum(totals.values())  # the timed steps do not nest
-    print(f"  {'other (data, setup, bookkeeping)':32s}{rest:8.3f} s")
+    print(f"  {'other (data, setup, bookkeeping)':40s}{rest:8.3f} s")
 
 
 def in_process(epochs: int) -> None:

@@ -69,7 +69,10 @@ class Settings(BaseSettings):
         description="Running jobs per tenant while another tenant waits (0: no cap)",
     )
     max_request_bytes: int = Field(default=1_000_000, ge=1024, description="JSON body limit")
-    max_upload_bytes: int = Field(default=50_000_000, ge=1024, description="Dataset upload limit")
+    max_upload_bytes: int = Field(
+        default=2_000_000_000, ge=1024,
+        description="Dataset upload limit (the body streams to a temporary file)",
+    )
     max_dataset_rows: int = Field(default=1_000_000, ge=1, description="Rows per upload")
     max_dataset_columns: int = Field(default=10_000, ge=1, description="Feature columns")
     max_dataset_classes: int = Field(default=1000, ge=2, description="Classes per dataset")

@@ -143,7 +143,8 @@ class JobEvent(Base):
 
 
 class Artifact(Base):
-    """A stored blob (model, checkpoint, plot, dataset); bytes inline with Postgres."""
+    """A stored blob (model, checkpoint, plot, dataset); with Postgres its bytes are inline
+    (small) or in `artifact_chunk` rows (large)."""
 
     __tablename__ = "artifact"
     __table_args__ = (UniqueConstraint("key", name="uq_artifact_key"),)
@@ -159,6 +160,20 @@ class Artifact(Base):
     sha256: Mapped[str] = mapped_column(String(64))
     data: Mapped[bytes | None] = mapped_column(LargeBinary, nullable=True)
     created_at: Mapped[datetime] = mapped_column(TS, default=utcnow)
+
+
+class ArtifactChunk(Base):
+    """One fixed-size piece of a large artifact's bytes (Postgres mode), in order of `seq`."""
+
+    __tablename__ = "artifact_chunk"
+
+    artifact_id: Mapped[int] = mapped_column(
+        BigInteger().with_variant(Integer, "sqlite"),
+        ForeignKey("artifact.id", ondelete="CASCADE"),
+        primary_key=True,
+    )
+    seq: Mapped[int] = mapped_column(Integer, primary_key=True, autoincrement=False)
+    data: Mapped[bytes] = mapped_column(LargeBinary)
 
 
 class IdempotencyKey(Base):

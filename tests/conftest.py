@@ -151,3 +151,27 @@ def worker(db: str, redis_url: str, tmp_path: Path) -> Iterator[object]:
     proc = start_worker(tmp_path / "worker.log")
     yield proc
     stop_process(proc)
+
+
+@pytest.fixture(scope="module")
+def module_worker(
+    database: str, redis_url: str, tmp_path_factory: pytest.TempPathFactory
+) -> Iterator[object]:
+    """One real Celery worker shared by a module's tests (importing torch is slow)."""
+    from tests.processes import start_worker, stop_process
+
+    proc = start_worker(tmp_path_factory.mktemp("worker") / "worker.log")
+    yield proc
+    stop_process(proc)
+
+
+@pytest.fixture(scope="module")
+def module_api(
+    database: str, redis_url: str, tmp_path_factory: pytest.TempPathFactory
+) -> Iterator[object]:
+    """One real uvicorn API process shared by a module's tests; tests get a clean `db`."""
+    from tests.processes import start_api, stop_process
+
+    proc = start_api(tmp_path_factory.mktemp("api") / "api.log")
+    yield proc
+    stop_process(proc)

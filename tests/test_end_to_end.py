@@ -5,28 +5,21 @@ from __future__ import annotations
 import io
 import json
 from collections.abc import Iterator
-from pathlib import Path
 from typing import Any
 
 import httpx
 import pytest
 
-from tests.processes import Proc, start_api, stop_process, wait_for_job
+from tests.processes import Proc, wait_for_job
 
 
 @pytest.fixture
-def http(
-    db: str, redis_url: str, api_key: str, worker: Proc, tmp_path: Path
-) -> Iterator[httpx.Client]:
+def http(db: str, api_key: str, module_worker: Proc, module_api: Proc) -> Iterator[httpx.Client]:
     """An HTTP client to a real uvicorn process, with a real worker running."""
-    api = start_api(tmp_path / "api.log")
-    try:
-        with httpx.Client(
-            base_url=api.info["url"], timeout=30, headers={"Authorization": f"Bearer {api_key}"}
-        ) as client:
-            yield client
-    finally:
-        stop_process(api)
+    with httpx.Client(
+        base_url=module_api.info["url"], timeout=30, headers={"Authorization": f"Bearer {api_key}"}
+    ) as client:
+        yield client
 
 
 def test_digits_job_succeeds_with_calibrated_result(http: httpx.Client) -> None:

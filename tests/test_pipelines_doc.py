@@ -16,7 +16,7 @@ import httpx
 import pytest
 import yaml
 
-from tests.processes import ROOT, Proc, start_api, stop_process
+from tests.processes import ROOT, Proc, start_api, start_worker, stop_process
 
 DOC = ROOT / "docs" / "pipelines.md"
 
@@ -26,26 +26,37 @@ def blocks(language: str) -> list[str]:
     return re.findall(rf"```{language}\n(.*?)```", DOC.read_text(), flags=re.S)
 
 
+@pytest.fixture(scope="module")
+def pipeline_servers(
+    database: str, redis_url: str, tmp_path_factory: pytest.TempPathFactory
+) -> Iterator[Proc]:
+    """One real API and one real worker for the module's recipes, stopped by pid."""
+    logs = tmp_path_factory.mktemp("pipelines")
+    worker = start_worker(logs / "worker.log")
+    api = start_api(logs / "api.log")
+    yield api
+    stop_process(api)
+    stop_process(worker)
+
+
 @pytest.fixture
 def pipeline_env(
-    db: str, redis_url: str, api_key: str, worker: Proc, tmp_path: Path
-) -> Iterator[dict[str, str]]:
+    db: str, api_key: str, pipeline_servers: Proc, tmp_path: Path
+) -> dict[str, str]:
     """Environment of a pipeline step: a real API, its key, and `softlabel` on PATH."""
-    api = start_api(tmp_path / "api.log")
     bin_dir = tmp_path / "bin"
     bin_dir.mkdir()
     shim = bin_dir / "softlabel"  # the CLI of this tree (a console script would be /work/main's)
     shim.write_text(f'#!/bin/sh\nexec "{sys.executable}" -m softlabel.cli "$@"\n')
     shim.chmod(0o755)
     path = os.pathsep.join([str(bin_dir), str(Path(sys.executable).parent), os.environ["PATH"]])
-    yield {
+    return {
         **os.environ,
         "PATH": path,
         "PYTHONPATH": str(ROOT),
-        "SOFTLABEL_API_URL": api.info["url"],
+        "SOFTLABEL_API_URL": pipeline_servers.info["url"],
         "SOFTLABEL_API_KEY": api_key,
     }
-    stop_process(api)
 
 
 def run(args: list[str], env: dict[str, str], cwd: Path) -> subprocess.CompletedProcess[str]:

@@ -9,6 +9,7 @@ from typing import Any
 import numpy as np
 import pytest
 
+from tests.api.test_cancel_events import parse_sse
 from tests.processes import wait_for_job
 
 BASE = {
@@ -93,6 +94,12 @@ def test_alpha_sweep_and_arch_axis_end_to_end(client: Any, worker: Any) -> None:
         key = (j["spec"]["loss"]["alpha"], j["spec"]["training"]["seed"])
         results[key] = client.get(f"/v1/jobs/{j['id']}/result").json()
         assert results[key]["job_id"] == j["id"]
+        # every epoch's row reached the trial, in order, before it finished (written off the
+        # training thread, all trials per transaction)
+        events = parse_sse(client.get(f"/v1/jobs/{j['id']}/events").text)
+        epochs = [e["data"]["epoch"] for e in events if e["event"] == "progress"]
+        assert epochs == [h["epoch"] for h in results[key]["history"]]
+        assert j["progress"]["epoch"] == results[key]["history"][-1]["epoch"]
     assert set(results) == {(a, s) for a in ALPHAS for s in SEEDS}
 
     report = client.get(f"/v1/sweeps/{sweep_id}/report").json()

@@ -8,13 +8,14 @@ of core.ml to failure reasons, for single jobs and groups alike.
 
 from __future__ import annotations
 
-import io
 import logging
 import os
 import socket
+import tempfile
 import time
 import uuid
 from collections.abc import Callable
+from pathlib import Path
 from typing import Any
 
 import numpy as np
@@ -30,6 +31,7 @@ from core.ml.errors import (
     TrainingDivergedError,
 )
 from core.ml.figures import figure_names
+from core.ml.npz_map import load_npz_mapped
 from core.services import datasets as dataset_service
 from core.services import fairness, job_reads
 from core.services import jobs as job_service
@@ -84,17 +86,26 @@ def claim(
 
 
 def load_upload(dataset_id: str) -> tuple[np.ndarray, np.ndarray]:
-    """The (X, y) arrays of an uploaded dataset, read pickle-free from the artifact store."""
+    """The (X, y) arrays of an uploaded dataset, memory-mapped, pickle-free.
 
-    def read() -> bytes | None:
+    The canonical NPZ streams from the artifact store into a temporary file a chunk at a
+    time; its arrays are then mapped from that file (unlinked at once: the maps keep it).
+    """
+    fd, name = tempfile.mkstemp(prefix="softlabel-dataset-", suffix=".npz")
+    os.close(fd)
+    path = Path(name)
+
+    def read() -> bool:
         with session_scope() as session:
-            return dataset_service.stored_arrays(session, dataset_id=dataset_id)
+            return dataset_service.copy_arrays_to(session, dataset_id=dataset_id, dest=path)
 
-    blob = with_db_retry(read, what="load dataset")
-    if blob is None:
-        raise FileNotFoundError(f"dataset {dataset_id} has no stored data")
-    with np.load(io.BytesIO(blob), allow_pickle=False) as npz:
-        return npz["X"], npz["y"]
+    try:
+        if not with_db_retry(read, what="load dataset"):
+            raise FileNotFoundError(f"dataset {dataset_id} has no stored data")
+        arrays = load_npz_mapped(path)
+    finally:
+        path.unlink(missing_ok=True)
+    return arrays["X"], arrays["y"]
 
 
 def upload_class_names(dataset_id: str | None) -> list[str] | None:

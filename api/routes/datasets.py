@@ -2,21 +2,22 @@
 
 from __future__ import annotations
 
-from dataclasses import dataclass, field
+import shutil
+import tempfile
+from pathlib import Path
 from typing import Annotated, Any
 
 from fastapi import APIRouter, Query, Request, Response, status
 from pydantic import BaseModel, Field
-from python_multipart.exceptions import MultipartParseError
-from python_multipart.multipart import MultipartParser, parse_options_header
 from sqlalchemy.orm import Session
 from starlette.concurrency import run_in_threadpool
 
 from api.deps import CursorQuery, LimitQuery, SessionDep, SettingsDep, TenantDep
 from api.problems import PROBLEMS, not_found
 from api.schemas import Problem
+from api.upload_body import Upload, receive_upload
 from core.config import Settings
-from core.errors import PayloadTooLargeError, ValidationAppError
+from core.errors import ValidationAppError
 from core.ml.arch_compat import compatible_archs
 from core.models import Dataset
 from core.services import datasets as dataset_service
@@ -26,8 +27,6 @@ from core.validation import check_named_texts
 router = APIRouter(prefix="/v1/datasets", tags=["datasets"])
 
 NOT_FOUND = not_found("dataset")
-FORM_FIELDS = ("file", "format", "label_column", "name")
-MAX_FIELD_BYTES = 1000
 UPLOAD_BODY: dict[str, Any] = {
     "requestBody": {
         "required": True,
@@ -112,162 +111,33 @@ class DatasetPage(BaseModel):
     next_cursor: str | None
 
 
-@dataclass
-class _Part:
-    """One part of a multipart body."""
-
-    name: str = ""
-    filename: str | None = None
-    content_type: str | None = None
-    data: bytearray = field(default_factory=bytearray)
-
-
-@dataclass
-class Upload:
-    """What the client sent: the file's bytes and the form fields."""
-
-    data: bytes
-    filename: str | None
-    media_type: str | None
-    fields: dict[str, str]
-
-
-class _FormCollector:
-    """Feeds a multipart/form-data body chunk by chunk to python-multipart, keeps the parts."""
-
-    def __init__(self, boundary: bytes) -> None:
-        self.parts: list[_Part] = []
-        self._field = bytearray()
-        self._value = bytearray()
-        self._parser = MultipartParser(
-            boundary,
-            callbacks={
-                "on_part_begin": self._begin,
-                "on_part_data": self._data,
-                "on_header_field": lambda d, s, e: self._field.extend(d[s:e]),
-                "on_header_value": lambda d, s, e: self._value.extend(d[s:e]),
-                "on_header_end": self._header_end,
-            },
-        )
-
-    def _begin(self) -> None:
-        self.parts.append(_Part())
-
-    def _data(self, data: bytes, start: int, end: int) -> None:
-        part = self.parts[-1]
-        part.data.extend(data[start:end])
-        if part.filename is None and part.name != "file" and len(part.data) > MAX_FIELD_BYTES:
-            raise dataset_service.invalid_upload(
-                f"form field {part.name!r} is longer than {MAX_FIELD_BYTES} bytes", field=part.name
-            )
-
-    def _header_end(self) -> None:
-        name, value = bytes(self._field).decode("latin-1").lower(), bytes(self._value)
-        self._field.clear()
-        self._value.clear()
-        part = self.parts[-1]
-        if name == "content-disposition":
-            _, params = parse_options_header(value)
-            part.name = params.get(b"name", b"").decode("utf-8", "replace")
-            raw_filename = params.get(b"filename")
-            part.filename = raw_filename.decode("utf-8", "replace") if raw_filename else None
-            if part.name not in FORM_FIELDS:
-                raise dataset_service.invalid_upload(
-                    f"unknown form field {part.name!r}; send {', '.join(FORM_FIELDS)}",
-                    field=part.name,
-                )
-        elif name == "content-type":
-            part.content_type = parse_options_header(value)[0].decode("latin-1")
-
-    def write(self, chunk: bytes) -> None:
-        """Parse the next chunk of the body."""
-        try:
-            self._parser.write(chunk)
-        except MultipartParseError as exc:
-            raise dataset_service.invalid_upload(f"malformed multipart body: {exc}") from None
-
-    def finish(self) -> Upload:
-        """The file part and the text fields of the completed body."""
-        try:
-            self._parser.finalize()
-        except MultipartParseError as exc:
-            raise dataset_service.invalid_upload(f"malformed multipart body: {exc}") from None
-        files = [p for p in self.parts if p.name == "file"]
-        if len(files) != 1:
-            raise dataset_service.invalid_upload(
-                "send exactly one `file` part (curl -F file=@data.csv)"
-            )
-        fields = {}
-        for part in self.parts:
-            if part.name != "file":
-                try:
-                    fields[part.name] = bytes(part.data).decode("utf-8").strip()
-                except UnicodeDecodeError:
-                    raise dataset_service.invalid_upload(
-                        f"form field {part.name!r} is not UTF-8 text", field=part.name
-                    ) from None
-        file = files[0]
-        return Upload(bytes(file.data), file.filename, file.content_type, fields)
-
-
-def _too_large(limit: int) -> PayloadTooLargeError:
-    return PayloadTooLargeError(
-        f"The upload is larger than the limit of {limit} bytes (SOFTLABEL_MAX_UPLOAD_BYTES); "
-        "subsample the rows or drop columns"
-    )
-
-
-async def receive_upload(request: Request, *, limit: int) -> Upload:
-    """Stream the body in, stopping with 413 as soon as it exceeds `limit` bytes."""
-    declared = request.headers.get("content-length", "")
-    if declared.isdigit() and int(declared) > limit:
-        raise _too_large(limit)
-    media_type, params = parse_options_header(request.headers.get("content-type", ""))
-    form: _FormCollector | None = None
-    if media_type == b"multipart/form-data":
-        boundary = params.get(b"boundary")
-        if not boundary:
-            raise dataset_service.invalid_upload("multipart/form-data without a boundary")
-        form = _FormCollector(boundary)
-    raw = bytearray()
-    received = 0
-    async for chunk in request.stream():
-        received += len(chunk)
-        if received > limit:
-            raise _too_large(limit)
-        if form is not None:
-            form.write(chunk)
-        else:
-            raw.extend(chunk)
-    if form is not None:
-        return form.finish()
-    return Upload(bytes(raw), None, media_type.decode("latin-1") or None, {})
-
-
 def _store_upload(
-    session: Session, *, tenant_id: str, upload: Upload, settings: Settings
+    session: Session, *, tenant_id: str, upload: Upload, settings: Settings, workdir: Path
 ) -> tuple[Dataset, bool]:
-    """Parse, validate and store an upload (sync: runs in the threadpool); the request commits."""
+    """Validate and store an upload from its file (sync: runs in the threadpool)."""
     fmt = dataset_service.resolve_format(
         fmt=upload.fields.get("format"), filename=upload.filename, media_type=upload.media_type
     )
     parsed = dataset_service.parse_dataset(
-        data=upload.data,
+        path=upload.path,
+        size=upload.size,
         fmt=fmt,
         label_column=upload.fields.get("label_column") or None,
         settings=settings,
+        workdir=workdir,
     )
+    parsed.info["file_sha256"] = upload.sha256
+    upload.path.unlink()  # the canonical copy is what is stored
     name = upload.fields.get("name") or upload.filename or f"upload.{fmt}"
-    dataset, created = dataset_service.create_dataset(
+    return dataset_service.create_dataset(
         session,
         tenant_id=tenant_id,
         name=name[:200],
         fmt=fmt,
         parsed=parsed,
-        size_bytes=len(upload.data),
+        size_bytes=upload.size,
         settings=settings,
     )
-    return dataset, created
 
 
 @router.post(
@@ -291,17 +161,26 @@ async def upload_dataset(
     label_column: Annotated[str | None, Query(max_length=200)] = None,
     name: Annotated[str | None, Query(max_length=200)] = None,
 ) -> DatasetOut:
-    """Upload CSV, Parquet or NPZ: 201 when stored, 200 with the dataset of the same content."""
-    upload = await receive_upload(request, limit=settings.max_upload_bytes)
-    query = {"format": format_, "label_column": label_column, "name": name}
-    upload.fields = {**{k: v for k, v in query.items() if v}, **upload.fields}
+    """Upload CSV, Parquet or NPZ: 201 when stored, 200 with the dataset of the same content.
+
+    The body streams to a temporary file; it is validated from there in bounded memory and
+    stored in chunks; the reply comes after validation, and a bad file stores nothing.
+    """
+    workdir = Path(tempfile.mkdtemp(prefix="softlabel-upload-"))
     try:
-        check_named_texts({**upload.fields, "filename": upload.filename})
-    except ValueError as exc:
-        raise ValidationAppError(str(exc)) from None
-    dataset, created = await run_in_threadpool(
-        _store_upload, session, tenant_id=tenant.id, upload=upload, settings=settings
-    )
+        upload = await receive_upload(request, limit=settings.max_upload_bytes, workdir=workdir)
+        query = {"format": format_, "label_column": label_column, "name": name}
+        upload.fields = {**{k: v for k, v in query.items() if v}, **upload.fields}
+        try:
+            check_named_texts({**upload.fields, "filename": upload.filename})
+        except ValueError as exc:
+            raise ValidationAppError(str(exc)) from None
+        dataset, created = await run_in_threadpool(
+            _store_upload, session, tenant_id=tenant.id, upload=upload, settings=settings,
+            workdir=workdir,
+        )
+    finally:
+        await run_in_threadpool(shutil.rmtree, workdir, True)
     response.status_code = status.HTTP_201_CREATED if created else status.HTTP_200_OK
     response.headers["Location"] = f"/v1/datasets/{dataset.id}"
     return DatasetOut.from_row(dataset)

@@ -16,7 +16,7 @@ import matplotlib.pyplot as plt  # noqa: E402
 
 from core.ml.plots import _STYLE, _png  # noqa: E402
 
-__all__ = ["learning_curves_png", "render", "shift_ece_png"]
+__all__ = ["learning_curves_png", "shift_ece_png"]
 
 _LABELS = {"accuracy": "test accuracy", "nll": "test NLL", "ece": "test ECE"}
 
@@ -83,17 +83,3 @@ def shift_ece_png(curves: Sequence[Mapping[str, Any]], *, title: str) -> bytes:
         ax.set_title(title)
         fig.tight_layout()
         return _png(fig)
-
-
-def render(report: Mapping[str, Any]) -> dict[str, bytes]:
-    """learning_curves.png and one shift_ece_<perturbation>.png per perturbation, when present."""
-    out: dict[str, bytes] = {}
-    block = report.get("learning_curves")
-    if block and any(c["points"] for c in block["curves"]):
-        out["learning_curves.png"] = learning_curves_png(block)
-    by_shift: dict[str, list[Mapping[str, Any]]] = {}
-    for curve in report.get("shift") or []:
-        by_shift.setdefault(str(curve["shift"]), []).append(curve)
-    for name, curves in sorted(by_shift.items()):
-        out[f"shift_ece_{name}.png"] = shift_ece_png(curves, title=f"ECE under {name} shift")
-    return out

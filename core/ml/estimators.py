@@ -23,11 +23,13 @@ With confidence c_i = max_k p_ik and correct_i = [argmax_k p_ik == y_i]:
 from __future__ import annotations
 
 import math
+from functools import lru_cache
 from typing import Any
 
 import numpy as np
 import torch
 from scipy.signal import fftconvolve
+from scipy.sparse import csr_matrix, diags
 from torch import Tensor
 
 __all__ = [
@@ -36,6 +38,7 @@ __all__ = [
     "ece_debiased_l2",
     "ece_sweep",
     "estimator_report",
+    "estimators_of",
     "smooth_ece",
     "top_label",
 ]
@@ -90,9 +93,10 @@ def _reflected_conv(values: np.ndarray, sigma: float) -> np.ndarray:
     ker = _kernel(g, sigma)
     ext = np.concatenate([values[:, ::-1][:, :-1], values, values[:, ::-1][:, 1:]], axis=1)
     if g <= _DIRECT_CONV_MAX and len(values) == 1:
-        full = np.convolve(ext[0], ker, "valid")[None, :]
-    else:
-        full = fftconvolve(ext, ker[None, :], mode="valid", axes=1)
+        # only the G outputs kept below: each "valid" output is its own dot product, so
+        # convolving just the part of ext they read gives the same values at half the cost
+        return np.convolve(ext[0, g // 2: g // 2 + 2 * g - 1], ker, "valid")[None, :]
+    full = fftconvolve(ext, ker[None, :], mode="valid", axes=1)
     return full[:, g // 2: g // 2 + g]
 
 
@@ -112,46 +116,78 @@ def _smece_from_grids(res_grid: np.ndarray, ones_grid: np.ndarray, sigma: float)
     return np.abs(r).sum(axis=1) / d.sum(axis=1)
 
 
-def _smoothing_matrix(g: int, sigma: float) -> np.ndarray:
-    """The linear map grid values (G,) -> interpolated reflected convolution at the t points.
+def _conv_entries(x: np.ndarray, s: np.ndarray, g: int, ker: np.ndarray) -> np.ndarray:
+    """Entries [x, s] of the reflected convolution's (G, G) matrix, broadcast over x and s.
 
-    Row x of the convolution is sum_u ext[x + G//2 + u] * ker[G-1-u], where ext is the grid
-    reflected at both ends; each ext position names a grid index, so the (G, G) matrix is one
-    bincount, and the interpolation at t mixes two of its rows.
+    Row x of the convolution is sum_u ext[x + G//2 + u] * ker[G-1-u], where ext (3G - 2
+    long) is the grid reflected at both ends; grid index s sits at ext positions G-1-s
+    (s >= 1), G-1+s and 3G-3-s (s <= G-2), so an entry sums at most three kernel values.
+    The kernel is read from a zero-padded copy, so a u outside [0, G) contributes 0.
+    """
+    padded = np.concatenate([np.zeros(g), ker, np.zeros(g)])
+    last = padded.size - 1
+    base = x + (2 * g - 1 + g // 2)  # padded index of ker[G-1-u] is base - m
+    out = padded[np.clip(base - (g - 1 + s), 0, last)]
+    out = out + np.where(s >= 1, padded[np.clip(base - (g - 1 - s), 0, last)], 0.0)
+    return out + np.where(s <= g - 2, padded[np.clip(base - (3 * g - 3 - s), 0, last)], 0.0)
+
+
+def _smoothing_columns(g: int, sigma: float, cols: np.ndarray) -> np.ndarray:
+    """Columns `cols` of the linear map grid values (G,) -> smoothed values at the t points.
+
+    The map is the reflected convolution read by linear interpolation at the t points, so
+    each entry mixes two rows of the convolution matrix (`_conv_entries`).
     """
     ker = _kernel(g, sigma)
-    m = np.arange(3 * g - 2)
-    source = np.where(m < g - 1, g - 1 - m, np.where(m < 2 * g - 1, m - (g - 1), 3 * g - 3 - m))
-    x, u = np.meshgrid(np.arange(g), np.arange(g), indexing="ij")
-    flat = x * g + source[x + g // 2 + u]
-    conv = np.bincount(flat.ravel(), weights=np.broadcast_to(ker[::-1], (g, g)).ravel(),
-                       minlength=g * g).reshape(g, g)
     t = np.linspace(0, 1, max(round(10 / sigma), 200))
     inds = (t * (g - 1)).astype(np.int64).clip(0, g - 2)
     residual = ((t - inds * (1 / (g - 1))) / (1 / (g - 1)))[:, None]
-    return conv[inds] * (1 - residual) + conv[inds + 1] * residual
+    c = cols[None, :]
+    return (_conv_entries(inds[:, None], c, g, ker) * (1 - residual)
+            + _conv_entries(inds[:, None] + 1, c, g, ker) * residual)
 
 
-def _bootstrap_smece(f: np.ndarray, res: np.ndarray, flat: np.ndarray, resamples: int,
-                     sigma: float) -> np.ndarray:
-    """smECE at a fixed σ of every resample (rows of `flat`, example indices)."""
+def _bootstrap_smece(f: np.ndarray, res: np.ndarray, counts: np.ndarray, sigma: float
+                     ) -> np.ndarray:
+    """smECE at a fixed σ of every resample; `counts` (R, n): how often each example is drawn.
+
+    A resample's grids are linear in its counts (W: example j's two grid entries), and so
+    are the smoothed values at the t points (L: the smoothing map's columns at the grid
+    points in use), so residual curves are counts @ diag(res) W L^T and density sums
+    counts @ W L^T 1, multiplied in whichever order is smaller. Equal to rounding each
+    resample onto the grid and smoothing it, up to float rounding.
+    """
     g = _grid_size(sigma)
+    if g > 2 * _grid_size(0.01):  # a tiny σ: smooth each resample's grids by FFT instead
+        return _bootstrap_smece_fft(f, res, counts, sigma, g)
+    n = f.size
     scaled = f * (g - 1)
     bins = scaled.astype(np.int64).clip(0, g - 2)
     frac = scaled - bins
-    n = flat.size // resamples
-    base = (np.repeat(np.arange(resamples) * g, n) + bins[flat])
-    grids = []
-    for w in (res, np.ones_like(res)):
-        lo, hi = ((1 - frac) * w)[flat], (frac * w)[flat]
-        grid = np.bincount(base, weights=lo, minlength=resamples * g)
-        grid += np.bincount(base + 1, weights=hi, minlength=resamples * g)
-        grids.append(grid.reshape(resamples, g))
-    if g > 2 * _grid_size(0.01):  # a (G, G) matrix would be large: convolve by FFT instead
-        return _smece_from_grids(grids[0], grids[1], sigma)
-    lmat = _smoothing_matrix(g, sigma)
-    r, d = grids[0] @ lmat.T, grids[1] @ lmat.T + _DENSITY_EPS
-    return np.abs(r).sum(axis=1) / d.sum(axis=1)
+    used, pos = np.unique(np.concatenate([bins, bins + 1]), return_inverse=True)
+    w = csr_matrix((np.concatenate([1 - frac, frac]),
+                    (np.tile(np.arange(n), 2), pos)), shape=(n, used.size))
+    lmat = _smoothing_columns(g, sigma, used)  # (T, U)
+    if used.size < n:  # grids per resample first: (R, U) @ (U, T)
+        r = (counts @ (diags(res) @ w)) @ lmat.T
+        d = (counts @ w) @ lmat.sum(axis=0)
+    else:  # each example's smoothed curve first: (R, n) @ (n, T)
+        curves = np.asarray(w @ lmat.T)
+        r = counts @ (curves * res[:, None])
+        d = counts @ curves.sum(axis=1)
+    return np.abs(r).sum(axis=1) / (d + _DENSITY_EPS * lmat.shape[0])
+
+
+def _bootstrap_smece_fft(f: np.ndarray, res: np.ndarray, counts: np.ndarray, sigma: float,
+                         g: int) -> np.ndarray:
+    """_bootstrap_smece for a grid too fine for the linear map: grids per resample, by FFT."""
+    resamples, n = counts.shape
+    rows = np.repeat(np.arange(resamples), n)
+    w = counts.ravel()
+    ff = np.tile(f, resamples)
+    res_grid = _round_to_grid(ff, np.tile(res, resamples) * w, g, rows, resamples)
+    ones_grid = _round_to_grid(ff, w.astype(np.float64), g, rows, resamples)
+    return _smece_from_grids(res_grid, ones_grid, sigma)
 
 
 class _SmoothECE:
@@ -160,13 +196,18 @@ class _SmoothECE:
     def __init__(self, conf: np.ndarray, correct: np.ndarray) -> None:
         self.f, self.r = conf, conf - correct
         self.grids: dict[int, tuple[np.ndarray, np.ndarray]] = {}
+        self.values: dict[float, float] = {}
 
     def at(self, sigma: float) -> float:
+        """smECE_σ (each σ computed once)."""
+        if sigma in self.values:
+            return self.values[sigma]
         g = _grid_size(sigma)
         if g not in self.grids:
             self.grids[g] = (_round_to_grid(self.f, self.r, g),
                              _round_to_grid(self.f, np.ones_like(self.f), g))
-        return float(_smece_from_grids(*self.grids[g], sigma)[0])
+        value = self.values[sigma] = float(_smece_from_grids(*self.grids[g], sigma)[0])
+        return value
 
     def fixed_point(self, eps: float = 0.001) -> tuple[float, float]:
         """(smECE, σ) with relplot's search_param(check, start=1, refine=10)."""
@@ -269,29 +310,47 @@ def bootstrap_intervals(probs: Tensor, labels: Tensor, n_bins: int = 15, *,
     return _bootstrap(conf32, conf, correct, n_bins, resamples, seed, max_examples)
 
 
+@lru_cache(maxsize=2)  # at most 2 x 16 MB (n = 2000): a job or sweep reuses one
+def _resamples(n_all: int, resamples: int, seed: int, max_examples: int
+               ) -> tuple[np.ndarray, np.ndarray]:
+    """The kept examples and the (R, n) draw counts of each: the same for every call with
+    these sizes, so every test block of a job (and of every trial) resamples alike."""
+    rng = np.random.default_rng(seed)
+    keep = np.sort(rng.permutation(n_all)[:max_examples]) if n_all > max_examples \
+        else np.arange(n_all)
+    n = keep.size
+    idx = rng.integers(0, n, size=(resamples, n))
+    rows = np.repeat(np.arange(resamples), n)
+    counts = np.bincount(rows * n + idx.ravel(), minlength=resamples * n)
+    counts = counts.reshape(resamples, n).astype(np.float64)
+    keep.flags.writeable = counts.flags.writeable = False  # shared between calls
+    return keep, counts
+
+
 def _bootstrap(conf32: Tensor, conf: np.ndarray, correct: np.ndarray, n_bins: int,
-               resamples: int, seed: int, max_examples: int) -> dict[str, Any]:
-    """bootstrap_intervals from the confidences (probs dtype and float64) and correctness."""
+               resamples: int, seed: int, max_examples: int, sigma: float | None = None
+               ) -> dict[str, Any]:
+    """bootstrap_intervals from the confidences (probs dtype and float64) and correctness.
+
+    `sigma`, the full sample's smooth-ECE bandwidth, is used as given when no subsample is
+    drawn (it is the same fixed point); otherwise it is searched on the subsample.
+    """
     n_all = conf.size
     out: dict[str, Any] = {"ece": None, "smooth_ece": None, "resamples": resamples,
                            "seed": seed, "level": 0.95, "n": min(n_all, max_examples)}
     if n_all == 0:
         return out
-    rng = np.random.default_rng(seed)
-    keep = np.sort(rng.permutation(n_all)[:max_examples]) if n_all > max_examples \
-        else np.arange(n_all)
+    keep, counts = _resamples(n_all, resamples, seed, max_examples)
     edges = (torch.arange(1, n_bins, dtype=torch.float64) / n_bins).to(conf32.dtype)
-    bins = torch.bucketize(conf32[torch.from_numpy(keep)], edges).numpy()
+    sub = conf32 if keep.size == n_all else conf32[torch.from_numpy(keep.copy())]
+    bins = torch.bucketize(sub, edges).numpy()
     f, res = conf[keep], conf[keep] - correct[keep]
     n = keep.size
-    idx = rng.integers(0, n, size=(resamples, n))
-    rows = np.repeat(np.arange(resamples), n)
-    flat = idx.ravel()
-    sums = np.bincount(rows * n_bins + bins[flat], weights=res[flat],
-                       minlength=resamples * n_bins).reshape(resamples, n_bins)
-    out["ece"] = _percentiles(np.abs(sums).sum(axis=1) / n)
-    sigma = _SmoothECE(f, correct[keep]).fixed_point()[1]
-    out["smooth_ece"] = _percentiles(_bootstrap_smece(f, res, flat, resamples, sigma))
+    by_bin = csr_matrix((res, (np.arange(n), bins)), shape=(n, n_bins))
+    out["ece"] = _percentiles(np.abs(counts @ by_bin).sum(axis=1) / n)
+    if sigma is None or n_all > max_examples:
+        sigma = _SmoothECE(f, correct[keep]).fixed_point()[1]
+    out["smooth_ece"] = _percentiles(_bootstrap_smece(f, res, counts, sigma))
     out["smooth_ece_sigma"] = sigma
     return out
 
@@ -304,9 +363,17 @@ def estimator_report(probs: Tensor, labels: Tensor, n_bins: int = 15) -> dict[st
     if not isinstance(labels, Tensor) or labels.shape != probs.shape[:1]:
         top_label(probs, labels)
     correct = (pred == labels.detach().cpu()).double().numpy()
+    return estimators_of(values, correct, None, n_bins)
+
+
+def estimators_of(values: Tensor, correct: np.ndarray, order: np.ndarray | None,
+                  n_bins: int = 15) -> dict[str, Any]:
+    """estimator_report from the top-label confidences (in the probabilities' dtype), the
+    correctness (float64) and, if known, the confidences' stable ascending order."""
     conf = values.double().numpy()
-    order = np.argsort(conf, kind="stable")
-    smooth = _SmoothECE(conf, correct).fixed_point()[0] if conf.size else math.nan
+    if order is None:
+        order = np.argsort(conf, kind="stable")
+    smooth, sigma = _SmoothECE(conf, correct).fixed_point() if conf.size else (math.nan, None)
     sweep, sweep_bins = _ece_sweep(conf, correct, order)
     return {
         "smooth_ece": smooth,
@@ -314,5 +381,5 @@ def estimator_report(probs: Tensor, labels: Tensor, n_bins: int = 15) -> dict[st
         "ece_sweep": sweep,
         "ece_sweep_bins": sweep_bins,
         "ci95": _bootstrap(values, conf, correct, n_bins, BOOTSTRAP_RESAMPLES, BOOTSTRAP_SEED,
-                           BOOTSTRAP_MAX_EXAMPLES),
+                           BOOTSTRAP_MAX_EXAMPLES, sigma),
     }

@@ -18,6 +18,7 @@ from typing import Any, cast
 import numpy as np
 import torch
 from safetensors.torch import save as safetensors_save
+from torch import Tensor
 
 from core.ml import calibration, posthoc
 from core.ml.arch_compat import arch_incompatibility
@@ -205,62 +206,25 @@ def run_experiment(
 def finish_experiment(prep: PreparedExperiment, model: torch.nn.Module, fitted: FitResult
                       ) -> ExperimentOutput:
     """Evaluate the trained model and build the result document and artifacts."""
-    job, cfg, data, names, mcfg = prep.job, prep.cfg, prep.data, prep.names, prep.mcfg
-    cal = job.calibration
-    k, image_shape = data.n_classes, prep.image_shape
-    Xva, yva, Xte, yte = prep.Xva, prep.yva, prep.Xte, prep.yte
-
+    cal, cfg, data = prep.job.calibration, prep.cfg, prep.data
     device = next(model.parameters()).device
-    val_logits, val_labels, _ = evaluate(model, Xva.to(device), yva)
-    test_logits, test_labels, test_feats = evaluate(model, Xte.to(device), yte)
-    test_probs = torch.softmax(test_logits.double(), dim=1).float()
-    n_bins = cfg.n_bins
-    test_report = calibration.calibration_report(test_probs, test_labels, n_bins,
-                                                 logits=test_logits, alpha=cfg.alpha)
-    scaled: dict[str, Any] | None = None
-    if cal.temperature_scaling:
-        T = float(calibration.fit_temperature(val_logits, val_labels))
-        scaled_logits = test_logits / T
-        scaled = {"temperature": T, "test": calibration.calibration_report(
-            torch.softmax(scaled_logits.double(), dim=1).float(), test_labels, n_bins,
-            logits=scaled_logits, alpha=cfg.alpha)}
+    val_logits, val_labels, _ = evaluate(model, prep.Xva.to(device), prep.yva)
+    test_logits, test_labels, test_feats = evaluate(model, prep.Xte.to(device), prep.yte)
+    test_report = calibration.calibration_report(
+        torch.softmax(test_logits.double(), dim=1).float(), test_labels, cfg.n_bins,
+        logits=test_logits, alpha=cfg.alpha)
+    scaled = (_temperature_block(val_logits, val_labels, test_logits, test_labels, cfg)
+              if cal.temperature_scaling else None)
     shift = shift_block(prep, model, scaled, val_logits, val_labels)  # None without shifts
-
     posthoc_block = posthoc.posthoc_report(
         list(cal.posthoc), val_logits, val_labels, test_logits,
-        test_labels, n_bins=n_bins, alpha=cfg.alpha)
+        test_labels, n_bins=cfg.n_bins, alpha=cfg.alpha)
     # figures are drawn on request (core.ml.figures); the raw predictions are stored now
-    artifacts: dict[str, bytes] = {"predictions.npz": predictions_npz(
-        data, val_logits, val_labels, test_logits, test_labels)}
-    projection: dict[str, Any] | None = None
-    if k >= 3 and cfg.variant != "binary":
-        classes = [int(c) for c in (cal.projection_classes or [0, 1, 2])]
-        if len(classes) != 3 or len(set(classes)) != 3 or not all(0 <= c < k for c in classes):
-            raise SpecError(f"calibration.projection_classes={classes} must be 3 distinct class "
-                            f"ids in 0..{k - 1}")
-        templates = cast(torch.nn.Linear, model.head).weight.detach().float().cpu()
-        coords, labs = _projection(test_feats, test_labels, templates, classes)
-        projection = {"classes": classes, "class_names": [names[c] for c in classes],
-                      "points": [[round(float(a), 5), round(float(b), 5), int(c)]
-                                 for (a, b), c in zip(coords, labs, strict=True)]}
-
-    state = {k_: v.detach().cpu().contiguous() for k_, v in model.state_dict().items()}
-    model_doc = {"model": mcfg, "class_names": names,
-                 "standardize": {"mean": data.mean.tolist(), "std": data.std.tolist()},
-                 "loss": job.loss.model_dump(mode="json"), "best_epoch": fitted.best_epoch}
-    artifacts["model.safetensors"] = safetensors_save(
-        state, metadata={"model_config": json.dumps(mcfg, sort_keys=True)})  # one key: stable bytes
-    artifacts["model.json"] = json.dumps(json_safe(model_doc), indent=1).encode()
-
+    artifacts = {"predictions.npz": predictions_npz(
+        data, val_logits, val_labels, test_logits, test_labels),
+        **_model_artifacts(prep, model, fitted)}
     result = {
-        "dataset": {
-            "n_train": len(data.y_train), "n_val": len(data.y_val), "n_test": len(data.y_test),
-            "n_classes": k, "n_features": prep.n_features, "sha256": data.sha256,
-            "label_noise_changed": data.label_noise_changed, "class_names": names,
-            "image_shape": list(image_shape) if image_shape else None,
-            **(mcfg.get("stored") or {"layout": "NHW" if image_shape else "NF",
-                                      "dtype": "float32", "channels": 1}),
-        },
+        "dataset": _dataset_block(prep),
         "test": test_report,
         "temperature_scaled": scaled,
         "shift": shift,
@@ -268,10 +232,63 @@ def finish_experiment(prep: PreparedExperiment, model: torch.nn.Module, fitted: 
         "history": fitted.history,
         "best_epoch": fitted.best_epoch,
         "stopped_early": fitted.stopped_early,
-        "projection": projection,
+        "projection": _projection_block(prep, model, test_feats, test_labels),
         "timing": {"train_s": round(fitted.train_s, 4),
                    "samples_per_s": round(fitted.samples_per_s, 1),
                    "resumed_from_epoch": fitted.resumed_from_epoch},
         "environment": {"device": fitted.device, "torch": torch.__version__},
     }
     return ExperimentOutput(result=json_safe(result), artifacts=artifacts)
+
+
+def _temperature_block(val_logits: Tensor, val_labels: Tensor, test_logits: Tensor,
+                       test_labels: Tensor, cfg: TrainConfig) -> dict[str, Any]:
+    """`temperature_scaled`: T fitted on validation and the test report at that T."""
+    T = float(calibration.fit_temperature(val_logits, val_labels))
+    scaled_logits = test_logits / T
+    return {"temperature": T, "test": calibration.calibration_report(
+        torch.softmax(scaled_logits.double(), dim=1).float(), test_labels, cfg.n_bins,
+        logits=scaled_logits, alpha=cfg.alpha)}
+
+
+def _projection_block(prep: PreparedExperiment, model: torch.nn.Module, test_feats: Tensor,
+                      test_labels: Tensor) -> dict[str, Any] | None:
+    """The penultimate-layer projection of three classes (None for binary or K < 3)."""
+    k = prep.data.n_classes
+    if k < 3 or prep.cfg.variant == "binary":
+        return None
+    classes = [int(c) for c in (prep.job.calibration.projection_classes or [0, 1, 2])]
+    if len(classes) != 3 or len(set(classes)) != 3 or not all(0 <= c < k for c in classes):
+        raise SpecError(f"calibration.projection_classes={classes} must be 3 distinct class "
+                        f"ids in 0..{k - 1}")
+    templates = cast(torch.nn.Linear, model.head).weight.detach().float().cpu()
+    coords, labs = _projection(test_feats, test_labels, templates, classes)
+    return {"classes": classes, "class_names": [prep.names[c] for c in classes],
+            "points": [[round(float(a), 5), round(float(b), 5), int(c)]
+                       for (a, b), c in zip(coords, labs, strict=True)]}
+
+
+def _model_artifacts(prep: PreparedExperiment, model: torch.nn.Module, fitted: FitResult
+                     ) -> dict[str, bytes]:
+    """model.safetensors (one metadata key: stable bytes) and model.json."""
+    data, mcfg = prep.data, prep.mcfg
+    state = {k_: v.detach().cpu().contiguous() for k_, v in model.state_dict().items()}
+    model_doc = {"model": mcfg, "class_names": prep.names,
+                 "standardize": {"mean": data.mean.tolist(), "std": data.std.tolist()},
+                 "loss": prep.job.loss.model_dump(mode="json"), "best_epoch": fitted.best_epoch}
+    return {"model.safetensors": safetensors_save(
+                state, metadata={"model_config": json.dumps(mcfg, sort_keys=True)}),
+            "model.json": json.dumps(json_safe(model_doc), indent=1).encode()}
+
+
+def _dataset_block(prep: PreparedExperiment) -> dict[str, Any]:
+    """The result's `dataset` block: sizes, hash, classes and the stored layout."""
+    data, image_shape = prep.data, prep.image_shape
+    return {
+        "n_train": len(data.y_train), "n_val": len(data.y_val), "n_test": len(data.y_test),
+        "n_classes": data.n_classes, "n_features": prep.n_features, "sha256": data.sha256,
+        "label_noise_changed": data.label_noise_changed, "class_names": prep.names,
+        "image_shape": list(image_shape) if image_shape else None,
+        **(prep.mcfg.get("stored") or {"layout": "NHW" if image_shape else "NF",
+                                       "dtype": "float32", "channels": 1}),
+    }

@@ -21,6 +21,7 @@ __all__ = ["channel_stats", "image_view", "is_image_array", "prepare_image_data"
            "stored_layout"]
 
 CHUNK_ROWS = 4096
+STATS_CHUNK_BYTES = 16 << 20
 
 
 def is_image_array(X: np.ndarray) -> bool:
@@ -40,8 +41,9 @@ def channel_stats(X: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
     c = x4.shape[1]
     total = np.zeros(c)
     squares = np.zeros(c)
-    for start in range(0, len(x4), CHUNK_ROWS):
-        chunk = x4[start:start + CHUNK_ROWS].astype(np.float64)
+    step = max(1, STATS_CHUNK_BYTES // max(1, 8 * int(np.prod(x4.shape[1:]))))
+    for start in range(0, len(x4), step):  # float64 temporaries of STATS_CHUNK_BYTES at most
+        chunk = x4[start:start + step].astype(np.float64)
         total += chunk.sum(axis=(0, 2, 3))
         squares += np.square(chunk).sum(axis=(0, 2, 3))
     count = max(1, x4.shape[0] * x4.shape[2] * x4.shape[3])

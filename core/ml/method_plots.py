@@ -12,14 +12,13 @@ matplotlib.use("Agg")
 import matplotlib.pyplot as plt  # noqa: E402
 import numpy as np  # noqa: E402
 
-from core.ml import plots  # noqa: E402
-
-__all__ = ["method_plots"]
+__all__ = ["parameter_png"]
 
 METRICS = ("accuracy", "ece", "smooth_ece", "nll")
 
 
-def _parameter_png(method: str, name: str, rows: Sequence[Mapping[str, Any]]) -> bytes:
+def parameter_png(method: str, name: str, rows: Sequence[Mapping[str, Any]]) -> bytes:
+    """Test metrics against the method's parameter, uncalibrated and after each post-hoc."""
     ordered = sorted(rows, key=lambda r: r["parameter"]["value"] or 0.0)
     x = np.array([r["parameter"]["value"] or 0.0 for r in ordered], dtype=float)
     fig, axes = plt.subplots(1, len(METRICS), figsize=(4.0 * len(METRICS), 3.6), squeeze=False)
@@ -43,21 +42,3 @@ def _parameter_png(method: str, name: str, rows: Sequence[Mapping[str, Any]]) ->
     fig.savefig(buf, format="png", dpi=90)
     plt.close(fig)
     return buf.getvalue()
-
-
-def method_plots(rows: Sequence[Mapping[str, Any]]) -> dict[str, bytes]:
-    """metrics_vs_<parameter>_<method>.png and reliability_overlay_<method>.png per method."""
-    by_method: dict[str, list[Mapping[str, Any]]] = {}
-    for r in rows:
-        if r.get("n_succeeded") and r.get("method"):
-            by_method.setdefault(str(r["method"]), []).append(r)
-    out: dict[str, bytes] = {}
-    for method, members in sorted(by_method.items()):
-        name = str(members[0]["parameter"]["name"])
-        out[f"metrics_vs_{name}_{method}.png"] = _parameter_png(method, name, members)
-        overlay = {f"{name}={(r['parameter']['value'] or 0.0):g}":
-                   {"reliability": r["reliability"], "ece": r["test"]["ece"]["mean"]}
-                   for r in members}
-        out[f"reliability_overlay_{method}.png"] = plots.reliability_overlay_png(
-            overlay, title=f"Reliability per {name}: {method}")
-    return out

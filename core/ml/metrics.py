@@ -55,6 +55,7 @@ class _State:
     corrects: list[Tensor] = field(default_factory=list)
     gaps: list[Tensor] = field(default_factory=list)
     has_logits: bool | None = None
+    _sorted: tuple[Tensor, Tensor, Tensor] | None = None
 
     def _init(self, num_classes: int) -> None:
         m = self.n_bins
@@ -186,13 +187,18 @@ class _State:
         gap = (self.top_acc[nonempty].double() - self.top_conf[nonempty]).abs() / cnt
         return float(gap.max())
 
+    def sorted_confidences(self) -> tuple[Tensor, Tensor, Tensor]:
+        """The kept confidences, their correctness and their stable ascending order (cached)."""
+        if self._sorted is None or self._sorted[0].shape[0] != self.n:
+            conf = torch.cat(self.confs)
+            self._sorted = (conf, torch.cat(self.corrects), sorted_order(conf))
+        return self._sorted
+
     def adaptive_ece(self) -> float:
         """Equal-mass ECE from the kept confidences."""
         self._require()
-        conf = torch.cat(self.confs)
-        correct = torch.cat(self.corrects)
+        conf, correct, order = self.sorted_confidences()
         n, m = conf.shape[0], self.n_bins
-        order = sorted_order(conf)
         group = torch.arange(n, dtype=torch.int64).mul_(m).div_(n, rounding_mode="floor")
         s_conf = torch.bincount(group, weights=conf[order].double(), minlength=m)
         s_acc = torch.bincount(group, weights=correct[order].double(), minlength=m)
@@ -215,15 +221,9 @@ class _State:
         for b, (cnt, sc, sa) in enumerate(
             zip(self.top_count.tolist(), self.top_conf.tolist(), self.top_acc.tolist(), strict=True)
         ):
-            out.append(
-                {
-                    "lo": b / m,
-                    "hi": (b + 1) / m,
-                    "count": int(cnt),
-                    "confidence": sc / cnt if cnt else None,
-                    "accuracy": sa / cnt if cnt else None,
-                }
-            )
+            out.append({"lo": b / m, "hi": (b + 1) / m, "count": int(cnt),
+                        "confidence": sc / cnt if cnt else None,
+                        "accuracy": sa / cnt if cnt else None})
         return out
 
     def gap_stats(self, alpha: float | None) -> dict[str, float | None]:
@@ -295,7 +295,12 @@ def calibration_report(
     alpha = check_alpha(alpha)
     state = _State(check_n_bins(n_bins))
     state.update(probs, labels, logits)
-    return {**state.report(alpha), **estimators.estimator_report(probs, labels, n_bins)}
+    report = state.report(alpha)
+    if not (isinstance(probs, Tensor) and probs.dtype in (torch.float32, torch.float64)):
+        return {**report, **estimators.estimator_report(probs, labels, n_bins)}
+    conf, correct, order = state.sorted_confidences()  # reused: the same values, sorted once
+    return {**report, **estimators.estimators_of(conf, correct.double().numpy(), order.numpy(),
+                                                 n_bins)}
 
 
 def expected_calibration_error(
@@ -389,8 +394,3 @@ class CalibrationMetrics:
     def reset(self) -> None:
         """Forget every batch."""
         self._state = _State(self.n_bins)
-
-
-# --------------------------------------------------------------------------------------------
-# temperature scaling
-# --------------------------------------------------------------------------------------------

@@ -3,7 +3,8 @@
 `run_trials(specs)` builds every trial's model exactly as its standalone job would (the global
 RNG seeded with the trial's training.seed before `build_model`), stacks the parameters
 (`torch.func.stack_module_state`) and trains them with one `vmap`ped `functional_call` per
-batch: one forward and one backward over the batch for all trials.
+batch (a plain Linear-ReLU net as the same batched matmuls, called directly:
+`stacked_parts.linear_stack`): one forward and one backward over the batch for all trials.
 
 Equality with standalone jobs (`run_experiment(specs[i])`), per trial:
 - the same initial weights, the same data order (a `torch.Generator` per training seed, consumed
@@ -54,6 +55,7 @@ from core.ml.experiment import (
 from core.ml.pause import pause_if_requested
 from core.ml.placement import batch_view
 from core.ml.stacked_loss import StackedLoss
+from core.ml.stacked_parts import compact_rows, linear_stack, plain_layers
 from core.ml.train import (
     FitResult,
     TrainConfig,
@@ -189,20 +191,6 @@ def _trial_state(params: dict[str, Tensor], row: int) -> dict[str, Tensor]:
     return {k[len(_PREFIX):]: v[row].detach().cpu().clone() for k, v in params.items()}
 
 
-def _compact(params: dict[str, Tensor], optimizer: torch.optim.Optimizer, keep: list[int],
-             cfg: TrainConfig) -> tuple[dict[str, Tensor], torch.optim.Optimizer]:
-    """Keep only the rows `keep` of the stacked parameters and of the optimiser state."""
-    idx = torch.tensor(keep, device=next(iter(params.values())).device)
-    new = {k: v.detach().index_select(0, idx).requires_grad_(True) for k, v in params.items()}
-    new_opt = make_optimizer(new.values(), cfg, fused=True)
-    for old_p, new_p in zip(params.values(), new.values(), strict=True):
-        state = optimizer.state.get(old_p)
-        if state:
-            new_opt.state[new_p] = {
-                name: (v.index_select(0, idx) if v.ndim > 0 else v.clone())
-                if isinstance(v, Tensor) else v
-                for name, v in state.items()}
-    return new, new_opt
 
 
 class _Stack:
@@ -232,10 +220,21 @@ class _Stack:
         self.keys = list(keys or (str(i) for i in range(len(preps))))  # ids in checkpoints
         self.fingerprint = stack_key(p0.spec)
         self.resumed_from: int | None = None
+        self.layers = plain_layers(self.models[0], self.params, _PREFIX)
 
     def call(self, p: dict[str, Tensor], x: Tensor) -> Tensor:
         """The base net's raw outputs under one trial's parameters (vmapped over trials)."""
         return functional_call(self.base, p, (x,))
+
+    def forward(self, x: Tensor, stacked: bool) -> Tensor:
+        """Every active trial's raw outputs (T, B, K) for one input (B, ...) or one per trial.
+
+        A plain Linear-ReLU stack runs as batched matmuls directly (the ops vmap lowers it
+        to, without its per-call dispatch); any other net through vmap(functional_call).
+        """
+        if self.layers is None or x.ndim != (3 if stacked else 2):
+            return vmap(self.call, in_dims=(0, 0 if stacked else None))(self.params, x)
+        return linear_stack(self.params, self.layers, x)
 
     def keep(self, rows: list[int]) -> None:
         """Keep only the active rows `rows` (the others' weights and state stop changing)."""
@@ -243,7 +242,7 @@ class _Stack:
             return
         self.active = [self.active[r] for r in rows]
         if self.active:
-            self.params, self.optimizer = _compact(self.params, self.optimizer, rows, self.cfg)
+            self.params, self.optimizer = compact_rows(self.params, self.optimizer, rows, self.cfg)
             self.loss_fn.keep(rows)
 
     def batches(self, X: Tensor, y: Tensor) -> Iterator[tuple[Tensor, Tensor, bool]]:
@@ -276,7 +275,7 @@ class _Stack:
         totals = torch.zeros(len(self.active), dtype=torch.float64, device=self.device)
         for xb, yb, stacked in self.batches(X, y):
             with _autocast(self.device):
-                raw = vmap(self.call, in_dims=(0, 0 if stacked else None))(self.params, xb)
+                raw = self.forward(xb, stacked)
             per_trial = self.loss_fn(raw, yb)
             self.optimizer.zero_grad(set_to_none=True)
             per_trial.sum().backward()
@@ -293,8 +292,7 @@ class _Stack:
         chunks, step = [], self.cfg.eval_batch_size
         for start in range(0, len(Xva), step):
             with _autocast(self.device):
-                chunks.append(vmap(self.call, in_dims=(0, None))(
-                    self.params, Xva[start:start + step]).float().cpu())
+                chunks.append(self.forward(Xva[start:start + step], False).float().cpu())
         return torch.cat(chunks, dim=1)
 
     def end_epoch(self, epoch: int, train_losses: list[float], val_raw: Tensor,

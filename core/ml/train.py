@@ -176,6 +176,70 @@ def train_one_epoch(
 # --------------------------------------------------------------------------- the loop
 
 
+@dataclass
+class _LoopState:
+    """What the epoch loop carries from epoch to epoch (and through checkpoints)."""
+
+    stop: EarlyStopping
+    epoch: int = 0
+    history: list[dict[str, Any]] = field(default_factory=list)
+    best_state: dict[str, Tensor] | None = None
+    resumed_from: int | None = None
+
+
+def _restore(blob: bytes | None, config_json: str, model: nn.Module,
+             optimizer: torch.optim.Optimizer, scheduler: Any, order: torch.Generator,
+             aug: torch.Generator, device: torch.device, cfg: TrainConfig) -> _LoopState | None:
+    """The loop state of a usable checkpoint (model, optimiser and RNGs restored), else None."""
+    if not blob:
+        return None
+    try:
+        ckpt = load_checkpoint(blob)
+    except Exception as exc:  # unreadable, foreign or old-format bytes: start over
+        logger.warning("ignoring an unreadable checkpoint (%d bytes): %s", len(blob), exc)
+        return None
+    if ckpt["config"] != config_json:
+        logger.warning("ignoring a checkpoint written for another config")
+        return None
+    if ckpt["model"].keys() != model.state_dict().keys():
+        logger.warning("ignoring a checkpoint whose tensors do not fit the model")
+        return None
+    model.load_state_dict(ckpt["model"])
+    optimizer.load_state_dict(ckpt["optimizer"])
+    if ckpt.get("scheduler"):
+        restore_scheduler(scheduler, ckpt["scheduler"])
+    torch.set_rng_state(ckpt["rng"]["torch"])
+    order.set_state(ckpt["rng"]["order"])
+    aug.set_state(ckpt["rng"]["augment"])
+    if device.type == "cuda" and ckpt["rng"]["cuda"] is not None:
+        torch.cuda.set_rng_state_all(ckpt["rng"]["cuda"])
+    stop = EarlyStopping(cfg.early_stopping_metric, cfg.patience, ckpt["best_value"],
+                         ckpt["best_epoch"], ckpt["bad_epochs"], ckpt["stopped_early"])
+    return _LoopState(stop=stop, epoch=ckpt["epoch"], history=list(ckpt["history"]),
+                      best_state=ckpt["best_state"], resumed_from=ckpt["epoch"])
+
+
+def _offer_checkpoint(hooks: TrainHooks, st: _LoopState, config_json: str, model: nn.Module,
+                      optimizer: torch.optim.Optimizer, scheduler: Any, order: torch.Generator,
+                      aug: torch.Generator, device: torch.device) -> None:
+    """Hand the end-of-epoch state to the checkpoint hooks (encoded now or on demand)."""
+    if not (hooks.save_checkpoint or hooks.checkpoint_ready):
+        return
+    state = {
+        "config": config_json, "epoch": st.epoch,
+        "model": model.state_dict(), "optimizer": optimizer.state_dict(),
+        "rng": _rng_state(order, aug, device), "history": st.history,
+        "best_value": st.stop.best_value, "best_epoch": st.stop.best_epoch,
+        "best_state": st.best_state, "bad_epochs": st.stop.bad_epochs,
+        "stopped_early": st.stop.stopped,
+        "scheduler": scheduler_state(scheduler),
+    }
+    if hooks.checkpoint_ready:
+        hooks.checkpoint_ready(functools.partial(encode_checkpoint, _frozen(state)))
+    if hooks.save_checkpoint:
+        hooks.save_checkpoint(encode_checkpoint(state))
+
+
 def fit(
     model: nn.Module,
     X_train: Tensor,
@@ -201,87 +265,49 @@ def fit(
         raise SpecError("training.augment shifts images and needs image-shaped data; set it "
                         "to false for this dataset")
     prepare_model_for(model, device)
-    X_train, y_train = to_device(X_train, device), to_device(y_train, device)
-    X_val, y_val = to_device(X_val, device), to_device(y_val, device)
+    X_train, y_train, X_val, y_val = (to_device(t, device) for t in (X_train, y_train, X_val,
+                                                                      y_val))
     prior = torch.tensor(cfg.prior, dtype=torch.float32, device=device) if cfg.prior else None
     optimizer = make_optimizer(model, cfg)
     scheduler = make_scheduler(optimizer, cfg, math.ceil(len(X_train) / cfg.batch_size))
     order = torch.Generator().manual_seed(cfg.seed)
     aug = torch.Generator().manual_seed(cfg.seed + 1)
     config_json = json.dumps({"train": asdict(cfg), "fingerprint": fingerprint}, sort_keys=True)
-    # state carried across epochs (and through checkpoints)
-    epoch, history = 0, []
-    stop = EarlyStopping(cfg.early_stopping_metric, cfg.patience)
-    best_state: dict[str, Tensor] | None = None
-    resumed_from: int | None = None
-
     blob = hooks.load_checkpoint() if hooks.load_checkpoint else None
-    ckpt: dict[str, Any] | None = None
-    if blob:
-        try:
-            ckpt = load_checkpoint(blob)
-        except Exception as exc:  # unreadable, foreign or old-format bytes: start over
-            logger.warning("ignoring an unreadable checkpoint (%d bytes): %s", len(blob), exc)
-        if ckpt is not None and ckpt["config"] != config_json:
-            logger.warning("ignoring a checkpoint written for another config")
-            ckpt = None
-        if ckpt is not None and ckpt["model"].keys() != model.state_dict().keys():
-            logger.warning("ignoring a checkpoint whose tensors do not fit the model")
-            ckpt = None
-        if ckpt is not None:
-            model.load_state_dict(ckpt["model"])
-            optimizer.load_state_dict(ckpt["optimizer"])
-            if ckpt.get("scheduler"):
-                restore_scheduler(scheduler, ckpt["scheduler"])
-            torch.set_rng_state(ckpt["rng"]["torch"])
-            order.set_state(ckpt["rng"]["order"])
-            aug.set_state(ckpt["rng"]["augment"])
-            if device.type == "cuda" and ckpt["rng"]["cuda"] is not None:
-                torch.cuda.set_rng_state_all(ckpt["rng"]["cuda"])
-            epoch, history = ckpt["epoch"], list(ckpt["history"])
-            stop = EarlyStopping(cfg.early_stopping_metric, cfg.patience, ckpt["best_value"],
-                                 ckpt["best_epoch"], ckpt["bad_epochs"], ckpt["stopped_early"])
-            best_state, resumed_from = ckpt["best_state"], epoch
+    st = (_restore(blob, config_json, model, optimizer, scheduler, order, aug, device, cfg)
+          or _LoopState(stop=EarlyStopping(cfg.early_stopping_metric, cfg.patience)))
 
     t0 = time.perf_counter()
     epochs_run = 0
-    while epoch < cfg.epochs and not stop.stopped:
-        epoch += 1
+    while st.epoch < cfg.epochs and not st.stop.stopped:
+        st.epoch += 1
         train_loss = train_one_epoch(
             model, optimizer, X_train, y_train, cfg, order=order,
             aug=aug if cfg.augment else None, image_shape=image_shape, prior=prior,
             should_stop=hooks.should_stop, scheduler=scheduler,
         )
         logits, labels, _ = evaluate(model, X_val, y_val, batch_size=cfg.eval_batch_size)
-        row = epoch_row(epoch, train_loss, logits, labels, cfg.n_bins)
-        history.append(row)
+        row = epoch_row(st.epoch, train_loss, logits, labels, cfg.n_bins)
+        st.history.append(row)
         epochs_run += 1
-        if stop.update(row):
-            best_state = _cpu_state(model)
-
-        if hooks.save_checkpoint or hooks.checkpoint_ready:
-            state = {
-                "config": config_json, "epoch": epoch,
-                "model": model.state_dict(), "optimizer": optimizer.state_dict(),
-                "rng": _rng_state(order, aug, device), "history": history,
-                "best_value": stop.best_value, "best_epoch": stop.best_epoch,
-                "best_state": best_state, "bad_epochs": stop.bad_epochs,
-                "stopped_early": stop.stopped,
-                "scheduler": scheduler_state(scheduler),
-            }
-            if hooks.checkpoint_ready:
-                hooks.checkpoint_ready(functools.partial(encode_checkpoint, _frozen(state)))
-            if hooks.save_checkpoint:
-                hooks.save_checkpoint(encode_checkpoint(state))
+        if st.stop.update(row):
+            st.best_state = _cpu_state(model)
+        _offer_checkpoint(hooks, st, config_json, model, optimizer, scheduler, order, aug,
+                          device)
         if hooks.on_epoch:
             hooks.on_epoch(dict(row))
-        pause_if_requested(epoch, hooks.should_stop)
+        pause_if_requested(st.epoch, hooks.should_stop)
 
-    if best_state is not None:  # early stopping keeps the best epoch's weights
-        model.load_state_dict(best_state)
-    train_s = time.perf_counter() - t0
+    return _finished(model, st, len(X_train) * epochs_run, time.perf_counter() - t0, device)
+
+
+def _finished(model: nn.Module, st: _LoopState, samples: int, train_s: float,
+              device: torch.device) -> FitResult:
+    """The best epoch's weights back in `model` (early stopping) and the FitResult."""
+    if st.best_state is not None:
+        model.load_state_dict(st.best_state)
     return FitResult(
-        history=history, best_epoch=stop.best_epoch, stopped_early=stop.stopped, train_s=train_s,
-        samples_per_s=len(X_train) * epochs_run / train_s if train_s > 0 else 0.0,
-        device=str(device), resumed_from_epoch=resumed_from,
+        history=st.history, best_epoch=st.stop.best_epoch, stopped_early=st.stop.stopped,
+        train_s=train_s, samples_per_s=samples / train_s if train_s > 0 else 0.0,
+        device=str(device), resumed_from_epoch=st.resumed_from,
     )

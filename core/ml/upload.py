@@ -60,9 +60,9 @@ def dataset_sha256(X: np.ndarray, y: np.ndarray) -> str:
         for start in range(0, len(flat), 4096):
             h.update(flat[start:start + 4096].tobytes())
     else:
-        x = np.ascontiguousarray(X, dtype="<f4")
-        h.update(json.dumps({"X": list(x.shape), "y": list(t.shape)}, sort_keys=True).encode())
-        h.update(x.tobytes())
+        h.update(json.dumps({"X": list(X.shape), "y": list(t.shape)}, sort_keys=True).encode())
+        for start in range(0, len(X), 4096):  # chunks: a memory-mapped X is never copied whole
+            h.update(np.ascontiguousarray(X[start:start + 4096], dtype="<f4").tobytes())
     h.update(t.tobytes())
     return h.hexdigest()
 
@@ -150,7 +150,9 @@ def validate_arrays(
         )
     if f == 0:
         raise InvalidDatasetError("no feature columns: the dataset needs at least one feature")
-    bad = ~np.isfinite(X).all(axis=0)
+    bad = np.zeros(f, dtype=bool)
+    for start in range(0, n, 4096):  # chunks: no full-size temporary for a big X
+        bad |= ~np.isfinite(X[start:start + 4096]).all(axis=0)
     if bad.any():
         j = int(np.flatnonzero(bad)[0])
         name = feature_names[j] if feature_names else f"feature {j}"

@@ -1,7 +1,9 @@
 """Uploaded datasets: parse and validate, store content-addressed, list, inspect, delete.
 
-The canonical data (X float32, y int64 as a byte-deterministic NPZ) is stored in the
-artifact store under `datasets/{id}.npz` in the same transaction as the dataset row;
+The canonical data (X float32, or images in their uploaded dtype, stored uncompressed so
+workers can memory-map it; y int64; a byte-deterministic NPZ) is written from the upload
+file in bounded memory (`core.ml.ingest`) and streamed into the artifact store under
+`datasets/{id}.npz` in the same transaction as the dataset row;
 `sha256` is the hash of that canonical content (the same hash a job's result reports).
 Uploading the same content again (same X, y, class names and image shape) returns the
 tenant's existing dataset instead of storing a duplicate.
@@ -9,13 +11,10 @@ tenant's existing dataset instead of storing a duplicate.
 
 from __future__ import annotations
 
-import io
 import re
-import zipfile
-from dataclasses import dataclass
+from pathlib import Path
 from typing import Any
 
-import numpy as np
 from sqlalchemy import delete, exists, select, update
 from sqlalchemy.exc import IntegrityError
 from sqlalchemy.orm import Session
@@ -25,7 +24,7 @@ from core.config import Settings
 from core.errors import ConflictError, NotFoundError, ValidationAppError
 from core.ids import new_id
 from core.ml.errors import InvalidDatasetError
-from core.ml.upload import dataset_sha256, parse_upload, to_npz_bytes
+from core.ml.ingest import Ingested, Limits, ingest_file
 from core.models import Dataset, Job, Tenant
 from core.services.jobs import ACTIVE_STATUSES
 from core.services.pagination import newest_first_page
@@ -42,16 +41,6 @@ MEDIA_TYPES = {
     "application/x-npz": "npz",
 }
 _COLUMN = re.compile(r"column '([^']*)'")
-
-
-@dataclass(frozen=True)
-class ParsedDataset:
-    """A validated upload in canonical form."""
-
-    X: np.ndarray
-    y: np.ndarray
-    info: dict[str, Any]
-    sha256: str
 
 
 def invalid_upload(
@@ -91,145 +80,26 @@ def resolve_format(*, fmt: str | None, filename: str | None, media_type: str | N
     )
 
 
-def _check_csv_header(data: bytes, label_column: str | None) -> None:
-    """Refuse a CSV without a header row (first line all numbers) or with a repeated name."""
-    first = data.lstrip(b"\xef\xbb\xbf").split(b"\n", 1)[0].strip()
-    cells = [c.strip().strip(b'"').decode("utf-8", "replace") for c in first.split(b",")]
-    seen: set[str] = set()
-    for cell in cells:
-        if cell in seen:
-            raise invalid_upload(
-                f"column {cell!r} appears more than once in the header; give every column "
-                f"its own name",
-                column=cell,
-            )
-        seen.add(cell)
-    if not first or (label_column or "label") in seen:
-        return
-    try:
-        [float(c) for c in cells]
-    except ValueError:
-        return
-    raise invalid_upload(
-        f"the CSV has no header row: its first line ({first[:80].decode(errors='replace')!r}) "
-        f"is all numbers; add a header naming the columns, one of them the label column"
-    )
-
-
-def _npz_header_shapes(data: bytes) -> dict[str, tuple[tuple[int, ...], np.dtype]]:
-    """Shapes and dtypes of the NPZ's X and y, read from the .npy headers without loading."""
-    try:
-        archive = zipfile.ZipFile(io.BytesIO(data))
-    except (zipfile.BadZipFile, OSError, ValueError):
-        return {}  # not a zip: parse_upload says so
-    found: dict[str, tuple[tuple[int, ...], np.dtype]] = {}
-    with archive:
-        for member in archive.namelist():
-            key = member.removesuffix(".npy")
-            if key not in ("X", "y"):
-                continue
-            try:
-                with archive.open(member) as fp:
-                    version = np.lib.format.read_magic(fp)
-                    if version == (1, 0):
-                        shape, _, dtype = np.lib.format.read_array_header_1_0(fp)
-                    elif version == (2, 0):
-                        shape, _, dtype = np.lib.format.read_array_header_2_0(fp)
-                    else:
-                        raise invalid_upload(
-                            f"array {key!r} uses .npy format {version}; save it "
-                            f"with numpy.savez (format 1.0)"
-                        )
-            except (ValueError, OSError, zipfile.BadZipFile, EOFError) as exc:
-                raise invalid_upload(
-                    f"could not read array {key!r} of the NPZ file: {exc}"
-                ) from None
-            found[key] = (tuple(int(d) for d in shape), dtype)
-    return found
-
-
-def _check_decoded_bytes(
-    shapes: dict[str, tuple[tuple[int, ...], np.dtype]], settings: Settings
-) -> None:
-    """Refuse an NPZ whose headers declare more decoded bytes than SOFTLABEL_MAX_DATASET_BYTES.
-
-    Counts what parsing will hold: flat X widened to float32, string labels at their declared
-    width per element, plus the int64 class ids.
-    """
-    total = 0
-    for key, (shape, dtype) in shapes.items():
-        count = int(np.prod(shape, dtype=object)) if shape else 1
-        width = dtype.itemsize
-        if key == "X" and len(shape) <= 2:
-            width = max(width, 4)
-        total += count * width + (count * 8 if key == "y" else 0)
-    if total > settings.max_dataset_bytes:
-        raise invalid_upload(
-            f"the NPZ declares {total:,} bytes of decoded arrays, above the limit of "
-            f"{settings.max_dataset_bytes:,} (SOFTLABEL_MAX_DATASET_BYTES); upload fewer rows, "
-            f"a narrower dtype (uint8 images) or shorter label strings"
-        )
-
-
-def _check_sizes_before_loading(data: bytes, fmt: str, settings: Settings) -> None:
-    """Refuse too many rows or columns from the file's metadata, before anything is unpacked.
-
-    NPZ and Parquet are compressed: a small upload can declare arrays of many gigabytes.
-    """
-    rows = columns = 0
-    shapes: dict[str, tuple[tuple[int, ...], np.dtype]] = {}
-    if fmt == "npz":
-        shapes = _npz_header_shapes(data)
-        for key, (shape, dtype) in shapes.items():
-            if dtype.hasobject:
-                raise invalid_upload(
-                    f"array {key!r} of the NPZ holds Python objects, which would need pickle; "
-                    f"pickle is refused, save plain numeric arrays"
-                )
-            if shape:
-                rows = max(rows, shape[0])
-            if key == "X" and len(shape) == 2:  # image sets are limited by bytes, not columns
-                columns = int(shape[1])
-    elif fmt == "parquet":
-        import pyarrow.parquet as pq
-
-        try:
-            meta = pq.ParquetFile(io.BytesIO(data)).metadata
-        except Exception:  # noqa: BLE001 - unreadable: parse_upload reports it
-            return
-        rows, columns = int(meta.num_rows), max(int(meta.num_columns) - 1, 0)
-    if rows > settings.max_dataset_rows:
-        raise invalid_upload(
-            f"too many rows: {rows} > the limit of {settings.max_dataset_rows}; subsample the data"
-        )
-    if columns > settings.max_dataset_columns:
-        raise invalid_upload(
-            f"too many feature columns: {columns} > the limit of {settings.max_dataset_columns}; "
-            f"reduce the features"
-        )
-    _check_decoded_bytes(shapes, settings)
-
-
 def parse_dataset(
-    *, data: bytes, fmt: str, label_column: str | None, settings: Settings
-) -> ParsedDataset:
-    """Parse and validate upload bytes within the configured limits; 422 names the problem."""
-    if not data:
+    *, path: Path, size: int, fmt: str, label_column: str | None, settings: Settings,
+    workdir: Path,
+) -> Ingested:
+    """Validate an upload file within the configured limits (bounded memory); 422 names it.
+
+    The canonical NPZ is written under `workdir` (the caller removes it).
+    """
+    if size == 0:
         raise invalid_upload("the uploaded file is empty")
-    if fmt == "csv":
-        _check_csv_header(data, label_column)
-    _check_sizes_before_loading(data, fmt, settings)
     if label_column is not None and fmt == "npz":
         label_column = None  # NPZ labels are always the array "y"
+    limits = Limits(
+        max_rows=settings.max_dataset_rows,
+        max_columns=settings.max_dataset_columns,
+        max_classes=settings.max_dataset_classes,
+        max_bytes=settings.max_dataset_bytes,
+    )
     try:
-        X, y, info = parse_upload(
-            data,
-            fmt,
-            label_column,
-            max_rows=settings.max_dataset_rows,
-            max_columns=settings.max_dataset_columns,
-            max_classes=settings.max_dataset_classes,
-        )
+        return ingest_file(path, fmt, label_column, limits=limits, workdir=workdir)
     except InvalidDatasetError as exc:
         message = str(exc)
         match = _COLUMN.search(message)
@@ -240,20 +110,9 @@ def parse_dataset(
         raise
     except Exception as exc:  # noqa: BLE001 - a parser failure on odd input is the client's file
         raise invalid_upload(f"could not read the {fmt.upper()} file: {exc}") from None
-    counts = np.bincount(y, minlength=len(info["class_names"]))
-    info = {
-        "class_names": info["class_names"],
-        "class_counts": [int(c) for c in counts],
-        "image_shape": info.get("image_shape"),
-        "columns": info.get("feature_names") or [],
-        "label_column": info.get("label_column"),
-        "layout": info.get("layout", "table"),
-        "dtype": info.get("dtype", "float32"),
-    }
-    return ParsedDataset(X=X, y=y, info=info, sha256=dataset_sha256(X, y))
 
 
-def _same_content(row: Dataset, parsed: ParsedDataset) -> bool:
+def _same_content(row: Dataset, parsed: Ingested) -> bool:
     """True when a stored dataset holds exactly the parsed content (hash, names, image shape)."""
     return (
         row.sha256 == parsed.sha256
@@ -268,7 +127,7 @@ def create_dataset(
     tenant_id: str,
     name: str,
     fmt: str,
-    parsed: ParsedDataset,
+    parsed: Ingested,
     size_bytes: int,
     settings: Settings | None = None,
 ) -> tuple[Dataset, bool]:
@@ -281,15 +140,14 @@ def create_dataset(
     for row in candidates:
         if _same_content(row, parsed):
             return row, False
-    n_rows, n_features = parsed.X.shape[0], int(np.prod(parsed.X.shape[1:]))
     dataset = Dataset(
         id=new_id("ds"),
         tenant_id=tenant_id,
         name=name,
         format=fmt,
         sha256=parsed.sha256,
-        n_rows=int(n_rows),
-        n_features=int(n_features),
+        n_rows=parsed.n_rows,
+        n_features=parsed.n_features,
         n_classes=len(parsed.info["class_names"]),
         info=parsed.info,
         size_bytes=size_bytes,
@@ -297,9 +155,9 @@ def create_dataset(
     )
     session.add(dataset)
     session.flush()
-    blob = to_npz_bytes(parsed.X, parsed.y, parsed.info["image_shape"])
-    storage.put_artifact(
-        session, key=dataset_key(dataset.id), data=blob, tenant_id=tenant_id, settings=settings
+    storage.put_artifact_file(
+        session, key=dataset_key(dataset.id), path=parsed.path, tenant_id=tenant_id,
+        settings=settings,
     )
     return dataset, True
 
@@ -309,10 +167,9 @@ def dataset_key(dataset_id: str) -> str:
     return f"datasets/{dataset_id}.npz"
 
 
-def stored_arrays(session: Session, *, dataset_id: str) -> bytes | None:
-    """The canonical NPZ bytes of a dataset (workers), or None when none is stored."""
-    found = storage.get_artifact(session, key=dataset_key(dataset_id))
-    return found[1] if found else None
+def copy_arrays_to(session: Session, *, dataset_id: str, dest: Path) -> bool:
+    """Stream a dataset's canonical NPZ into the file `dest` (workers); False when none."""
+    return storage.copy_artifact_to(session, key=dataset_key(dataset_id), dest=dest)
 
 
 def class_names_of(session: Session, *, dataset_id: str) -> list[str] | None:

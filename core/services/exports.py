@@ -12,7 +12,8 @@ from sqlalchemy import select
 from sqlalchemy.orm import Session
 
 from core.ml import figures
-from core.models import Artifact, Job, Sweep
+from core.models import Job, Sweep
+from core.services.sweeps import sweep_plot
 from core.states import TERMINAL_STATUSES
 from core.storage import PUBLIC_JOB_ARTIFACTS, get_artifact, job_artifact_key
 
@@ -108,14 +109,11 @@ def load_sweep(
     sweep = session.get(Sweep, sweep_id)
     if sweep is None:
         return None
-    plots = session.scalars(
-        select(Artifact.key).where(Artifact.key.like(f"sweeps/{sweep_id}/%.png"))
-    ).all()
     artifacts = {}
-    for key in plots:
-        found = get_artifact(session, key=key)
-        if found is not None:
-            artifacts[key.rsplit("/", 1)[-1]] = found[1]
+    for name in (sweep.report or {}).get("plots") or {}:
+        data = sweep_plot(session, sweep=sweep, name=name)  # stored, or drawn from the report
+        if data is not None:
+            artifacts[name] = data
     trials = session.scalars(select(Job).where(Job.sweep_id == sweep_id).order_by(Job.id)).all()
     doc = {
         "id": sweep.id,

@@ -5,7 +5,6 @@ from __future__ import annotations
 import contextlib
 import logging
 from collections import Counter
-from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Any
 
@@ -17,19 +16,18 @@ from core.errors import ConflictError, NotFoundError, ValidationAppError
 from core.ids import new_id
 from core.models import Job, Sweep
 from core.services import jobs as job_service
+from core.services import sweep_figures
 from core.services.cost import check_job_cost, enforce_caps
 from core.services.pagination import newest_first_page
 from core.services.sweep_grid import SHORT_AXIS_NAMES, expand_trials, trial_tags
-from core.services.sweep_report import Trial, build_report, context_slug, plot_rows
+from core.services.sweep_report import Trial, build_report
 from core.spec import JobSpec
 from core.states import TERMINAL_STATUSES, SweepStatus
-from core.storage import get_artifact, put_artifact
+from core.storage import get_artifact
 from core.sweep_spec import SweepSpec, stack_key
 from core.timeutil import as_utc, utcnow
 
 logger = logging.getLogger("softlabel.sweeps")
-# Render the plots of a report: (report rows, trials) -> {artifact name: PNG bytes}.
-PlotRenderer = Callable[[dict[str, Any]], dict[str, bytes]]
 
 
 @dataclass(frozen=True)
@@ -289,36 +287,6 @@ def compute_report(session: Session, sweep: Sweep) -> dict[str, Any]:
     }
 
 
-def render_plots(report: dict[str, Any]) -> dict[str, bytes]:
-    """Metric-vs-α and reliability-overlay PNGs, per other-axes point when there are several."""
-    from core.ml import plots  # matplotlib; only workers render
-
-    by_context: dict[str, list[dict[str, Any]]] = {}
-    for row in report["rows"]:
-        if row["n_succeeded"]:
-            by_context.setdefault(context_slug(row["context"]), []).append(row)
-    out: dict[str, bytes] = {}
-    for slug, rows in sorted(by_context.items()):
-        suffix = f"_{slug}" if slug else ""
-        out[f"metrics_vs_alpha{suffix}.png"] = plots.metric_vs_alpha_png(plot_rows(rows))
-        overlay = {
-            f"α={r['alpha']:g}": {"reliability": r["reliability"], "ece": r["test"]["ece"]["mean"]}
-            for r in sorted(rows, key=lambda r: r["alpha"])
-        }
-        title = f"Reliability curves per α{(' — ' + slug) if slug else ''}"
-        out[f"reliability_overlay{suffix}.png"] = plots.reliability_overlay_png(
-            overlay, title=title
-        )
-    from core.ml import curve_plots  # learning curves and ECE under shift (issue 16)
-
-    out.update(curve_plots.render(report))
-    if "loss.method" in (report.get("axes") or {}):
-        from core.ml.method_plots import method_plots
-
-        out.update(method_plots(report["rows"]))
-    return out
-
-
 def _final_status(sweep: Sweep, report: dict[str, Any]) -> str:
     if sweep.status == "canceling":
         return "canceled"
@@ -328,14 +296,13 @@ def _final_status(sweep: Sweep, report: dict[str, Any]) -> str:
     return "canceled" if canceled and canceled == report["trials"]["total"] else "failed"
 
 
-def finalize_sweep_if_done(
-    session: Session, *, sweep_id: str, renderer: PlotRenderer | None = render_plots
-) -> bool:
-    """Once every trial is terminal: store the report and plots, and the final status, once.
+def finalize_sweep_if_done(session: Session, *, sweep_id: str) -> bool:
+    """Once every trial is terminal: store the report and the final status, once.
 
     The sweep row's conditional update (status not yet final) is the guard: of two workers
-    finishing the last trials together, one writes; the other's update matches no row and
-    writes nothing (the plots are stored only after it). The caller commits.
+    finishing the last trials together, one writes; the other's update matches no row. The
+    report's plots are listed, and drawn from it on first request (core.services.
+    sweep_figures). The caller commits.
     """
     sweep = session.get(Sweep, sweep_id)
     if sweep is None or sweep.status in TERMINAL_STATUSES:
@@ -343,8 +310,8 @@ def finalize_sweep_if_done(
     if not all_trials_done(session, sweep_id=sweep_id):
         return False
     report = compute_report(session, sweep)
-    images = renderer(report) if renderer is not None and report["trials"].get("succeeded") else {}
-    report["plots"] = {name: f"/v1/sweeps/{sweep_id}/artifacts/{name}" for name in images}
+    names = sweep_figures.figure_names(report)
+    report["plots"] = {name: f"/v1/sweeps/{sweep_id}/artifacts/{name}" for name in names}
     status = _final_status(sweep, report)
     report["status"] = status
     now = utcnow()
@@ -356,10 +323,6 @@ def finalize_sweep_if_done(
     )
     if result.rowcount != 1:  # type: ignore[attr-defined]
         return False  # another worker wrote it; nothing of ours was added
-    for name, data in images.items():
-        put_artifact(
-            session, key=sweep_artifact_key(sweep_id, name), data=data, tenant_id=sweep.tenant_id
-        )
     session.flush()
     session.refresh(sweep)
     logger.info("sweep finalized", extra={"sweep_id": sweep_id, "status": status})
@@ -382,10 +345,20 @@ def get_sweep_artifact(
 ) -> tuple[str, bytes]:
     """(content type, bytes) of a sweep plot listed in its report, or NotFoundError."""
     sweep = get_sweep(session, tenant_id=tenant_id, sweep_id=sweep_id)
-    plots = (sweep.report or {}).get("plots") or {}
-    found = get_artifact(session, key=sweep_artifact_key(sweep_id, name)) if name in plots else None
-    if found is None:
+    data = sweep_plot(session, sweep=sweep, name=name)
+    if data is None:
+        plots = (sweep.report or {}).get("plots") or {}
         available = ", ".join(plots) or "none yet (plots exist once the sweep has finished)"
         raise NotFoundError(f"Sweep {sweep_id} has no artifact {name!r}; available: {available}")
-    row, data = found
-    return row.content_type, data
+    return "image/png", data
+
+
+def sweep_plot(session: Session, *, sweep: Sweep, name: str) -> bytes | None:
+    """A plot listed in the sweep's report: stored (older sweeps) or drawn from the report."""
+    report = sweep.report or {}
+    if name not in (report.get("plots") or {}):
+        return None
+    found = get_artifact(session, key=sweep_artifact_key(sweep.id, name))
+    if found is not None:
+        return found[1]
+    return sweep_figures.render_sweep_figure(name, report, key=sweep.id)

@@ -5,26 +5,23 @@ from __future__ import annotations
 import threading
 import time
 from collections.abc import Iterator
-from pathlib import Path
 from typing import Any
 
 import httpx
 import pytest
 from sqlalchemy import text
 
-from tests.processes import start_api, stop_process
+from tests.processes import Proc
 
 SPEC = {"model": {"arch": "mlp", "hidden": [8]}, "training": {"epochs": 2}}
 
 
 @pytest.fixture
-def http(db: str, redis_url: str, api_key: str, tmp_path: Path) -> Iterator[httpx.Client]:
+def http(db: str, api_key: str, module_api: Proc) -> Iterator[httpx.Client]:
     """A client of a real API process; no worker, so jobs stay queued until the test moves them."""
-    api = start_api(tmp_path / "api.log")
     headers = {"Authorization": f"Bearer {api_key}"}
-    with httpx.Client(base_url=api.info["url"], headers=headers, timeout=90) as client:
+    with httpx.Client(base_url=module_api.info["url"], headers=headers, timeout=90) as client:
         yield client
-    stop_process(api)
 
 
 def set_progress(job_id: str, epoch: int) -> None:

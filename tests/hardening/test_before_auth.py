@@ -6,7 +6,6 @@ Measured on a real API process (uvicorn subprocess): its RSS before and after.
 from __future__ import annotations
 
 import socket
-from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
@@ -16,7 +15,7 @@ from sqlalchemy import func, select
 
 from core.db import session_scope
 from core.models import Dataset, IdempotencyKey, Job
-from tests.processes import Proc, start_api, stop_process
+from tests.processes import Proc
 
 BODY_MB = 40
 
@@ -29,10 +28,9 @@ def rss_mb(pid: int) -> float:
 
 
 @pytest.fixture
-def api(db: str, redis_url: str, tmp_path: Path) -> Iterator[Proc]:
-    proc = start_api(tmp_path / "api.log")
-    yield proc
-    stop_process(proc)
+def api(db: str, module_api: Proc) -> Proc:
+    """The module's real API process, on a clean database."""
+    return module_api
 
 
 def _post_stream(url: str, path: str, headers: dict[str, str], total: int) -> tuple[bytes, int]:

@@ -69,6 +69,8 @@ def test_sigkill_mid_stacked_group_resumes_from_the_group_checkpoint(
     ids = [j["id"] for j in http.get("/v1/jobs", params={"sweep_id": sweep_id}).json()["items"]]
     wait_until("group checkpoint", lambda: stored_checkpoint_epoch(sweep_id) == HELD_AT, 180,
                logs=(held,))
+    wait_until("progress of both epochs", lambda: all(  # written off the training thread
+        progress_epochs(j) == list(range(1, HELD_AT + 1)) for j in ids), 60, logs=(held,))
     kill_worker(held)  # nothing of it is left; the reconciler requeues the expired leases
     fresh = spawn_worker(tmp_path, procs, env)
     for job_id in ids:
