@@ -180,6 +180,9 @@ class CheckpointWriter:
         if self._thread.is_alive():
             self._thread.join()
 
+    def _write_checkpoint(self, blob: bytes) -> None:
+        write_checkpoint(self.job, self.owner, blob)
+
     def _run(self) -> None:
         next_at = time.monotonic() + CHECKPOINT_INTERVAL_S
         while True:
@@ -203,7 +206,7 @@ class CheckpointWriter:
             started = time.monotonic()
             try:
                 if encode is not None:
-                    write_checkpoint(self.job, self.owner, encode())
+                    self._write_checkpoint(encode())
                 if rows:
                     record_progress_rows(self.job, self.owner, self.epochs, rows)
             except TrainingStopped as stop:  # the lease is gone: store nothing more

@@ -14,6 +14,11 @@ from core.services.fairness import FAIR_SHARE_RETRY_S, FairShareDeferred
 from core.services.jobs import ClaimedJob
 from core.states import FailureReason, JobStatus, LeaseState, StopReason
 from worker import attempt
+from worker.group_checkpoints import (
+    GroupCheckpointWriter,
+    discard_group_checkpoint,
+    read_group_checkpoint,
+)
 from worker.lease import GroupLeaseKeeper
 
 logger = logging.getLogger("softlabel.worker")
@@ -92,6 +97,7 @@ def _train_group(jobs: list[ClaimedJob], owner: str, settings: Settings) -> Outc
             return {**outcomes, **{job.id: "released" for job in pending}}
     for job in pending:
         outcomes[job.id] = _store_trial(job, owner, lease.states[job.id], outputs.get(job.id))
+    discard_group_checkpoint(jobs)
     return outcomes
 
 
@@ -167,21 +173,26 @@ def _train_stacked(group: list[ClaimedJob], owner: str, lease: GroupLeaseKeeper)
     from core.ml.sweep import TrialHooks, run_trials
 
     progress = GroupProgress(owner)
-    hooks = TrialHooks(
-        on_epoch=lambda i, row: progress.add(group[i], row),
-        should_stop=lease.group_stop_reason,
-        trial_canceled=lambda i: lease.masked(group[i].id),
-    )
     first = group[0]
-    try:
-        results = run_trials(
-            [j.spec for j in group],
-            arrays=attempt.load_upload(first.dataset_id) if first.dataset_id else None,
-            hooks=hooks,
-            class_names=attempt.upload_class_names(first.dataset_id),
+    with GroupCheckpointWriter(group, owner, lease) as writer:
+        hooks = TrialHooks(
+            on_epoch=lambda i, row: progress.add(group[i], row),
+            should_stop=lambda: writer.stop_reason or lease.group_stop_reason(),
+            trial_canceled=lambda i: lease.masked(group[i].id),
+            checkpoint=writer.checkpoint_ready,
+            resume=read_group_checkpoint(group),
+            trial_keys=[j.id for j in group],
         )
-    finally:
-        progress.close()
+        try:
+            results = run_trials(
+                [j.spec for j in group],
+                arrays=attempt.load_upload(first.dataset_id) if first.dataset_id else None,
+                hooks=hooks,
+                class_names=attempt.upload_class_names(first.dataset_id),
+            )
+        finally:
+            progress.close()
+        writer.close(checkpoint=False)  # trained: the results make the checkpoint useless
     return {job.id: out for job, out in zip(group, results, strict=True)}
 
 

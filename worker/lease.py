@@ -14,6 +14,7 @@ from core.config import Settings
 from core.db import session_scope
 from core.services import jobs as job_service
 from core.states import LeaseState, StopReason
+from core.timeutil import utcnow
 
 logger = logging.getLogger("softlabel.worker")
 DONE = "done"  # GroupLeaseKeeper: a trial that has ended is no longer renewed
@@ -143,12 +144,14 @@ class GroupLeaseKeeper(LeaseKeeper):
             return
         try:
             with session_scope() as session:
+                now = utcnow()  # one expiry for the whole group
                 answers = {
                     job_id: job_service.renew_lease(
                         session,
                         job_id=job_id,
                         owner=self.owner,
                         lease_seconds=self.settings.lease_seconds,
+                        now=now,
                     )
                     for job_id in live
                 }

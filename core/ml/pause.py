@@ -1,6 +1,7 @@
 """A test-only pause in the training loop, so tests drive time limits by events, not by speed.
 
-`SOFTLABEL_TEST_PAUSE_AFTER_EPOCH=N` (set only by tests) holds training after every epoch
+`SOFTLABEL_TEST_PAUSE_AFTER_EPOCH=N` (set only by tests) holds training (a job's `fit`, or
+a stacked group's `_train_stack` after its group checkpoint is handed over) after every epoch
 from N on until the trainer is asked to stop (cancel, shutdown, lease loss, hard time limit)
 or a signal (the soft time limit) interrupts the sleep. With
 `SOFTLABEL_TEST_PAUSE_RELEASE=<path>` as well, the pause also ends once that file exists, so

@@ -21,7 +21,11 @@ Equality with standalone jobs (`run_experiment(specs[i])`), per trial:
 
 Not stacked, run one after another through `run_experiment` instead: dropout > 0 (vmap'ed
 dropout cannot reproduce the standalone random stream), architectures outside
-`STACKABLE_ARCHS`, and models with buffers. A retried stacked group starts over.
+`STACKABLE_ARCHS`, and models with buffers.
+
+Group checkpoints (core/ml/group_checkpoint.py): after every epoch but the last the state goes
+to `hooks.checkpoint`; `hooks.resume` goes on from one at epoch k+1, bit for bit like a run
+never interrupted (fewer trials than it holds: float tolerance; a trial it lacks: epoch 1).
 """
 
 from __future__ import annotations
@@ -37,7 +41,7 @@ import torch
 from torch import Tensor, nn
 from torch.func import functional_call, stack_module_state, vmap
 
-from core.ml import losses
+from core.ml import group_checkpoint
 from core.ml.augment import augment_defaults, random_crop_flip
 from core.ml.early_stopping import EarlyStopping, epoch_row
 from core.ml.errors import SpecError, TrainingDivergedError, TrainingStopped, TrialDivergedError
@@ -50,6 +54,7 @@ from core.ml.experiment import (
 )
 from core.ml.pause import pause_if_requested
 from core.ml.placement import batch_view
+from core.ml.stacked_loss import StackedLoss
 from core.ml.stacked_parts import compact_rows, linear_stack, plain_layers
 from core.ml.train import (
     FitResult,
@@ -75,6 +80,9 @@ class TrialHooks:
     on_epoch: Callable[[int, dict], None] | None = None
     should_stop: Callable[[], str | None] | None = None
     trial_canceled: Callable[[int], bool] | None = None
+    checkpoint: Callable[[Callable[[], bytes]], None] | None = None  # gets an encoder
+    resume: bytes | None = None  # a group checkpoint to go on from (unusable: epoch 1)
+    trial_keys: list[str] | None = None  # trials' ids in checkpoints (job ids)
 
 
 def can_stack(prep: PreparedExperiment) -> bool:
@@ -183,34 +191,13 @@ def _trial_state(params: dict[str, Tensor], row: int) -> dict[str, Tensor]:
     return {k[len(_PREFIX):]: v[row].detach().cpu().clone() for k, v in params.items()}
 
 
-class _StackedLoss:
-    """Every active trial's label-smoothed loss (train.compute_loss) from one stacked call.
-
-    `losses.label_smoothed_cross_entropy` with stacked logits (T, B, K) and one alpha per
-    trial returns each trial's batch mean, equal to its lone call; summing the per-trial
-    means leaves every trial's gradient its own.
-    """
-
-    def __init__(self, cfgs: list[TrainConfig]) -> None:
-        cfg = cfgs[0]
-        self.variant, self.form = cfg.variant, cfg.form
-        self.prior = torch.tensor(cfg.prior, dtype=torch.float64) if cfg.prior else None
-        self.alphas = torch.tensor([c.alpha for c in cfgs], dtype=torch.float64)
-
-    def keep(self, rows: list[int]) -> None:
-        """Drop the trials that left the stack."""
-        self.alphas = self.alphas[rows]
-
-    def __call__(self, raw: Tensor, y: Tensor) -> Tensor:
-        """Per-trial mean losses (T,) from raw outputs (T, B, K or 1) and labels (T, B) or (B,)."""
-        return losses.label_smoothed_cross_entropy(
-            raw.float(), y, self.alphas, self.variant, prior=self.prior, form=self.form)
 
 
 class _Stack:
     """The active trials' stacked parameters, optimiser and loss; row r belongs to active[r]."""
 
-    def __init__(self, preps: list[PreparedExperiment], device: torch.device) -> None:
+    def __init__(self, preps: list[PreparedExperiment], device: torch.device,
+                 keys: list[str] | None = None) -> None:
         p0, cfg = preps[0], preps[0].cfg
         self.cfg, self.device, self.image_shape = cfg, device, p0.image_shape
         self.models = []
@@ -222,7 +209,7 @@ class _Stack:
         self.params = {k: v.detach().to(device).requires_grad_(True) for k, v in params.items()}
         self.base = _Net(copy.deepcopy(self.models[0])).to("meta")
         self.optimizer = make_optimizer(self.params.values(), cfg, fused=True)
-        self.loss_fn = _StackedLoss([p.cfg for p in preps])
+        self.loss_fn = StackedLoss([p.cfg for p in preps])
         seeds = sorted({p.cfg.seed for p in preps})
         self.orders = [torch.Generator().manual_seed(s) for s in seeds]
         self.augs = [torch.Generator().manual_seed(s + 1) for s in seeds]
@@ -230,6 +217,9 @@ class _Stack:
                               EarlyStopping(cfg.early_stopping_metric, cfg.patience))
                        for i, p in enumerate(preps)]
         self.active = list(self.trials)
+        self.keys = list(keys or (str(i) for i in range(len(preps))))  # ids in checkpoints
+        self.fingerprint = stack_key(p0.spec)
+        self.resumed_from: int | None = None
         self.layers = plain_layers(self.models[0], self.params, _PREFIX)
 
     def call(self, p: dict[str, Tensor], x: Tensor) -> Tensor:
@@ -349,21 +339,32 @@ def _train_stack(stack: _Stack, p0: PreparedExperiment, hooks: TrialHooks) -> fl
     X, y = p0.Xtr.to(stack.device), p0.ytr.to(stack.device)
     Xva, labels = p0.Xva.to(stack.device), p0.yva.cpu()
     t0 = time.perf_counter()
-    for epoch in range(1, stack.cfg.epochs + 1):
+    for epoch in range((stack.resumed_from or 0) + 1, stack.cfg.epochs + 1):
         _drop_canceled(stack, hooks)
         if not stack.active:
             break
         train_losses = stack.train_epoch(X, y, hooks)
         still = stack.end_epoch(epoch, train_losses, stack.validate(Xva), labels, hooks)
-        pause_if_requested(epoch, lambda: _stop_or_all_canceled(stack, hooks))
         if epoch == stack.cfg.epochs:
             for r, t in enumerate(stack.active):
                 t.final_state = _trial_state(stack.params, r)
         else:
             stack.keep(still)
-            if not stack.active:
-                break
+            if hooks.checkpoint is not None and stack.active:
+                hooks.checkpoint(group_checkpoint.handoff(stack, epoch))
+        pause_if_requested(epoch, lambda: _stop_or_all_canceled(stack, hooks))
+        if not stack.active:
+            break
     return time.perf_counter() - t0
+
+
+def _new_stack(preps: list[PreparedExperiment], device: torch.device, hooks: TrialHooks
+               ) -> _Stack:
+    """The stack of `preps`, resumed from `hooks.resume` when that checkpoint fits them."""
+    stack = _Stack(preps, device, hooks.trial_keys)
+    if hooks.resume is not None and group_checkpoint.resume_or_none(stack, hooks.resume) is None:
+        stack = _Stack(preps, device, hooks.trial_keys)  # unusable (logged): a fresh start
+    return stack
 
 
 def _run_stacked(preps: list[PreparedExperiment], hooks: TrialHooks
@@ -374,7 +375,7 @@ def _run_stacked(preps: list[PreparedExperiment], hooks: TrialHooks
     if cfg0.augment and p0.image_shape is None:
         raise SpecError("training.augment shifts images and needs image-shaped data; set it "
                         "to false for this dataset")
-    stack = _Stack(preps, device)
+    stack = _new_stack(preps, device, hooks)
     train_s = _train_stack(stack, p0, hooks)
     outputs: list[ExperimentOutput | None] = []
     for t, p, model in zip(stack.trials, preps, stack.models, strict=True):
@@ -389,6 +390,7 @@ def _run_stacked(preps: list[PreparedExperiment], hooks: TrialHooks
             history=t.history, best_epoch=t.stop.best_epoch, stopped_early=t.stop.stopped,
             train_s=train_s,
             samples_per_s=len(p0.Xtr) * t.epochs_run / train_s if train_s > 0 else 0.0,
-            device=str(device), extra={"stacked_trials": len(stack.trials)})
+            device=str(device), resumed_from_epoch=stack.resumed_from,
+            extra={"stacked_trials": len(stack.trials)})
         outputs.append(finish_experiment(p, model, fitted))
     return outputs

@@ -9,7 +9,7 @@ Services only flush: the request or task scope owns the transaction.
 from __future__ import annotations
 
 from dataclasses import dataclass
-from datetime import timedelta
+from datetime import datetime, timedelta
 from typing import Any
 
 from sqlalchemy import and_, func, select, update
@@ -194,9 +194,16 @@ def claim_job(
     return claimed[0] if claimed else None
 
 
-def renew_lease(session: Session, *, job_id: str, owner: str, lease_seconds: float) -> LeaseState:
-    """Extend the lease; say whether to go on, cancel, or stop because the lease was lost."""
-    now = utcnow()
+def renew_lease(
+    session: Session, *, job_id: str, owner: str, lease_seconds: float,
+    now: datetime | None = None,
+) -> LeaseState:
+    """Extend the lease; say whether to go on, cancel, or stop because the lease was lost.
+
+    A group passes one `now` for all its trials: their leases expire at the same instant, so
+    a reconciler pass requeues all of them or none (the group comes back whole).
+    """
+    now = now or utcnow()
     result = session.execute(
         update(Job)
         .where(_owned_running(job_id, owner))

@@ -16,6 +16,7 @@ from core.models import Job, JobEvent
 from core.services import idempotency, jobs
 from core.services.effects import effects
 from core.states import FailureReason, JobStatus
+from core.sweep_spec import stack_key
 from core.timeutil import as_utc, utcnow
 
 logger = logging.getLogger("softlabel.reconcile")
@@ -30,6 +31,8 @@ class ReconcileReport:
     timed_out: list[str] = field(default_factory=list)
     reenqueue: list[str] = field(default_factory=list)
     purged_keys: int = 0
+    # requeued sweep trials that stack together go back as one group (its group checkpoint)
+    groups: dict[tuple[str, str], list[str]] = field(default_factory=dict)
 
 
 def attempt_started_at(session: Session, job_id: str) -> datetime | None:
@@ -96,6 +99,8 @@ def reclaim_expired_leases(
                 fx.announce_terminal(job.id)
         elif jobs.requeue_expired(session, job=job):
             report.requeued.append(job.id)
+            key = (job.sweep_id, stack_key(job.spec)) if job.sweep_id else ("", job.id)
+            report.groups.setdefault(key, []).append(job.id)
     session.flush()
     return report
 
@@ -128,8 +133,11 @@ def reconcile_once(settings: Settings) -> ReconcileReport:
         report = reclaim_expired_leases(session, time_limit_s=settings.task_time_limit)
         report.reenqueue = stale_queued_jobs(session, grace_seconds=settings.queued_grace_seconds)
         fx = effects(session)
-        for job_id in dict.fromkeys(report.requeued + report.reenqueue):
-            fx.enqueue_job(job_id)
+        for group in report.groups.values():
+            fx.enqueue_group(group)
+        for job_id in dict.fromkeys(report.reenqueue):
+            if job_id not in report.requeued:
+                fx.enqueue_job(job_id)
         report.purged_keys = idempotency.purge_expired(session)
     return report
 
