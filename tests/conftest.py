@@ -90,14 +90,26 @@ def redis_url() -> Iterator[str]:
 
 
 def truncate_all() -> None:
-    """Empty every table (between tests)."""
+    """Empty every table (between tests).
+
+    A worker shared by a module's tests may still be finishing a job of the last test, and
+    its row locks can deadlock with TRUNCATE's table locks: Postgres then cancels one side,
+    and if that is us, we try again.
+    """
     from sqlalchemy import text
+    from sqlalchemy.exc import OperationalError
 
     from core.db import Base, get_engine
 
     names = ", ".join(f'"{t.name}"' for t in Base.metadata.sorted_tables)
-    with get_engine().begin() as conn:
-        conn.execute(text(f"TRUNCATE {names} RESTART IDENTITY CASCADE"))
+    for attempt in range(5):
+        try:
+            with get_engine().begin() as conn:
+                conn.execute(text(f"TRUNCATE {names} RESTART IDENTITY CASCADE"))
+            return
+        except OperationalError as exc:
+            if "deadlock detected" not in str(exc) or attempt == 4:
+                raise
 
 
 @pytest.fixture

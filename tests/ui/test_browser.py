@@ -130,7 +130,7 @@ def _watch_and_cancel(page: Any, base: str, key: str, out: Path) -> str:
     page.locator("#job-status .status-canceled").wait_for(timeout=WAIT_MS)
     # a job page that saw its job end reloads itself (the server renders the result): wait
     # for that new document, so that the next navigation does not race the reload
-    page.wait_for_function("window.__sameDocument === undefined", timeout=WAIT_MS)
+    page.wait_for_function("() => window.__sameDocument === undefined", timeout=WAIT_MS)
     page.locator("#job-status .status-canceled").wait_for(timeout=WAIT_MS)
     shoot(page, out, "job-canceled")
     assert httpx.get(f"{base}/v1/jobs/{job_id}", headers=headers).json()["status"] == "canceled"
