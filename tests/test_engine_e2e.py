@@ -9,7 +9,6 @@ from __future__ import annotations
 
 import io
 import json
-from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
@@ -21,19 +20,15 @@ from safetensors.torch import load as safetensors_load
 
 from core.ml.data import load_dataset, prepare_data, to_view, view_for_arch
 from core.ml.nets import build_model
-from tests.processes import Proc, start_worker, stop_process, wait_for_job
+from tests.processes import Proc, wait_for_job
 
 ARCH_HIDDEN = {"linear": [], "mlp": [32], "cnn": [32, 32], "gru": [16], "transformer": [16]}
 
 
 @pytest.fixture(scope="module")
-def engine(
-    database: str, redis_url: str, tmp_path_factory: pytest.TempPathFactory
-) -> Iterator[Proc]:
-    """One real worker for the module (started once: importing torch is slow), stopped by pid."""
-    proc = start_worker(tmp_path_factory.mktemp("engine") / "worker.log")
-    yield proc
-    stop_process(proc)
+def engine(module_worker: Proc) -> Proc:
+    """The module's one real worker (conftest's `module_worker`)."""
+    return module_worker
 
 
 def submit(client: Any, spec: dict[str, Any]) -> str:

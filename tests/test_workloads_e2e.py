@@ -17,16 +17,13 @@ from sqlalchemy import func, select
 from core.config import get_settings
 from core.db import session_scope
 from core.models import Artifact, Dataset, Job, Sweep
-from tests.processes import Proc, start_worker, stop_process, wait_for_job
+from tests.processes import Proc, wait_for_job
 
 
 @pytest.fixture(scope="module")
-def engine(database: str, redis_url: str, tmp_path_factory: pytest.TempPathFactory
-           ) -> Iterator[Proc]:
-    """One real worker for the module, stopped by pid."""
-    proc = start_worker(tmp_path_factory.mktemp("workloads") / "worker.log")
-    yield proc
-    stop_process(proc)
+def engine(module_worker: Proc) -> Proc:
+    """The module's one real worker (conftest's `module_worker`)."""
+    return module_worker
 
 
 def _npz(**arrays: np.ndarray) -> bytes:
