@@ -13,12 +13,11 @@ from api.deps import bearer_token, db_limiter, request_settings, resolve_tenant
 from api.longpoll import (
     ChangeListener,
     Fetched,
-    cached_etag,
+    cached_answer,
+    cached_response,
     change_listener,
     conditional_response,
-    etag_matches,
     etag_of,
-    not_modified,
     wait_for_change,
 )
 from api.schemas import job_out_json
@@ -78,7 +77,8 @@ async def job_body(job_id: str, request: Request, listener: ChangeListener | Non
         raise NotFoundError(f"Job {job_id} does not exist")
     body = job_out_json(row)
     if listener is not None:
-        listener.cache.store(ticket, CHANNEL_JOB, job_id, tenant_id=tenant_id, etag=etag_of(body))
+        listener.cache.store(ticket, CHANNEL_JOB, job_id, tenant_id=tenant_id, etag=etag_of(body),
+                             body=body)
     return body
 
 
@@ -96,14 +96,14 @@ def _job_settled(body: bytes) -> bool:
 async def get_job_response(
     job_id: str, request: Request, *, wait: float | None, if_none_match: str | None
 ) -> Response:
-    """GET /v1/jobs/{id}: 304 from the cache, else one read; or the long poll (`wait`)."""
+    """GET /v1/jobs/{id}: the cached answer (200 or 304), else one read; or the long poll."""
     listener = change_listener(CHANNEL_JOB, _fetch_job)
     if listener is not None:
         listener.start()  # reads from now on can be cached
     if wait is None:
-        etag = cached_etag(listener, CHANNEL_JOB, job_id, request) if if_none_match else None
-        if etag is not None and etag_matches(if_none_match, etag):
-            return not_modified(etag)  # nothing changed since: no query
+        cached = cached_answer(listener, CHANNEL_JOB, job_id, request)
+        if cached is not None:
+            return cached_response(cached, if_none_match)  # nothing changed since: no query
         return conditional_response(await job_body(job_id, request, listener), if_none_match)
     return await wait_for_change(
         listener=listener,

@@ -2,11 +2,11 @@
 
 One listener per API process (per event loop): a single autocommit connection LISTENs on the
 job, sweep and API key channels (core.services.watch). Each notification drops the entry of
-the process's ETag cache (api.versions), so a conditional GET with a current ETag is a 304
-without a query, and is fanned out to the requests waiting on that id: the changed job or
-sweep is read once and the same body handed to every waiter, so a change costs one read per
-API process however many clients wait. Without Postgres (embedded SQLite) there is no cache
-and waiters re-check once a second instead.
+the process's answer cache (api.versions), so a GET of an unchanged job or sweep is answered
+without a query (304 for a current ETag), and is fanned out to the requests waiting on that
+id: the changed job or sweep is read once and the same body handed to every waiter, so a
+change costs one read per API process however many clients wait. Without Postgres (embedded
+SQLite) there is no cache and waiters re-check once a second instead.
 """
 
 from __future__ import annotations
@@ -26,7 +26,7 @@ from anyio.lowlevel import RunVar
 from fastapi import Request, Response
 
 from api.deps import bearer_token
-from api.versions import Ticket, VersionCache
+from api.versions import Cached, Ticket, VersionCache
 from core.db import QUERIES, get_engine
 from core.services.tenants import hash_key
 from core.services.watch import CHANNEL_JOB, CHANNEL_KEY, CHANNEL_SWEEP
@@ -205,7 +205,7 @@ class ChangeListener:
             found = None
         if found is not None and found.cacheable:
             self.cache.store(ticket, channel, key, tenant_id=found.tenant_id,
-                             etag=etag_of(found.body))
+                             etag=etag_of(found.body), body=found.body)
         if found is not None:
             woken = found
         left = self._fetching.pop((channel, key), 1) - 1
@@ -240,10 +240,10 @@ def change_listener(channel: str, fetcher: BodyFetcher | None = None) -> ChangeL
     return listener
 
 
-def cached_etag(
+def cached_answer(
     listener: ChangeListener | None, channel: str, key: str, request: Request
-) -> str | None:
-    """The ETag this process knows is current for the caller's job/sweep (None: ask the DB).
+) -> Cached | None:
+    """The answer this process knows is current for the caller's job/sweep (None: ask the DB).
 
     Also starts the listener, so the next reads can be cached.
     """
@@ -256,8 +256,26 @@ def cached_etag(
     found = listener.cache.current(channel, key, key_hash=hash_key(token))
     if found is None:
         return None
-    request.state.tenant_id = found[0]
-    return found[1]
+    request.state.tenant_id = found.tenant_id
+    return found
+
+
+def cached_response(entry: Cached, if_none_match: str | None) -> Response:
+    """A cached answer as 304 (the client's ETag is current) or 200 with its body."""
+    if etag_matches(if_none_match, entry.etag):
+        return not_modified(entry.etag)
+    return Response(content=entry.body, media_type="application/json",
+                    headers={"ETag": entry.etag, "Cache-Control": "no-cache"})
+
+
+def forget_cached_answers() -> None:
+    """Drop this event loop's cached answers (a write of this process was just committed)."""
+    try:
+        listener = _listener.get()
+    except LookupError:
+        return
+    if listener is not None:
+        listener.cache.reset()
 
 
 def caller_tenant(listener: ChangeListener, request: Request) -> str | None:
@@ -323,9 +341,9 @@ async def _start(
 ) -> tuple[bytes | None, str | None]:
     """The state at the request: (None, ETag) cached, (None, None) a read under way, or read."""
     if listener is not None and sub is not None and if_none_match:
-        cached = cached_etag(listener, channel, key, request)
-        if cached is not None and etag_matches(if_none_match, cached):
-            return None, cached  # the client's state is the current one
+        cached = cached_answer(listener, channel, key, request)
+        if cached is not None and etag_matches(if_none_match, cached.etag):
+            return None, cached.etag  # the client's state is the current one
         if cached is None and listener.fetching(channel, key) and caller_tenant(listener, request):
             return None, None  # the change's read for every waiter is under way: wait for it
     body = await load()

@@ -23,6 +23,7 @@ from starlette.exceptions import HTTPException as StarletteHTTPException
 from api.deps import IdempotentReplay
 from api.errors import PROBLEM_MEDIA_TYPE, PROBLEM_TYPE_BASE
 from api.idempotency import IdempotencyMiddleware
+from api.longpoll import forget_cached_answers
 from core.config import Settings, get_settings
 from core.logging import job_id_var, request_id_var
 from core.validation import text_problem
@@ -119,6 +120,9 @@ def _log_access(scope: Scope, status: int, elapsed: float) -> None:
     )
 
 
+_SAFE_METHODS = frozenset({"GET", "HEAD", "OPTIONS"})
+
+
 class RequestContextMiddleware:
     """Request id (X-Request-ID in and out), one JSON access log line, latency by route."""
 
@@ -142,6 +146,8 @@ class RequestContextMiddleware:
             if message["type"] == "http.response.start":
                 started_holder[0] = True
                 status_holder[0] = int(message["status"])
+                if scope["method"] not in _SAFE_METHODS and status_holder[0] < 400:
+                    forget_cached_answers()  # committed: this process's next GETs read anew
                 headers = list(message.get("headers", []))
                 headers.append((b"x-request-id", request_id.encode()))
                 headers.append((b"x-content-type-options", b"nosniff"))

@@ -1,12 +1,15 @@
-"""The process's cache of current ETags, kept true by its LISTEN connection (api.longpoll).
+"""The process's cache of current answers, kept true by its LISTEN connection (api.longpoll).
 
-A conditional GET (`If-None-Match`) whose ETag is the one cached for the job (or sweep), by a
-key cached for the owning tenant, is answered 304 without a database query. Entries are
+A GET of a job (or sweep) whose answer is cached, by a key cached for the owning tenant, is
+answered without a database query: 304 when its `If-None-Match` names the cached ETag, else
+200 with the cached body. Entries are
 trusted only while the LISTEN connection is up: every notification drops its entry (a job,
 a sweep, an API key by hash), a lost connection drops them all, and an entry read from the
 database is stored only when no notification for it (and no reconnect) came while it was
-being read. So a cached ETag is never older than the last notification this process got:
-a change is seen by conditional GETs at the same moment it wakes the long polls.
+being read. So a cached answer is never older than the last notification this process got:
+a change is seen by GETs at the same moment it wakes the long polls. A write this process
+answers (any successful non-GET request) drops every entry before its answer is sent, so a
+client reads its own writes through the same process at once.
 """
 
 from __future__ import annotations
@@ -28,11 +31,20 @@ class Ticket:
     clock: int
 
 
+@dataclass(frozen=True)
+class Cached:
+    """A job's or sweep's current answer as this process knows it: owner, ETag and body."""
+
+    tenant_id: str
+    etag: str
+    body: bytes
+
+
 class VersionCache:
-    """ETag and owner per (channel, id), and tenant per API key hash; one per event loop."""
+    """Answer (owner, ETag, body) per (channel, id), and tenant per API key hash; one per loop."""
 
     def __init__(self) -> None:
-        self._etags: OrderedDict[tuple[str, str], tuple[str, str]] = OrderedDict()
+        self._etags: OrderedDict[tuple[str, str], Cached] = OrderedDict()
         self._keys: OrderedDict[str, str] = OrderedDict()
         self._marks: dict[tuple[str, str], int] = {}  # last invalidation of each entry
         self._epoch = 0
@@ -89,23 +101,24 @@ class VersionCache:
             _put(self._keys, key_hash, tenant_id)
 
     def store(
-        self, ticket: Ticket | None, kind: str, key: str, *, tenant_id: str, etag: str
+        self, ticket: Ticket | None, kind: str, key: str, *, tenant_id: str, etag: str,
+        body: bytes,
     ) -> None:
-        """Remember the current ETag of a job or sweep and its owner (read under `ticket`)."""
+        """Remember the current answer of a job or sweep and its owner (read under `ticket`)."""
         if self._valid(ticket, kind, key):
-            _put(self._etags, (kind, key), (tenant_id, etag))
+            _put(self._etags, (kind, key), Cached(tenant_id, etag, body))
 
     def tenant_of(self, key_hash: str) -> str | None:
         """The tenant of a live API key, when known."""
         return self._keys.get(key_hash) if self.live else None
 
-    def current(self, kind: str, key: str, *, key_hash: str) -> tuple[str, str] | None:
-        """(tenant id, ETag) of the entry when the key's tenant owns it; None: ask the database."""
+    def current(self, kind: str, key: str, *, key_hash: str) -> Cached | None:
+        """The entry when the key's tenant owns it; None: ask the database."""
         if not self.live:
             return None
         tenant_id = self._keys.get(key_hash)
         entry = self._etags.get((kind, key))
-        if tenant_id is None or entry is None or entry[0] != tenant_id:
+        if tenant_id is None or entry is None or entry.tenant_id != tenant_id:
             return None
         self._keys.move_to_end(key_hash)
         self._etags.move_to_end((kind, key))
@@ -113,7 +126,7 @@ class VersionCache:
         return entry
 
 
-def _put(entries: OrderedDict[str, str] | OrderedDict[tuple[str, str], tuple[str, str]],
+def _put(entries: OrderedDict[str, str] | OrderedDict[tuple[str, str], Cached],
          key: object, value: object) -> None:
     entries[key] = value  # type: ignore[index,assignment]
     entries.move_to_end(key)  # type: ignore[arg-type]

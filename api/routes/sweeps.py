@@ -23,12 +23,11 @@ from api.deps import (
 )
 from api.longpoll import (
     Fetched,
-    cached_etag,
+    cached_answer,
+    cached_response,
     change_listener,
     conditional_response,
-    etag_matches,
     etag_of,
-    not_modified,
     wait_for_change,
 )
 from api.problems import PROBLEMS, not_found
@@ -186,16 +185,13 @@ async def get_sweep(
         if listener is not None and token is not None and found.cacheable:
             listener.cache.store_key(ticket, key_hash=hash_key(token), tenant_id=found.tenant_id)
             listener.cache.store(ticket, CHANNEL_SWEEP, sweep_id, tenant_id=found.tenant_id,
-                                 etag=etag_of(found.body))
+                                 etag=etag_of(found.body), body=found.body)
         return found.body
 
-    def current() -> str | None:
-        return cached_etag(listener, CHANNEL_SWEEP, sweep_id, request)
-
     if wait is None:
-        etag = current() if if_none_match else None
-        if etag is not None and etag_matches(if_none_match, etag):
-            return not_modified(etag)
+        cached = cached_answer(listener, CHANNEL_SWEEP, sweep_id, request)
+        if cached is not None:
+            return cached_response(cached, if_none_match)
         if listener is not None:
             listener.start()
         return conditional_response(await load(), if_none_match)
