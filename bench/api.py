@@ -1,7 +1,8 @@
 """P5: GET /v1/jobs/{id} under 50 concurrent clients (wrk) against uvicorn and real Postgres.
 
-Plain polling, conditional polling (If-None-Match: 304s, answered from each API process's
-ETag cache, kept fresh by LISTEN/NOTIFY) and 50 long-polling clients (`?wait=`): req/s,
+Plain polling and conditional polling (If-None-Match: 304s) of an unchanged job, both answered
+from each API process's answer cache (kept fresh by LISTEN/NOTIFY: the first GET after a change
+reads), and 50 long-polling clients (`?wait=`, minimal HTTP clients on asyncio streams): req/s,
 p50/p99, the database queries each causes (pg_stat_database: every statement of the
 database's backends, autocommit so one transaction each), the delay from a committed change
 to every long-polling client seeing it, and the queries per change. Each wrk run also prints
