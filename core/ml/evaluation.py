@@ -28,9 +28,15 @@ def class_logits(raw: Tensor) -> Tensor:
 
 @torch.no_grad()
 def evaluate(
-    model: nn.Module, X: Tensor, y: Tensor, *, batch_size: int = 2048
-) -> tuple[Tensor, Tensor, Tensor]:
-    """Return (class logits (N,K) float32 CPU, labels (N,) CPU, penultimate features (N,D) CPU)."""
+    model: nn.Module, X: Tensor, y: Tensor, *, batch_size: int = 2048,
+    feature_rows: Tensor | None = None,
+) -> tuple[Tensor, Tensor, Tensor | None]:
+    """(class logits (N,K) float32 CPU, labels (N,) CPU, features): the penultimate features
+    (CPU, float32) of the ascending row indices `feature_rows` only (None: none kept).
+
+    Only the rows asked for are kept: the features of every row would be an (N, D) float
+    copy of the input for a linear model (4x a uint8 image set).
+    """
     model.eval()
     head: nn.Linear = model.head  # type: ignore[assignment]
     logits, feats = [], []
@@ -39,8 +45,13 @@ def evaluate(
             f = model.features(X[start:start + batch_size])  # type: ignore[operator]
             raw = head(f)
         logits.append(class_logits(raw).cpu())
-        feats.append(f.float().cpu())
-    return torch.cat(logits), y.cpu(), torch.cat(feats)
+        if feature_rows is not None:
+            inside = feature_rows[(feature_rows >= start) & (feature_rows < start + len(f))]
+            feats.append(f[(inside - start).to(f.device)].float().cpu())
+    features = None
+    if feature_rows is not None:
+        features = torch.cat(feats) if feats else torch.empty(0, head.in_features)
+    return torch.cat(logits), y.cpu(), features
 
 
 def val_metrics(logits: Tensor, labels: Tensor, n_bins: int = 15) -> dict[str, float]:

@@ -79,11 +79,10 @@ def json_safe(obj: Any) -> Any:
 
 def _projection(features: torch.Tensor, labels: torch.Tensor, templates: torch.Tensor,
                 classes: list[int]) -> tuple[np.ndarray, np.ndarray]:
-    """Project the penultimate activations of `classes` onto their templates' plane."""
-    mask = torch.isin(labels, torch.tensor(classes))
-    feats, labs = features[mask][:MAX_PROJECTION_POINTS], labels[mask][:MAX_PROJECTION_POINTS]
-    _, coords = calibration.penultimate_projection(feats, templates[classes])
-    return coords.detach().cpu().numpy().astype(np.float64), labs.numpy()
+    """Project the penultimate activations (of samples of `classes`) onto their templates'
+    plane."""
+    _, coords = calibration.penultimate_projection(features, templates[classes])
+    return coords.detach().cpu().numpy().astype(np.float64), labels.numpy()
 
 
 @dataclass
@@ -209,7 +208,10 @@ def finish_experiment(prep: PreparedExperiment, model: torch.nn.Module, fitted: 
     cal, cfg, data = prep.job.calibration, prep.cfg, prep.data
     device = next(model.parameters()).device
     val_logits, val_labels, _ = evaluate(model, prep.Xva.to(device), prep.yva)
-    test_logits, test_labels, test_feats = evaluate(model, prep.Xte.to(device), prep.yte)
+    classes = _projection_classes(prep)
+    rows = None if classes is None else _projection_rows(prep.yte, classes)
+    test_logits, test_labels, test_feats = evaluate(model, prep.Xte.to(device), prep.yte,
+                                                    feature_rows=rows)
     test_report = calibration.calibration_report(
         torch.softmax(test_logits.double(), dim=1).float(), test_labels, cfg.n_bins,
         logits=test_logits, alpha=cfg.alpha)
@@ -232,7 +234,8 @@ def finish_experiment(prep: PreparedExperiment, model: torch.nn.Module, fitted: 
         "history": fitted.history,
         "best_epoch": fitted.best_epoch,
         "stopped_early": fitted.stopped_early,
-        "projection": _projection_block(prep, model, test_feats, test_labels),
+        "projection": (None if classes is None or rows is None or test_feats is None else
+                       _projection_block(prep, model, classes, test_feats, test_labels[rows])),
         "timing": {"train_s": round(fitted.train_s, 4),
                    "samples_per_s": round(fitted.samples_per_s, 1),
                    "resumed_from_epoch": fitted.resumed_from_epoch},
@@ -251,9 +254,8 @@ def _temperature_block(val_logits: Tensor, val_labels: Tensor, test_logits: Tens
         logits=scaled_logits, alpha=cfg.alpha)}
 
 
-def _projection_block(prep: PreparedExperiment, model: torch.nn.Module, test_feats: Tensor,
-                      test_labels: Tensor) -> dict[str, Any] | None:
-    """The penultimate-layer projection of three classes (None for binary or K < 3)."""
+def _projection_classes(prep: PreparedExperiment) -> list[int] | None:
+    """The three classes of the penultimate-layer projection (None for binary or K < 3)."""
     k = prep.data.n_classes
     if k < 3 or prep.cfg.variant == "binary":
         return None
@@ -261,8 +263,20 @@ def _projection_block(prep: PreparedExperiment, model: torch.nn.Module, test_fea
     if len(classes) != 3 or len(set(classes)) != 3 or not all(0 <= c < k for c in classes):
         raise SpecError(f"calibration.projection_classes={classes} must be 3 distinct class "
                         f"ids in 0..{k - 1}")
+    return classes
+
+
+def _projection_rows(labels: Tensor, classes: list[int]) -> Tensor:
+    """The test rows the projection shows: the first MAX_PROJECTION_POINTS of `classes`."""
+    found = torch.isin(labels.cpu(), torch.tensor(classes)).nonzero().flatten()
+    return found[:MAX_PROJECTION_POINTS]
+
+
+def _projection_block(prep: PreparedExperiment, model: torch.nn.Module, classes: list[int],
+                      feats: Tensor, labels: Tensor) -> dict[str, Any]:
+    """The projection of the features of the projection's rows (labels: theirs)."""
     templates = cast(torch.nn.Linear, model.head).weight.detach().float().cpu()
-    coords, labs = _projection(test_feats, test_labels, templates, classes)
+    coords, labs = _projection(feats, labels, templates, classes)
     return {"classes": classes, "class_names": [prep.names[c] for c in classes],
             "points": [[round(float(a), 5), round(float(b), 5), int(c)]
                        for (a, b), c in zip(coords, labs, strict=True)]}

@@ -109,6 +109,22 @@ def test_early_stopping_keeps_best_weights(data):
     assert val_metrics(logits, labels)["val_nll"] == pytest.approx(best["val_nll"], rel=1e-6)
 
 
+def test_evaluate_keeps_only_the_features_of_the_rows_asked_for(data):
+    model = _model()
+    X, y = data[2], data[3]
+    logits, labels, none = evaluate(model, X, y, batch_size=16)
+    assert none is None
+    rows = torch.tensor([0, 3, 15, 16, 17, 40, len(X) - 1])  # across batch boundaries
+    again, _, feats = evaluate(model, X, y, batch_size=16, feature_rows=rows)
+    assert torch.equal(again, logits) and torch.equal(labels, y)
+    with torch.no_grad():
+        expected = model.features(X[rows])
+    assert feats is not None and feats.shape == (len(rows), expected.shape[1])
+    torch.testing.assert_close(feats, expected)
+    _, _, empty = evaluate(model, X, y, feature_rows=torch.tensor([], dtype=torch.long))
+    assert empty is not None and empty.shape == (0, expected.shape[1])
+
+
 def test_checkpoint_every_epoch_and_should_stop(data):
     saved: list[bytes] = []
     epochs: list[int] = []
