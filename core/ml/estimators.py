@@ -46,6 +46,7 @@ __all__ = [
 BOOTSTRAP_RESAMPLES = 1000
 BOOTSTRAP_SEED = 0
 BOOTSTRAP_MAX_EXAMPLES = 2000
+_FFT_CHUNK_CELLS = 1 << 20  # grid cells of the resamples smoothed at once (8 MB a grid)
 _DENSITY_EPS = 1e-4  # relplot's BaseKernelMixin.smooth eps
 _DIRECT_CONV_MAX = 4000  # grids above this convolve by FFT (equal to ~1e-12)
 
@@ -180,7 +181,19 @@ def _bootstrap_smece(f: np.ndarray, res: np.ndarray, counts: np.ndarray, sigma: 
 
 def _bootstrap_smece_fft(f: np.ndarray, res: np.ndarray, counts: np.ndarray, sigma: float,
                          g: int) -> np.ndarray:
-    """_bootstrap_smece for a grid too fine for the linear map: grids per resample, by FFT."""
+    """_bootstrap_smece for a grid too fine for the linear map: grids per resample, by FFT.
+
+    Resamples go in chunks of about _FFT_CHUNK_CELLS grid cells: a tiny σ means a grid of
+    tens of thousands of cells, and all resamples' grids at once would be hundreds of MB.
+    """
+    step = max(1, _FFT_CHUNK_CELLS // g)
+    return np.concatenate([_smece_fft_rows(f, res, counts[i:i + step], sigma, g)
+                           for i in range(0, len(counts), step)])
+
+
+def _smece_fft_rows(f: np.ndarray, res: np.ndarray, counts: np.ndarray, sigma: float,
+                    g: int) -> np.ndarray:
+    """smECE at σ of each resample (row of `counts`), rounded onto grids and smoothed by FFT."""
     resamples, n = counts.shape
     rows = np.repeat(np.arange(resamples), n)
     w = counts.ravel()

@@ -123,6 +123,21 @@ def test_bootstrap_matches_a_loop_over_resamples():
     assert out["smooth_ece"] == pytest.approx(list(np.percentile(smooth, [2.5, 97.5])), abs=1e-9)
 
 
+def test_tiny_bandwidth_bootstrap_is_chunked_without_changing_it(monkeypatch):
+    rng = np.random.default_rng(5)
+    n, sigma = 300, 0.0005  # a grid of 20,001 cells: the FFT path, in chunks of resamples
+    f = rng.uniform(0.05, 0.15, n)
+    res = f - (rng.uniform(size=n) < 0.1)
+    counts = rng.integers(0, 3, size=(40, n)).astype(np.float64)
+    g = estimators._grid_size(sigma)
+    whole = estimators._smece_fft_rows(f, res, counts, sigma, g)
+    monkeypatch.setattr(estimators, "_FFT_CHUNK_CELLS", 3 * g)  # chunks of 3 resamples
+    chunked = estimators._bootstrap_smece(f, res, counts, sigma)
+    np.testing.assert_allclose(chunked, whole, rtol=1e-12, atol=0)
+    one = [estimators._smece_fft_rows(f, res, counts[i:i + 1], sigma, g)[0] for i in (0, 39)]
+    np.testing.assert_allclose([chunked[0], chunked[39]], one, rtol=1e-12, atol=0)
+
+
 def test_every_test_block_has_the_new_estimators():
     p, y = _probs(400, 6, 13, 2.0)
     report = calibration_report(p.float(), y)
