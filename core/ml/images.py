@@ -15,6 +15,7 @@ import numpy as np
 
 from core.ml.arch_compat import image_dims
 from core.ml.data import PreparedData, add_label_noise, split_indices, subsample_train
+from core.ml.mapped import gather_rows
 from core.ml.upload import dataset_sha256
 
 __all__ = ["channel_stats", "image_view", "is_image_array", "prepare_image_data",
@@ -62,11 +63,13 @@ def prepare_image_data(
     n_classes = int(y.max()) + 1
     tr, va, te = split_indices(y, val, test, split_seed)
     tr = tr[subsample_train(y[tr], train_fraction, split_seed)]
-    mean, std = channel_stats(X[tr])
+    X_train = gather_rows(X, tr)  # a mapped upload is read without keeping its pages
+    mean, std = channel_stats(X_train)
     y_noisy, changed = add_label_noise(y[tr], label_noise, n_classes, split_seed)
     shape = tuple(int(d) for d in X.shape[1:])
     return PreparedData(
-        X_train=X[tr], y_train=y_noisy, X_val=X[va], y_val=y[va], X_test=X[te], y_test=y[te],
+        X_train=X_train, y_train=y_noisy, X_val=gather_rows(X, va), y_val=y[va],
+        X_test=gather_rows(X, te), y_test=y[te],
         n_classes=n_classes, image_shape=shape, mean=mean, std=std, y_train_clean=y[tr],
         label_noise_changed=changed, sha256=dataset_sha256(X, y),
         val_index=np.asarray(va, dtype=np.int64), test_index=np.asarray(te, dtype=np.int64),

@@ -17,6 +17,7 @@ from typing import Any
 import numpy as np
 
 from core.ml.errors import InvalidDatasetError
+from core.ml.mapped import DROP_EVERY_BYTES, drop_mapped_pages
 
 __all__ = [
     "ACCEPTED_LAYOUTS",
@@ -57,8 +58,10 @@ def dataset_sha256(X: np.ndarray, y: np.ndarray) -> str:
         h.update(json.dumps({"X": list(x.shape), "dtype": x.dtype.str, "y": list(t.shape)},
                             sort_keys=True).encode())
         flat = x.reshape(len(x), -1) if len(x) else x.reshape(0, 0)
-        for start in range(0, len(flat), 4096):
-            h.update(flat[start:start + 4096].tobytes())
+        step = max(1, DROP_EVERY_BYTES // max(1, flat.shape[1] * flat.itemsize))
+        for start in range(0, len(flat), step):
+            h.update(flat[start:start + step].tobytes())
+            drop_mapped_pages(X)  # a mapped X is hashed without keeping its pages
     else:
         h.update(json.dumps({"X": list(X.shape), "y": list(t.shape)}, sort_keys=True).encode())
         for start in range(0, len(X), 4096):  # chunks: a memory-mapped X is never copied whole
