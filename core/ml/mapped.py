@@ -36,10 +36,12 @@ def drop_mapped_pages(arr: np.ndarray) -> None:
 
 
 def gather_rows(X: np.ndarray, idx: np.ndarray) -> np.ndarray:
-    """X[idx] as an array in memory; a mapped X is read in ascending rows, in chunks.
+    """X[idx] as an array in memory; a mapped X is read in ascending rows, a region at a time.
 
-    Equal to X[idx]; the chunks' pages are dropped after each, so the gather's file-backed
-    RSS stays near DROP_EVERY_BYTES however many rows it takes.
+    Equal to X[idx]. The rows are taken by regions of the file of DROP_EVERY_BYTES each (a
+    page fault maps its neighbours too, so what counts is the span read, not the rows
+    taken), and the region's pages are dropped after it: the gather's file-backed RSS stays
+    near DROP_EVERY_BYTES however many rows it takes.
     """
     idx = np.asarray(idx, dtype=np.int64)
     if _mapping(X) is None:
@@ -47,9 +49,13 @@ def gather_rows(X: np.ndarray, idx: np.ndarray) -> np.ndarray:
     out = np.empty((len(idx), *X.shape[1:]), dtype=X.dtype)
     row_bytes = max(1, int(np.prod(X.shape[1:], dtype=np.int64)) * X.dtype.itemsize)
     order = np.argsort(idx, kind="stable")
-    step = max(1, DROP_EVERY_BYTES // row_bytes)
-    for start in range(0, len(order), step):
-        where = order[start:start + step]
-        out[where] = X[idx[where]]
-        drop_mapped_pages(X)
+    rows = idx[order]
+    per_region = max(1, DROP_EVERY_BYTES // row_bytes)
+    ends = np.searchsorted(rows, np.arange(per_region, len(X) + per_region, per_region))
+    start = 0
+    for end in ends.tolist():
+        if end > start:
+            out[order[start:end]] = X[rows[start:end]]
+            drop_mapped_pages(X)
+            start = end
     return out
