@@ -15,17 +15,19 @@ convention).  Every categorical variant is written as q = a * onehot(y) + s with
 
 Small plain batches (uniform/off_target, no weight, up to `TORCH_DISPATCH_MAX_ELEMS`
 logits) go straight to torch's `F.cross_entropy(label_smoothing=)`: the same formula, less
-per-call work. Stacked trials (logits (T, B, K), one alpha per trial) run the fused kernel once
-per trial into one gradient buffer. The fused path (`core.ml.loss_kernel`) works through the
-rows in cache-sized chunks: one log-softmax per chunk written straight into the gradient
-buffer, the loss read off it, and the buffer turned in place into the (pre-scaled)
-gradient ``c * softmax - a w_y onehot - w * s``.
+per-call work; the smallest CPU ones (`core.ml.small_ce`) to one autograd node of the same
+formula, fewer ops than torch's. Stacked trials (logits (T, B, K), one alpha per trial) run
+the fused kernel once per trial into one gradient buffer. The fused path
+(`core.ml.loss_kernel`) works through the rows in cache-sized chunks: one log-softmax per chunk
+written straight into the gradient buffer, the loss read off it, and the buffer turned in
+place into the (pre-scaled) gradient ``c * softmax - a w_y onehot - w * s``.
 No K-wide log-softmax or soft-target matrix is ever held: the peak extra memory is the one
 gradient buffer (plus chunk-sized temporaries), and backward only rescales it in place.
 """
 
 from __future__ import annotations
 
+import contextlib
 import math
 from collections.abc import Sequence
 from typing import Any
@@ -54,6 +56,7 @@ from core.ml.loss_kernel import (
     smoothing,
 )
 from core.ml.methods import *  # noqa: F403  (margin, focal, FLSD-53, confidence penalty)
+from core.ml.small_ce import SMALL_MAX_ELEMS, SmallSmoothedCE
 from core.spec import FORMS, VARIANTS  # noqa: E402  (the spec's vocabularies, written once)
 
 REDUCTIONS = ("mean", "sum", "none")
@@ -96,11 +99,16 @@ def _torch_dispatch(logits: Any, target: Any, alpha: Any, variant: Any, prior: A
         bad = ((target < 0) | (target >= k)) & (target != ignore_index)
         if bool(bad.any()):
             return None  # the full path raises the ValueError
-    try:
-        out = F.cross_entropy(logits, target, ignore_index=ignore_index, reduction=reduction,
-                              label_smoothing=eps)
-    except (IndexError, RuntimeError):
-        return None  # out-of-range targets: the full path explains them
+    out = None
+    if logits.device.type == "cpu" and logits.numel() <= SMALL_MAX_ELEMS and ignore_index < 0:
+        with contextlib.suppress(IndexError, RuntimeError):  # a target outside [0, K)
+            out = SmallSmoothedCE.apply(logits, target, eps, reduction)
+    if out is None:
+        try:
+            out = F.cross_entropy(logits, target, ignore_index=ignore_index,
+                                  reduction=reduction, label_smoothing=eps)
+        except (IndexError, RuntimeError):
+            return None  # out-of-range targets: the full path explains them
     return out - _uniform_entropy(float(alpha), k, variant) if form == "kl" else out
 
 

@@ -2,8 +2,9 @@
 
 The API counts every SQL statement it sends (`softlabel_db_queries_total` on /metrics). With
 its LISTEN connection up, a GET of an unchanged job is answered from the process's cache
-without a query (a 304 for a current ETag, else the cached body), and a change wakes every long-polling client for one read per API process. Each scrape of
-/metrics costs a fixed number of statements of its own, measured and subtracted.
+without a query (a 304 for a current ETag, else the cached body), and a change wakes every
+long-polling client for one read per API process. Each scrape of /metrics costs a fixed
+number of statements of its own, measured and subtracted.
 """
 
 from __future__ import annotations
