@@ -1,11 +1,14 @@
 """core.ml.estimators for R rows of top-label pairs at once (the trials of a stacked sweep).
 
 `estimators_rows(values, correct, order, n_bins)` gives, per row, what
-`estimators.estimators_of` gives for that row alone: the same arithmetic in the same order,
-so the same numbers (tests/core/ml/test_stacked_metrics.py compares them). What is shared:
+`estimators.estimators_of` gives for that row alone (tests/core/ml/test_stacked_metrics.py
+compares them): the binned estimators and both bootstrap intervals with the same arithmetic
+in the same order, so the same numbers; smooth ECE to float rounding (below 1e-13 relative,
+the same bandwidth σ), since its convolutions here are FFTs:
 
-* the smooth-ECE fixed point runs the R bisections side by side (one grid rounding for all
-  rows per grid size, kernels cached per (grid, σ)); σ = 1 is not evaluated below 10^7
+* the smooth-ECE fixed point runs the R bisections side by side: per grid size every row's
+  grids are rounded and transformed once, and each σ is a product with the kernel's spectrum
+  (cached per σ) and one inverse transform for all rows; σ = 1 is not evaluated below 10^7
   examples: |r̂| ≤ d̂ pointwise and the density sum carries + 1e-4 per point, so smECE_1 < 1
   even after float rounding, and relplot's first check is false;
 * the bootstrap draws are the same for every row (same n, seed), so the binned ECE of all rows
@@ -22,13 +25,12 @@ from functools import lru_cache
 from typing import Any
 
 import numpy as np
-from scipy.signal import fftconvolve
+import scipy.fft as sfft
 from scipy.sparse import csr_matrix, diags
 from torch import Tensor
 
 from core.ml.estimators import (
     _DENSITY_EPS,
-    _DIRECT_CONV_MAX,
     BOOTSTRAP_MAX_EXAMPLES,
     BOOTSTRAP_RESAMPLES,
     BOOTSTRAP_SEED,
@@ -47,54 +49,57 @@ __all__ = ["bootstrap_rows", "ece_sweep_rows", "estimators_rows", "smooth_ece_ro
 _MAX_SKIP_N = 10**7  # below this many examples smECE_1 < 1 holds in float (module docstring)
 
 
-@lru_cache(maxsize=256)
-def _cached_kernel(g: int, sigma: float) -> np.ndarray:
-    """The reflected convolution's kernel (read-only, shared)."""
-    ker = _kernel(g, sigma)
-    ker.flags.writeable = False
-    return ker
-
-
-def _smece_row(res_grid: np.ndarray, ones_grid: np.ndarray, sigma: float) -> float:
-    """smECE_σ of one row from its grids: `estimators._smece_from_grids` for one row."""
-    g = res_grid.size
-    ker = _cached_kernel(g, sigma)
-    t = np.linspace(0, 1, max(round(10 / sigma), 200))
-    both = np.stack([res_grid, ones_grid])
-    ext = np.concatenate([both[:, ::-1][:, :-1], both, both[:, ::-1][:, 1:]], axis=1)
-    if g <= _DIRECT_CONV_MAX:  # direct, only the G outputs kept
-        conv = np.stack([np.convolve(e[g // 2: g // 2 + 2 * g - 1], ker, "valid") for e in ext])
-    else:  # by FFT, one grid at a time as estimators._reflected_conv takes it
-        conv = np.concatenate([fftconvolve(e[None, :], ker[None, :], mode="valid", axes=1)
-                               [:, g // 2: g // 2 + g] for e in ext])
-    r = _interpolate(t, conv[:1])
-    d = _interpolate(t, conv[1:]) + _DENSITY_EPS
-    return float(np.abs(r).sum(axis=1)[0] / d.sum(axis=1)[0])
+@lru_cache(maxsize=512)
+def _kernel_spectrum(g: int, sigma: float, n_fft: int) -> np.ndarray:
+    """The real FFT (length n_fft) of the reflected convolution's kernel at σ (read-only)."""
+    spectrum = sfft.rfft(_kernel(g, sigma), n_fft)
+    spectrum.flags.writeable = False
+    return spectrum
 
 
 class _Rows:
-    """smECE_σ of R rows, each at its own σ; grids rounded once per grid size for all rows."""
+    """smECE_σ of R rows, each at its own σ, the convolutions by FFT.
+
+    Per grid size the rows' grids are rounded (one bincount) and their reflected extensions
+    transformed once; each σ then costs a product with its kernel's spectrum and one inverse
+    transform. Entry j of `estimators._reflected_conv` is entry g - 1 + g//2 + j of the full
+    linear convolution, which a circular one of length >= 3g - 2 gives unaliased.
+    """
 
     def __init__(self, conf: np.ndarray, correct: np.ndarray) -> None:
         self.f, self.r = conf, conf - correct
-        self.grids: dict[int, tuple[np.ndarray, np.ndarray]] = {}
+        self.spectra: dict[int, tuple[int, np.ndarray]] = {}
 
-    def grid(self, g: int) -> tuple[np.ndarray, np.ndarray]:
-        """(residual grids, ones grids) of every row at grid size g."""
-        if g not in self.grids:
-            rows_n, n = self.f.shape
-            rows = np.repeat(np.arange(rows_n), n)
+    def spectrum(self, g: int) -> tuple[int, np.ndarray]:
+        """(FFT length, spectra (2R, F): the residual grids' rows, then the ones grids')."""
+        if g not in self.spectra:
+            count, n = self.f.shape
+            rows = np.repeat(np.arange(count), n)
             flat = self.f.ravel()
-            self.grids[g] = (_round_to_grid(flat, self.r.ravel(), g, rows, rows_n),
-                             _round_to_grid(flat, np.ones(flat.size), g, rows, rows_n))
-        return self.grids[g]
+            grids = np.concatenate([_round_to_grid(flat, self.r.ravel(), g, rows, count),
+                                    _round_to_grid(flat, np.ones(flat.size), g, rows, count)])
+            ext = np.concatenate([grids[:, ::-1][:, :-1], grids, grids[:, ::-1][:, 1:]], axis=1)
+            n_fft = sfft.next_fast_len(ext.shape[1], real=True)
+            self.spectra[g] = (n_fft, sfft.rfft(ext, n_fft, axis=1))
+        return self.spectra[g]
 
     def at(self, sigmas: np.ndarray) -> np.ndarray:
         """smECE at sigmas[i] for row i."""
-        out = np.empty(sigmas.size)
-        for i, sigma in enumerate(sigmas.tolist()):
-            res_grid, ones_grid = self.grid(_grid_size(sigma))
-            out[i] = _smece_row(res_grid[i], ones_grid[i], sigma)
+        count, sig = sigmas.size, sigmas.tolist()
+        out = np.empty(count)
+        sizes = [_grid_size(s) for s in sig]
+        for g in sorted(set(sizes)):
+            idx = [i for i in range(count) if sizes[i] == g]
+            n_fft, spec = self.spectrum(g)
+            kernels = np.stack([_kernel_spectrum(g, sig[i], n_fft) for i in idx])
+            start = g - 1 + g // 2
+            conv = sfft.irfft(spec[idx + [i + count for i in idx]] * np.tile(kernels, (2, 1)),
+                              n_fft, axis=1)[:, start:start + g]
+            for j, i in enumerate(idx):
+                t = np.linspace(0, 1, max(round(10 / sig[i]), 200))
+                r = _interpolate(t, conv[j])
+                d = _interpolate(t, conv[j + len(idx)]) + _DENSITY_EPS
+                out[i] = np.abs(r).sum() / d.sum()
         return out
 
 

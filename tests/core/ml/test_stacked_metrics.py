@@ -3,7 +3,8 @@
 stacked_metrics, stacked_estimators, temperature.fit_temperatures, stacked_posthoc and
 finish.finish_trials must give trial t exactly what the single-trial function gives for
 trial t alone (same arithmetic in the same order), on random inputs with ties, several
-T, N, K and bin counts.
+T, N, K and bin counts; the one exception is smooth ECE itself (its convolutions by FFT
+instead of directly: equal to float rounding, the same bandwidth).
 """
 
 from __future__ import annotations
@@ -26,9 +27,14 @@ from core.ml.stacked_posthoc import posthoc_reports
 from core.ml.temperature import fit_temperature, fit_temperatures
 
 
+SMOOTH_RTOL = 1e-13  # smooth ECE by FFT vs direct convolution (measured <= 3e-15)
+
+
 def same(a: Any, b: Any, path: str = "") -> None:
-    """Exact equality of nested results (NaN equal to NaN)."""
-    if isinstance(a, dict):
+    """Exact equality of nested results (NaN equal to NaN); smooth ECE within SMOOTH_RTOL."""
+    if path.endswith(".smooth_ece") and isinstance(a, float):
+        assert math.isclose(a, b, rel_tol=SMOOTH_RTOL), f"{path}: {a!r} vs {b!r}"
+    elif isinstance(a, dict):
         assert isinstance(b, dict) and list(a) == list(b), path
         for k in a:
             same(a[k], b[k], f"{path}.{k}")
@@ -122,13 +128,14 @@ def test_smooth_ece_rows_small_bandwidth_rows():
     correct = (torch.rand(2, 40000, generator=g, dtype=torch.float64) < conf).double()
     smooth, sigma = smooth_ece_rows(conf.numpy(), correct.numpy())
     for i in range(2):
-        ref = estimators._SmoothECE(conf[i].numpy(), correct[i].numpy()).fixed_point()
-        assert (float(smooth[i]), float(sigma[i])) == ref
+        ref, ref_sigma = estimators._SmoothECE(conf[i].numpy(), correct[i].numpy()).fixed_point()
+        assert float(sigma[i]) == ref_sigma
+        assert math.isclose(float(smooth[i]), ref, rel_tol=SMOOTH_RTOL)
     assert sigma.max() < 0.01
 
 
-def test_smooth_ece_rows_fft_grids():
-    # σ below 0.0025: grids above 4000 points are convolved by FFT, one grid at a time
+def test_smooth_ece_rows_fine_grids():
+    # σ below 0.0025: grids above 4000 points (convolved by FFT in estimators as well)
     from core.ml.stacked_estimators import _Rows
 
     rng = np.random.default_rng(0)
@@ -136,7 +143,7 @@ def test_smooth_ece_rows_fft_grids():
     correct = (rng.random((2, 3000)) < conf).astype(np.float64)
     sigmas = np.array([0.002, 0.0015])
     ref = [estimators._SmoothECE(conf[i], correct[i]).at(float(sigmas[i])) for i in range(2)]
-    assert _Rows(conf, correct).at(sigmas).tolist() == ref
+    assert _Rows(conf, correct).at(sigmas).tolist() == pytest.approx(ref, rel=SMOOTH_RTOL)
 
 
 @pytest.mark.parametrize(("t", "n", "k", "seed", "scale", "ties"),
