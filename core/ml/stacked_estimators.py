@@ -41,7 +41,6 @@ from core.ml.estimators import (
     _kernel,
     _resamples,
     _round_to_grid,
-    _smoothing_columns,
 )
 
 __all__ = ["bootstrap_rows", "ece_sweep_rows", "estimators_rows", "smooth_ece_rows"]
@@ -164,6 +163,34 @@ def _counts_t(n_all: int, resamples: int, seed: int, max_examples: int) -> np.nd
     return counts_t
 
 
+def _smoothing_map(g: int, sigma: float, cols: np.ndarray) -> np.ndarray:
+    """`estimators._smoothing_columns(g, sigma, cols)` (sorted distinct cols), entry for entry.
+
+    The same three kernel values per entry, read from a kernel padded with 2g zeros on each
+    side, so that no index needs clipping (what fell outside before reads a zero now too).
+    """
+    padded = np.concatenate([np.zeros(2 * g), _kernel(g, sigma), np.zeros(2 * g)])
+    t = np.linspace(0, 1, max(round(10 / sigma), 200))
+    inds = (t * (g - 1)).astype(np.int64).clip(0, g - 2)
+    residual = ((t - inds * (1 / (g - 1))) / (1 / (g - 1)))[:, None]
+    half = g // 2
+
+    def entries(x: np.ndarray) -> np.ndarray:
+        diff, total = x - cols, x + cols  # (Tp, U)
+        out = padded[diff + (2 * g + half)]
+        mirrored = padded[total + (2 * g + half)]
+        if cols[0] == 0:
+            mirrored[:, 0] = 0.0
+        out = out + mirrored
+        mirrored = padded[total + (2 + half)]
+        if cols[-1] == g - 1:
+            mirrored[:, -1] = 0.0
+        return out + mirrored
+
+    x = inds[:, None]
+    return entries(x) * (1 - residual) + entries(x + 1) * residual
+
+
 def _bootstrap_smece_row(f: np.ndarray, res: np.ndarray, counts: np.ndarray,
                          counts_t: np.ndarray, sigma: float) -> np.ndarray:
     """`estimators._bootstrap_smece` for one row, the sparse products from `counts_t`."""
@@ -177,7 +204,7 @@ def _bootstrap_smece_row(f: np.ndarray, res: np.ndarray, counts: np.ndarray,
     used, pos = np.unique(np.concatenate([bins, bins + 1]), return_inverse=True)
     w = csr_matrix((np.concatenate([1 - frac, frac]),
                     (np.tile(np.arange(n), 2), pos)), shape=(n, used.size))
-    lmat = _smoothing_columns(g, sigma, used)
+    lmat = _smoothing_map(g, sigma, used)
     if used.size < n:  # counts @ S computed as (S^T @ counts^T)^T, as scipy does
         r = ((diags(res) @ w).T @ counts_t).T @ lmat.T
         d = (w.T @ counts_t).T @ lmat.sum(axis=0)
