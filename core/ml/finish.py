@@ -7,13 +7,16 @@ of all trials are computed at once — the test and temperature-scaled reports i
 `stacked_metrics.calibration_reports` call, the temperatures in one search, the post-hoc block
 through `stacked_posthoc` — and give, trial by trial, the numbers the single-trial functions
 give (tests/core/ml/test_stacked_metrics.py). A single job is the stack of one
-(`finish_experiment`). Shifts, projection and artifacts stay per trial.
+(`finish_experiment`). Shifts, projection and artifacts stay per trial. torch runs on one
+intra-op thread meanwhile (`_one_thread`).
 """
 
 from __future__ import annotations
 
 import json
 import math
+from collections.abc import Iterator
+from contextlib import contextmanager
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any, cast
 
@@ -87,9 +90,31 @@ def _reports(test_logits: Tensor, labels: Tensor, temps: list[float] | None,
     return reports[:t], scaled
 
 
+@contextmanager
+def _one_thread() -> Iterator[None]:
+    """torch on one intra-op thread meanwhile (the previous count restored after).
+
+    The finish is hundreds of small tensor ops; an OpenMP fork/join per op gains nothing
+    there and, when the other cores are busy, waits for a scheduler slice each time.
+    """
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)
+    try:
+        yield
+    finally:
+        torch.set_num_threads(threads)
+
+
 def finish_trials(preps: list[PreparedExperiment], models: list[torch.nn.Module],
                   fitteds: list[FitResult]) -> list[ExperimentOutput]:
     """Evaluate the trained models of one stack and build each trial's document and artifacts."""
+    with _one_thread():
+        return _finish_trials(preps, models, fitteds)
+
+
+def _finish_trials(preps: list[PreparedExperiment], models: list[torch.nn.Module],
+                   fitteds: list[FitResult]) -> list[ExperimentOutput]:
+    """finish_trials' work."""
     p0 = preps[0]
     cal, n_bins = p0.job.calibration, p0.cfg.n_bins
     device = next(models[0].parameters()).device
