@@ -26,7 +26,6 @@ from core.ml.stacked_metrics import calibration_reports, ece_rows, val_metrics_r
 from core.ml.stacked_posthoc import posthoc_reports
 from core.ml.temperature import fit_temperature, fit_temperatures
 
-
 SMOOTH_RTOL = 1e-13  # smooth ECE by FFT vs direct convolution (measured <= 3e-15)
 
 
