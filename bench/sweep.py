@@ -188,7 +188,7 @@ def print_api(samples: dict[str, list[dict[str, float]]], args: argparse.Namespa
 @contextmanager
 def probes(totals: dict[str, float]) -> Iterator[None]:
     """Time calls of the steps of a job (module attributes patched, restored on exit)."""
-    from core.ml import calibration, experiment, posthoc, sweep, train
+    from core.ml import finish, posthoc, stacked_posthoc, sweep, train
 
     targets: list[tuple[Any, str, str]] = [
         (train, "train_one_epoch", "training steps"),
@@ -196,16 +196,19 @@ def probes(totals: dict[str, float]) -> Iterator[None]:
         (train, "evaluate", "per-epoch validation"),
         (sweep._Stack, "validate", "per-epoch validation"),
         (train, "epoch_row", "per-epoch metrics"),
-        (sweep, "epoch_row", "per-epoch metrics"),
-        (experiment, "evaluate", "final evaluation"),
-        (calibration, "fit_temperature", "temperature fit"),
-        (calibration, "calibration_report", "metrics (calibration reports)"),
-        (experiment, "_projection", "projection"),
-        (experiment, "safetensors_save", "serialisation"),
-        (experiment, "predictions_npz", "serialisation"),
+        (sweep, "epoch_rows", "per-epoch metrics"),
+        (finish, "evaluate", "final evaluation"),
+        (finish, "fit_temperatures", "temperature fit"),
+        (stacked_posthoc, "fit_temperatures", "temperature fit"),
+        (finish, "calibration_reports", "metrics (calibration reports)"),
+        (stacked_posthoc, "calibration_reports", "metrics (calibration reports)"),
+        (finish, "_projection_block", "projection"),
+        (finish, "safetensors_save", "serialisation"),
+        (finish, "predictions_npz", "serialisation"),
+        (posthoc, "_vector_newton", "post-hoc fits (vector/matrix scaling)"),
         (posthoc, "_affine", "post-hoc fits (vector/matrix scaling)"),
         (posthoc, "isotonic_fit", "post-hoc fits (isotonic)"),
-        (posthoc, "_scores", "post-hoc cross-fitted scores"),
+        (stacked_posthoc, "scores_rows", "post-hoc cross-fitted scores"),
     ]
     saved = [(owner, name, getattr(owner, name)) for owner, name, _ in targets]
 

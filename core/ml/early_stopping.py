@@ -12,8 +12,9 @@ from torch import Tensor
 
 from core.ml.errors import TrainingDivergedError
 from core.ml.evaluation import val_metrics
+from core.ml.stacked_metrics import val_metrics_rows
 
-__all__ = ["METRICS", "EarlyStopping", "epoch_row", "improved", "val_metrics"]
+__all__ = ["METRICS", "EarlyStopping", "epoch_row", "epoch_rows", "improved", "val_metrics"]
 
 METRICS = {"val_nll": "min", "val_ece": "min", "val_accuracy": "max"}
 
@@ -32,6 +33,20 @@ def epoch_row(epoch: int, train_loss: float, logits: Tensor, labels: Tensor, n_b
     if not (math.isfinite(train_loss) and bool(torch.isfinite(logits).all())):
         raise TrainingDivergedError(epoch)
     return {"epoch": epoch, "train_loss": train_loss, **val_metrics(logits, labels, n_bins)}
+
+
+def epoch_rows(epoch: int, train_losses: list[float], logits: Tensor, labels: Tensor,
+               n_bins: int) -> list[dict[str, Any] | None]:
+    """`epoch_row` for every trial of (T, N, K) class logits; None where a trial diverged."""
+    finite = torch.isfinite(logits).flatten(1).all(dim=1).tolist()
+    ok = [r for r, (loss, f) in enumerate(zip(train_losses, finite, strict=True))
+          if math.isfinite(loss) and f]
+    rows: list[dict[str, Any] | None] = [None] * len(train_losses)
+    if ok:
+        sub = logits if len(ok) == len(rows) else logits[ok]
+        for r, metrics in zip(ok, val_metrics_rows(sub, labels, n_bins), strict=True):
+            rows[r] = {"epoch": epoch, "train_loss": train_losses[r], **metrics}
+    return rows
 
 
 @dataclass

@@ -21,9 +21,10 @@ def autocast(device: torch.device) -> contextlib.AbstractContextManager:
 
 
 def class_logits(raw: Tensor) -> Tensor:
-    """K-class logits for metrics: unchanged, or [0, z] for a one-output (binary) head."""
+    """K-class logits for metrics (along the last axis): unchanged, or [0, z] for a one-output
+    (binary) head."""
     raw = raw.float()
-    return torch.cat([torch.zeros_like(raw), raw], dim=1) if raw.shape[1] == 1 else raw
+    return torch.cat([torch.zeros_like(raw), raw], dim=-1) if raw.shape[-1] == 1 else raw
 
 
 @torch.no_grad()

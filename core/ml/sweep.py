@@ -13,7 +13,8 @@ Equality with standalone jobs (`run_experiment(specs[i])`), per trial:
   with one alpha per trial; the sum of the per-trial means leaves every trial's gradient its
   own), the same optimiser (Adam/AdamW/SGD are element-wise, so one optimiser over stacked
   tensors is per-trial identical), the same validation metrics, early-stopping rule and
-  best-epoch weights, and the same post-training code (`experiment.finish_experiment`).
+  best-epoch weights, and the same post-training code (`finish.finish_trials`, which finishes
+  all trials at once and gives each the numbers a job of its own gets).
 - A trial that stops early (or is canceled) is masked out by compaction: its rows are dropped
   from the stacked parameters and the optimiser state at the epoch boundary.
 - Batched matmuls are not bit-identical to unbatched ones (BLAS blocking): results agree within
@@ -43,15 +44,15 @@ from torch.func import functional_call, stack_module_state, vmap
 
 from core.ml import group_checkpoint
 from core.ml.augment import augment_defaults, random_crop_flip
-from core.ml.early_stopping import EarlyStopping, epoch_row
+from core.ml.early_stopping import EarlyStopping, epoch_rows
 from core.ml.errors import SpecError, TrainingDivergedError, TrainingStopped, TrialDivergedError
 from core.ml.experiment import (
     ExperimentOutput,
     PreparedExperiment,
-    finish_experiment,
     prepare_experiment,
     run_experiment,
 )
+from core.ml.finish import finish_trials
 from core.ml.pause import pause_if_requested
 from core.ml.placement import batch_view
 from core.ml.stacked_loss import StackedLoss
@@ -299,12 +300,10 @@ class _Stack:
                   labels: Tensor, hooks: TrialHooks) -> list[int]:
         """The rule of `fit` for every active trial; the rows that train on."""
         still: list[int] = []
-        for r, t in enumerate(self.active):
-            try:
-                row = epoch_row(epoch, train_losses[r], class_logits(val_raw[r]), labels,
-                                self.cfg.n_bins)
-            except TrainingDivergedError as err:
-                raise TrialDivergedError(t.index, epoch) from err
+        rows = epoch_rows(epoch, train_losses, class_logits(val_raw), labels, self.cfg.n_bins)
+        for r, (t, row) in enumerate(zip(self.active, rows, strict=True)):
+            if row is None:
+                raise TrialDivergedError(t.index, epoch)
             t.history.append(row)
             t.epochs_run += 1
             if t.stop.update(row):
@@ -369,7 +368,7 @@ def _new_stack(preps: list[PreparedExperiment], device: torch.device, hooks: Tri
 
 def _run_stacked(preps: list[PreparedExperiment], hooks: TrialHooks
                  ) -> list[ExperimentOutput | None]:
-    """Train all trials as one stacked model, then finish each like a standalone experiment."""
+    """Train all trials as one stacked model, then finish them together (`finish_trials`)."""
     p0, cfg0 = preps[0], preps[0].cfg
     device = resolve_device(cfg0.device)
     if cfg0.augment and p0.image_shape is None:
@@ -377,20 +376,25 @@ def _run_stacked(preps: list[PreparedExperiment], hooks: TrialHooks
                         "to false for this dataset")
     stack = _new_stack(preps, device, hooks)
     train_s = _train_stack(stack, p0, hooks)
-    outputs: list[ExperimentOutput | None] = []
-    for t, p, model in zip(stack.trials, preps, stack.models, strict=True):
-        if t.canceled:
-            outputs.append(None)
-            continue
-        state = t.best_state if t.best_state is not None else t.final_state
-        assert state is not None  # every uncanceled trial trained at least one epoch
-        model.load_state_dict(state)
-        model.to(device)
-        fitted = FitResult(
-            history=t.history, best_epoch=t.stop.best_epoch, stopped_early=t.stop.stopped,
-            train_s=train_s,
-            samples_per_s=len(p0.Xtr) * t.epochs_run / train_s if train_s > 0 else 0.0,
-            device=str(device), resumed_from_epoch=stack.resumed_from,
-            extra={"stacked_trials": len(stack.trials)})
-        outputs.append(finish_experiment(p, model, fitted))
+    done = [i for i, t in enumerate(stack.trials) if not t.canceled]
+    trained = [_trained(stack, i, len(p0.Xtr), train_s, device) for i in done]
+    finished = finish_trials([preps[i] for i in done], [m for m, _ in trained],
+                             [f for _, f in trained]) if done else []
+    outputs: list[ExperimentOutput | None] = [None] * len(preps)
+    for i, out in zip(done, finished, strict=True):
+        outputs[i] = out
     return outputs
+
+
+def _trained(stack: _Stack, i: int, n_train: int, train_s: float, device: torch.device
+             ) -> tuple[nn.Module, FitResult]:
+    """Trial i's model holding its selected (best or last) weights, and its FitResult."""
+    t, model = stack.trials[i], stack.models[i]
+    state = t.best_state if t.best_state is not None else t.final_state
+    assert state is not None  # every uncanceled trial trained at least one epoch
+    model.load_state_dict(state)
+    return model.to(device), FitResult(
+        history=t.history, best_epoch=t.stop.best_epoch, stopped_early=t.stop.stopped,
+        train_s=train_s, samples_per_s=n_train * t.epochs_run / train_s if train_s > 0 else 0.0,
+        device=str(device), resumed_from_epoch=stack.resumed_from,
+        extra={"stacked_trials": len(stack.trials)})
