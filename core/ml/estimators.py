@@ -148,6 +148,18 @@ def _smoothing_columns(g: int, sigma: float, cols: np.ndarray) -> np.ndarray:
             + _conv_entries(inds[:, None] + 1, c, g, ker) * residual)
 
 
+def grid_weights(f: np.ndarray, g: int) -> tuple[np.ndarray, csr_matrix]:
+    """The grid points in use and the (n, used) sparse map of each example's two grid weights."""
+    n = f.size
+    scaled = f * (g - 1)
+    bins = scaled.astype(np.int64).clip(0, g - 2)
+    frac = scaled - bins
+    used, pos = np.unique(np.concatenate([bins, bins + 1]), return_inverse=True)
+    w = csr_matrix((np.concatenate([1 - frac, frac]),
+                    (np.tile(np.arange(n), 2), pos)), shape=(n, used.size))
+    return used, w
+
+
 def _bootstrap_smece(f: np.ndarray, res: np.ndarray, counts: np.ndarray, sigma: float
                      ) -> np.ndarray:
     """smECE at a fixed σ of every resample; `counts` (R, n): how often each example is drawn.
@@ -162,12 +174,7 @@ def _bootstrap_smece(f: np.ndarray, res: np.ndarray, counts: np.ndarray, sigma: 
     if g > 2 * _grid_size(0.01):  # a tiny σ: smooth each resample's grids by FFT instead
         return _bootstrap_smece_fft(f, res, counts, sigma, g)
     n = f.size
-    scaled = f * (g - 1)
-    bins = scaled.astype(np.int64).clip(0, g - 2)
-    frac = scaled - bins
-    used, pos = np.unique(np.concatenate([bins, bins + 1]), return_inverse=True)
-    w = csr_matrix((np.concatenate([1 - frac, frac]),
-                    (np.tile(np.arange(n), 2), pos)), shape=(n, used.size))
+    used, w = grid_weights(f, g)
     lmat = _smoothing_columns(g, sigma, used)  # (T, U)
     if used.size < n:  # grids per resample first: (R, U) @ (U, T)
         r = (counts @ (diags(res) @ w)) @ lmat.T

@@ -41,6 +41,7 @@ from core.ml.estimators import (
     _kernel,
     _resamples,
     _round_to_grid,
+    grid_weights,
 )
 
 __all__ = ["bootstrap_rows", "ece_sweep_rows", "estimators_rows", "smooth_ece_rows"]
@@ -198,12 +199,7 @@ def _bootstrap_smece_row(f: np.ndarray, res: np.ndarray, counts: np.ndarray,
     if g > 2 * _grid_size(0.01):
         return _bootstrap_smece_fft(f, res, counts, sigma, g)
     n = f.size
-    scaled = f * (g - 1)
-    bins = scaled.astype(np.int64).clip(0, g - 2)
-    frac = scaled - bins
-    used, pos = np.unique(np.concatenate([bins, bins + 1]), return_inverse=True)
-    w = csr_matrix((np.concatenate([1 - frac, frac]),
-                    (np.tile(np.arange(n), 2), pos)), shape=(n, used.size))
+    used, w = grid_weights(f, g)
     lmat = _smoothing_map(g, sigma, used)
     if used.size < n:  # counts @ S computed as (S^T @ counts^T)^T, as scipy does
         r = ((diags(res) @ w).T @ counts_t).T @ lmat.T
