@@ -32,16 +32,8 @@ from scipy.signal import fftconvolve
 from scipy.sparse import csr_matrix, diags
 from torch import Tensor
 
-__all__ = [
-    "BOOTSTRAP_MAX_EXAMPLES",
-    "bootstrap_intervals",
-    "ece_debiased_l2",
-    "ece_sweep",
-    "estimator_report",
-    "estimators_of",
-    "smooth_ece",
-    "top_label",
-]
+__all__ = ["BOOTSTRAP_MAX_EXAMPLES", "bootstrap_intervals", "ece_debiased_l2", "ece_sweep",
+           "estimator_report", "estimators_of", "smooth_ece", "top_label"]
 
 BOOTSTRAP_RESAMPLES = 1000
 BOOTSTRAP_SEED = 0
@@ -150,8 +142,7 @@ def _smoothing_columns(g: int, sigma: float, cols: np.ndarray) -> np.ndarray:
 
 def grid_weights(f: np.ndarray, g: int) -> tuple[np.ndarray, csr_matrix]:
     """The grid points in use and the (n, used) sparse map of each example's two grid weights."""
-    n = f.size
-    scaled = f * (g - 1)
+    n, scaled = f.size, f * (g - 1)
     bins = scaled.astype(np.int64).clip(0, g - 2)
     frac = scaled - bins
     used, pos = np.unique(np.concatenate([bins, bins + 1]), return_inverse=True)
@@ -188,11 +179,8 @@ def _bootstrap_smece(f: np.ndarray, res: np.ndarray, counts: np.ndarray, sigma: 
 
 def _bootstrap_smece_fft(f: np.ndarray, res: np.ndarray, counts: np.ndarray, sigma: float,
                          g: int) -> np.ndarray:
-    """_bootstrap_smece for a grid too fine for the linear map: grids per resample, by FFT.
-
-    Resamples go in chunks of about _FFT_CHUNK_CELLS grid cells: a tiny σ means a grid of
-    tens of thousands of cells, and all resamples' grids at once would be hundreds of MB.
-    """
+    """_bootstrap_smece for a grid too fine for the linear map: grids per resample, by FFT,
+    in chunks of resamples (a tiny σ's grids, all at once, would be hundreds of MB)."""
     step = max(1, _FFT_CHUNK_CELLS // g)
     return np.concatenate([_smece_fft_rows(f, res, counts[i:i + step], sigma, g)
                            for i in range(0, len(counts), step)])
