@@ -6,7 +6,7 @@ import logging
 import threading
 import time
 from collections.abc import Callable
-from typing import Any
+from typing import Any, Self
 
 from sqlalchemy.orm import Session
 
@@ -69,6 +69,11 @@ def record_progress_row(job: ClaimedJob, owner: str, epochs: int, row: dict[str,
     record_progress_rows(job, owner, epochs, [row])
 
 
+def progress_entries(rows: list[dict[str, Any]], epochs: int) -> list[dict[str, Any]]:
+    """The job row's `progress` entries of epoch rows (epoch, epochs, the row itself)."""
+    return [{"epoch": row.get("epoch"), "epochs": epochs, "latest": row} for row in rows]
+
+
 def record_progress_rows(
     job: ClaimedJob, owner: str, epochs: int, rows: list[dict[str, Any]]
 ) -> None:
@@ -77,7 +82,7 @@ def record_progress_rows(
     The job row gets the newest; nothing is recorded when the job is no longer running
     under this owner. A database that stays down only costs these rows (logged).
     """
-    progress = [{"epoch": row.get("epoch"), "epochs": epochs, "latest": row} for row in rows]
+    progress = progress_entries(rows, epochs)
 
     def write() -> None:
         with session_scope() as session:
@@ -120,13 +125,13 @@ class CheckpointWriter:
         self.error: BaseException | None = None
         self._cond = threading.Condition()
         self._checkpoint: Callable[[], bytes] | None = None
-        self._rows: list[dict[str, Any]] = []
+        self._rows: list[Any] = []  # progress rows (a group writer: (trial, row) pairs)
         self._closing = False
         self._rows_now = False  # the last epoch's row is here: store the progress now
         self._last_epoch = False  # after it, the checkpoint waits for a stop (if any)
         self._thread = threading.Thread(target=self._run, name=f"checkpoints-{job.id}", daemon=True)
 
-    def __enter__(self) -> CheckpointWriter:
+    def __enter__(self) -> Self:
         self._thread.start()
         return self
 
@@ -146,10 +151,14 @@ class CheckpointWriter:
 
     def record_progress(self, row: dict[str, Any]) -> None:
         """Training thread: queue an epoch's progress row."""
+        self._queue_row(row, int(row.get("epoch") or 0))
+
+    def _queue_row(self, item: Any, epoch: int) -> None:
+        """Queue one item for `_write_rows`; the last epoch's are stored at once."""
         self._raise_if_failed()
         with self._cond:
-            self._rows.append(row)
-            if int(row.get("epoch") or 0) >= self.epochs:
+            self._rows.append(item)
+            if epoch >= self.epochs:
                 self._rows_now = self._last_epoch = True
             self._cond.notify()
 
@@ -183,6 +192,9 @@ class CheckpointWriter:
     def _write_checkpoint(self, blob: bytes) -> None:
         write_checkpoint(self.job, self.owner, blob)
 
+    def _write_rows(self, rows: list[Any]) -> None:
+        record_progress_rows(self.job, self.owner, self.epochs, rows)
+
     def _run(self) -> None:
         next_at = time.monotonic() + CHECKPOINT_INTERVAL_S
         while True:
@@ -208,7 +220,7 @@ class CheckpointWriter:
                 if encode is not None:
                     self._write_checkpoint(encode())
                 if rows:
-                    record_progress_rows(self.job, self.owner, self.epochs, rows)
+                    self._write_rows(rows)
             except TrainingStopped as stop:  # the lease is gone: store nothing more
                 self.stop_reason = stop.reason
             except BaseException as exc:  # noqa: BLE001 - handed to the training thread

@@ -11,15 +11,16 @@ from __future__ import annotations
 
 import hashlib
 import logging
+from typing import Any
 
-from core.db import session_scope, with_db_retry
+from core.db import is_transient, session_scope, with_db_retry
 from core.ml.errors import TrainingStopped
 from core.services import jobs as job_service
 from core.services.jobs import ClaimedJob
 from core.states import StopReason
 from core.storage import delete_artifact, get_artifact, put_artifact
 from core.sweep_spec import stack_key
-from worker.checkpoints import CheckpointWriter
+from worker.checkpoints import CheckpointWriter, progress_entries
 from worker.lease import GroupLeaseKeeper
 
 logger = logging.getLogger("softlabel.worker")
@@ -58,7 +59,8 @@ def discard_group_checkpoint(group: list[ClaimedJob]) -> None:
 
 
 class GroupCheckpointWriter(CheckpointWriter):
-    """`CheckpointWriter` for a group: the same pacing, one blob for all trials."""
+    """`CheckpointWriter` for a group: the same pacing, one blob for all trials, and every
+    trial's progress rows stored with it (one transaction, one progress event per row)."""
 
     def __init__(self, group: list[ClaimedJob], owner: str, lease: GroupLeaseKeeper) -> None:
         super().__init__(group[0], owner, int(group[0].spec["training"]["epochs"]))
@@ -80,3 +82,27 @@ class GroupCheckpointWriter(CheckpointWriter):
                              job_id=self.job.id)
 
         with_db_retry(write, what="save group checkpoint")
+
+    def record_trial_progress(self, job: ClaimedJob, row: dict[str, Any]) -> None:
+        """Training thread: queue one epoch row of one trial."""
+        self._queue_row((job, row), int(row.get("epoch") or 0))
+
+    def _write_rows(self, rows: list[tuple[ClaimedJob, dict[str, Any]]]) -> None:
+        """Every trial's queued rows in one transaction (owner-checked per trial)."""
+        by_job: dict[str, tuple[ClaimedJob, list[dict[str, Any]]]] = {}
+        for job, row in rows:
+            by_job.setdefault(job.id, (job, []))[1].append(row)
+
+        def write() -> None:
+            with session_scope() as session:
+                for job, job_rows in by_job.values():
+                    job_service.record_progress(
+                        session, job_id=job.id, owner=self.owner,
+                        progress=progress_entries(job_rows, self.epochs))
+
+        try:
+            with_db_retry(write, what="record progress", deadline_s=5.0)
+        except Exception as exc:
+            if not is_transient(exc):
+                raise
+            logger.warning("progress not recorded: %s", exc, extra={"job_id": self.job.id})

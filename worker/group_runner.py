@@ -3,13 +3,10 @@
 from __future__ import annotations
 
 import logging
-import threading
 from typing import Any
 
 from core.config import Settings
-from core.db import session_scope, with_db_retry
 from core.ml.errors import TrainingStopped, TrialDivergedError
-from core.services import jobs as job_service
 from core.services.fairness import FAIR_SHARE_RETRY_S, FairShareDeferred
 from core.services.jobs import ClaimedJob
 from core.states import FailureReason, JobStatus, LeaseState, StopReason
@@ -108,90 +105,26 @@ def _is_ours(exc: BaseException) -> bool:
     return not isinstance(exc, SoftTimeLimitExceeded)
 
 
-class GroupProgress:
-    """The trials' epoch rows, written on a thread of its own so training never waits on them.
-
-    Rows that arrive while a write is under way are written together, every trial's in one
-    transaction (owner-checked per job, one progress event per row, in order); `close()`
-    writes what is left and waits.
-    """
-
-    def __init__(self, owner: str) -> None:
-        """An idle writer for trials owned by `owner`."""
-        self.owner = owner
-        self._pending: list[tuple[ClaimedJob, dict[str, Any]]] = []
-        self._cond = threading.Condition()
-        self._closed = False
-        self._thread = threading.Thread(target=self._run, name="group-progress", daemon=True)
-        self._thread.start()
-
-    def add(self, job: ClaimedJob, row: dict[str, Any]) -> None:
-        """Queue one epoch row of one trial."""
-        with self._cond:
-            self._pending.append((job, row))
-            self._cond.notify()
-
-    def close(self) -> None:
-        """Write every queued row, then stop the thread."""
-        with self._cond:
-            self._closed = True
-            self._cond.notify()
-        self._thread.join()
-
-    def _run(self) -> None:
-        while True:
-            with self._cond:
-                while not self._pending and not self._closed:
-                    self._cond.wait()
-                batch, self._pending = self._pending, []
-                if not batch and self._closed:
-                    return
-            self._write(batch)
-
-    def _write(self, batch: list[tuple[ClaimedJob, dict[str, Any]]]) -> None:
-        by_job: dict[str, tuple[ClaimedJob, list[dict[str, Any]]]] = {}
-        for job, row in batch:
-            by_job.setdefault(job.id, (job, []))[1].append(row)
-
-        def write() -> None:
-            with session_scope() as session:
-                for job, rows in by_job.values():
-                    epochs = int(job.spec["training"]["epochs"])
-                    job_service.record_progress(
-                        session, job_id=job.id, owner=self.owner,
-                        progress=[{"epoch": r.get("epoch"), "epochs": epochs, "latest": r}
-                                  for r in rows])
-
-        try:
-            with_db_retry(write, what="record progress", deadline_s=5.0)
-        except Exception as exc:  # a database that stays down only costs these rows
-            logger.warning("progress not recorded: %s", exc)
-
-
 def _train_stacked(group: list[ClaimedJob], owner: str, lease: GroupLeaseKeeper) -> dict[str, Any]:
     """Train the trials of `group` stacked; their outputs by job id."""
     from core.ml.sweep import TrialHooks, run_trials
 
-    progress = GroupProgress(owner)
     first = group[0]
     with GroupCheckpointWriter(group, owner, lease) as writer:
         hooks = TrialHooks(
-            on_epoch=lambda i, row: progress.add(group[i], row),
+            on_epoch=lambda i, row: writer.record_trial_progress(group[i], row),
             should_stop=lambda: writer.stop_reason or lease.group_stop_reason(),
             trial_canceled=lambda i: lease.masked(group[i].id),
             checkpoint=writer.checkpoint_ready,
             resume=read_group_checkpoint(group),
             trial_keys=[j.id for j in group],
         )
-        try:
-            results = run_trials(
-                [j.spec for j in group],
-                arrays=attempt.load_upload(first.dataset_id) if first.dataset_id else None,
-                hooks=hooks,
-                class_names=attempt.upload_class_names(first.dataset_id),
-            )
-        finally:
-            progress.close()
+        results = run_trials(
+            [j.spec for j in group],
+            arrays=attempt.load_upload(first.dataset_id) if first.dataset_id else None,
+            hooks=hooks,
+            class_names=attempt.upload_class_names(first.dataset_id),
+        )
         writer.close(checkpoint=False)  # trained: the results make the checkpoint useless
     return {job.id: out for job, out in zip(group, results, strict=True)}
 

@@ -15,7 +15,8 @@ from torch import Tensor
 
 _CHUNK_ELEMS_CPU = 1 << 21  # 8 MiB of float32 per chunk: in L3, few parallel regions
 _CHUNK_ELEMS_CUDA = 1 << 24
-_SMALL_K = 16  # below this the row-wise log-softmax kernel is slow; use a transposed chunk
+_SMALL_K = 16  # below this torch's row-wise log-softmax is slow: `_chunk_small_k` avoids it
+_SMALL_K_ROW_TEMPS = 6  # per-row vectors `_chunk_small_k` holds at once (max, sums, loss...)
 _TEMP_FRACTION = 0.1  # chunk temporaries may use at most this fraction of one logits buffer
 _log_softmax_out = torch.ops.aten._log_softmax.out
 
@@ -73,7 +74,7 @@ class Plan:
     denominator: Tensor  # 0-dim, for reduction='mean'
 
 
-def _rows_per_chunk(n: int, k: int, logits: Tensor, temp_elem_bytes: int) -> int:
+def _rows_per_chunk(n: int, k: int, logits: Tensor, temp_elem_bytes: float) -> int:
     """Rows per chunk: cache-sized, and temporaries kept under a fraction of the logits."""
     budget = _CHUNK_ELEMS_CUDA if logits.is_cuda else _CHUNK_ELEMS_CPU
     rows = max(1, budget // k)
@@ -119,16 +120,15 @@ def _grad_from_logsoftmax(bc: Tensor, yc: Tensor, wy: Tensor | None, vals: Tenso
     elif plan.reduction == "mean":
         bc.add_(torch.log(plan.scale))
     bc.exp_()
-    _subtract_smoothing(bc, plan, dim=1)
+    _subtract_smoothing(bc, plan)
     if vals is not None:
         bc.scatter_add_(1, yc.unsqueeze(1), vals.unsqueeze(1))
 
 
-def _subtract_smoothing(bc: Tensor, plan: Plan, dim: int) -> None:
-    """Subtract scale * w * s along the class dimension `dim` of a chunk."""
+def _subtract_smoothing(bc: Tensor, plan: Plan) -> None:
+    """Subtract scale * w * s from every row of a chunk."""
     if plan.ws is not None:
-        ws = plan.ws * plan.scale
-        bc.sub_(ws if dim == 1 else ws.unsqueeze(1))
+        bc.sub_(plan.ws * plan.scale)
     elif plan.s:
         bc.sub_(plan.scale * plan.s)
 
@@ -195,44 +195,57 @@ def _chunk_rowwise(z: Tensor, buf: Tensor | None, loss: _Sink, plan: Plan) -> No
                 buf[r0:r1].copy_(bc)
 
 
-def _chunk_transposed(z: Tensor, buf: Tensor | None, loss: _Sink, plan: Plan) -> None:
-    """Fused loss (and gradient) for small K: work on (K, rows) chunks, vectorised over rows."""
+def _chunk_small_k(z: Tensor, buf: Tensor | None, loss: _Sink, plan: Plan) -> None:
+    """Fused loss (and gradient) for K < _SMALL_K in the row layout, without log_softmax.
+
+    Torch's row-wise log-softmax is slow for short rows, so z' = z - max is written into the
+    chunk, exponentiated in place, and the row sums are matrix-vector products.
+    """
     n, k = z.shape
-    rows = _rows_per_chunk(n, k, z, torch.empty((), dtype=plan.cdtype).element_size())
-    temp = torch.empty((k, rows), dtype=plan.cdtype, device=z.device)
+    direct = buf is not None and buf.dtype == plan.cdtype
+    cd_bytes = torch.empty((), dtype=plan.cdtype).element_size()
+    temp_bytes = (0 if direct else cd_bytes) + _SMALL_K_ROW_TEMPS * cd_bytes / k
+    rows = _rows_per_chunk(n, k, z, temp_bytes)
+    temp = torch.empty((0 if direct else rows, k), dtype=plan.cdtype, device=z.device)
+    ones = torch.ones(k, dtype=plan.cdtype, device=z.device)
     for r0 in range(0, n, rows):
         r1 = min(n, r0 + rows)
-        tc = temp[:, : r1 - r0]
-        tc.copy_(z[r0:r1].t())
-        tc.sub_(tc.amax(0))  # z' = z - max, so log-softmax = z' - log S
-        yc = plan.target[r0:r1].unsqueeze(0)
+        zc = z[r0:r1]
+        bc = buf[r0:r1] if direct and buf is not None else temp[: r1 - r0]
+        if zc.dtype == plan.cdtype:
+            torch.sub(zc, zc.amax(1, keepdim=True), out=bc)
+        else:
+            bc.copy_(zc)
+            bc.sub_(bc.amax(1, keepdim=True))
+        yc = plan.target[r0:r1].unsqueeze(1)
         wy, vals = _chunk_targets(plan, r0, r1, buf is not None)
         out = loss.chunk(r0, r1)
-        if plan.ws is not None:
-            torch.mv(tc.t(), plan.ws, out=out)
+        if plan.ws is not None:  # out = -a w_y z'_y - sum_k ws_k z'_k + c log S
+            torch.mv(bc, plan.ws, out=out)
             out.neg_()
         elif plan.s:
-            torch.sum(tc, 0, out=out)
+            torch.mv(bc, ones, out=out)
             out.mul_(-plan.s)
         else:
             out.zero_()
-        zy = tc.gather(0, yc).squeeze(0)
+        zy = bc.gather(1, yc).squeeze(1)
         c = None if wy is None else wy * plan.a + plan.c_sum
         if wy is not None:
             zy.mul_(wy)
         out.sub_(zy, alpha=plan.a)
-        tc.exp_()
-        log_s = tc.sum(0).log_()
+        bc.exp_()
+        log_s = torch.mv(bc, ones).log_()
         out.add_(log_s if c is None else log_s * c)
         loss.done(out, r0, r1)
         if buf is None:
             continue
-        factor = torch.exp(-log_s) * plan.scale
-        tc.mul_(factor if c is None else factor * c)
-        _subtract_smoothing(tc, plan, dim=0)
+        factor = log_s.neg_().exp_().mul_(plan.scale)
+        bc.mul_((factor if c is None else factor * c).unsqueeze(1))
+        _subtract_smoothing(bc, plan)
         if vals is not None:
-            tc.scatter_add_(0, yc, vals.unsqueeze(0))
-        buf[r0:r1].copy_(tc.t())
+            bc.scatter_add_(1, yc, vals.unsqueeze(1))
+        if not direct:
+            buf[r0:r1].copy_(bc)
 
 
 def fused(z: Tensor, plan: Plan, with_grad: bool, *, buf: Tensor | None = None
@@ -243,7 +256,7 @@ def fused(z: Tensor, plan: Plan, with_grad: bool, *, buf: Tensor | None = None
     if with_grad and buf is None:
         buf = torch.empty_like(z, memory_format=torch.contiguous_format)
     if n:
-        kernel = _chunk_transposed if k < _SMALL_K else _chunk_rowwise
+        kernel = _chunk_small_k if k < _SMALL_K else _chunk_rowwise
         kernel(z, buf, sink, plan)
     if plan.ignored is not None and buf is not None:
         buf.index_fill_(0, plan.ignored, 0.0)

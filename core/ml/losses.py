@@ -14,10 +14,10 @@ convention).  Every categorical variant is written as q = a * onehot(y) + s with
 ``form="kl"`` returns KL(q || p) = CE - H(q) (OpenNMT); the gradient is the same.
 
 Small plain batches (uniform/off_target, no weight, up to `TORCH_DISPATCH_MAX_ELEMS`
-logits) go straight to torch's `F.cross_entropy(label_smoothing=)`: the same formula, less
-per-call work; the smallest CPU ones (`core.ml.small_ce`) to one autograd node of the same
-formula, fewer ops than torch's. Stacked trials (logits (T, B, K), one alpha per trial) run
-the fused kernel once per trial into one gradient buffer. The fused path
+logits) take a shorter path: on the CPU one autograd node of torch's formula
+(`core.ml.small_ce`, fewer ops than torch's), elsewhere (or with an `ignore_index`) torch's
+`F.cross_entropy(label_smoothing=)` itself. Stacked trials (logits (T, B, K), one alpha per
+trial) run the fused kernel once per trial into one gradient buffer. The fused path
 (`core.ml.loss_kernel`) works through the rows in cache-sized chunks: one log-softmax per chunk
 written straight into the gradient buffer, the loss read off it, and the buffer turned in
 place into the (pre-scaled) gradient ``c * softmax - a w_y onehot - w * s``.
