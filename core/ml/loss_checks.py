@@ -83,6 +83,10 @@ def check_target(target: Tensor, k: int, ignore_index: int, binary: bool) -> Ten
     elif target.dtype == torch.bool or target.is_complex():
         raise ValueError(f"Expected argument `target` to have an integer dtype, got {target.dtype}")
     target = target.long()
+    if target.numel():
+        lo, hi = torch.aminmax(target)
+        if int(lo) >= 0 and int(hi) < k:  # the common case in one pass
+            return target
     bad = ((target < 0) | (target >= k)) & (target != ignore_index)
     if bool(bad.any()):
         value = int(target[bad][0])

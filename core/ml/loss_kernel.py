@@ -17,6 +17,9 @@ _CHUNK_ELEMS_CPU = 1 << 21  # 8 MiB of float32 per chunk: in L3, few parallel re
 _CHUNK_ELEMS_CUDA = 1 << 24
 _SMALL_K = 16  # below this torch's row-wise log-softmax is slow: `_chunk_small_k` avoids it
 _SMALL_K_ROW_TEMPS = 6  # per-row vectors `_chunk_small_k` holds at once (max, sums, loss...)
+# a logit range below which exp(z - max z) of every entry stays a normal float (e**-87 is
+# float32's smallest): one shift for a whole chunk loses no precision (`_row_shift`)
+_SHIFT_RANGE = {torch.float32: 60.0, torch.float64: 500.0}
 _TEMP_FRACTION = 0.1  # chunk temporaries may use at most this fraction of one logits buffer
 _log_softmax_out = torch.ops.aten._log_softmax.out
 
@@ -195,6 +198,20 @@ def _chunk_rowwise(z: Tensor, buf: Tensor | None, loss: _Sink, plan: Plan) -> No
                 buf[r0:r1].copy_(bc)
 
 
+def _row_shift(zc: Tensor, cdtype: torch.dtype) -> Tensor:
+    """What `_chunk_small_k` subtracts from each row before exp (log-softmax is invariant).
+
+    Each row's max costs a slow strided pass when rows are short; on the CPU one contiguous
+    pass finds the chunk's range, and when it is narrow enough that no row's exp underflows,
+    the chunk's max serves every row. NaN or infinite logits fail the test: row maxima.
+    """
+    if zc.device.type == "cpu" and zc.numel():
+        lo, hi = torch.aminmax(zc)
+        if float(hi - lo) < _SHIFT_RANGE[cdtype]:
+            return hi.to(cdtype)
+    return zc.amax(1, keepdim=True)
+
+
 def _chunk_small_k(z: Tensor, buf: Tensor | None, loss: _Sink, plan: Plan) -> None:
     """Fused loss (and gradient) for K < _SMALL_K in the row layout, without log_softmax.
 
@@ -212,11 +229,12 @@ def _chunk_small_k(z: Tensor, buf: Tensor | None, loss: _Sink, plan: Plan) -> No
         r1 = min(n, r0 + rows)
         zc = z[r0:r1]
         bc = buf[r0:r1] if direct and buf is not None else temp[: r1 - r0]
+        shift = _row_shift(zc, plan.cdtype)
         if zc.dtype == plan.cdtype:
-            torch.sub(zc, zc.amax(1, keepdim=True), out=bc)
+            torch.sub(zc, shift, out=bc)
         else:
             bc.copy_(zc)
-            bc.sub_(bc.amax(1, keepdim=True))
+            bc.sub_(shift)
         yc = plan.target[r0:r1].unsqueeze(1)
         wy, vals = _chunk_targets(plan, r0, r1, buf is not None)
         out = loss.chunk(r0, r1)
@@ -328,31 +346,43 @@ class StackedFusedSmoothedCE(torch.autograd.Function):
         return buf, None
 
 
+def _ignored_rows(target: Tensor, ignore_index: int) -> Tensor | None:
+    """The (N,) mask of rows whose target is `ignore_index`, or None when no row is."""
+    if not target.numel():
+        return None
+    lo, hi = torch.aminmax(target)
+    if not int(lo) <= ignore_index <= int(hi):  # one pass settles the common case
+        return None
+    mask = target == ignore_index
+    return mask if bool(mask.any()) else None
+
+
 def make_plan(target: Tensor, k: int, alpha: float, variant: str, prior: Tensor | None,
                form: str, weight: Tensor | None, ignore_index: int, reduction: str,
                dtype: torch.dtype, device: torch.device) -> Plan:
     """Precompute the per-row and per-class quantities of the fused kernel."""
     cdtype = compute_dtype(dtype)
     a, s_scalar, s_vec = smoothing(variant, alpha, k, prior)
-    mask = target == ignore_index
-    has_ignored = bool(mask.any())
-    tgt = target.masked_fill(mask, 0) if has_ignored else target
-    ignored = mask.nonzero().squeeze(1) if has_ignored else None
+    mask = _ignored_rows(target, ignore_index)
+    tgt = target if mask is None else target.masked_fill(mask, 0)
+    ignored = None if mask is None else mask.nonzero().squeeze(1)
     w64 = None if weight is None else weight.to(device=device, dtype=torch.float64)
     wy = None if w64 is None else w64[tgt].to(cdtype)
     ws64 = s_vec.to(device) if w64 is None else w64 * s_vec.to(device)
     use_vec = w64 is not None or s_scalar is None
     if w64 is None:
-        denominator = (~mask).sum().to(cdtype)
+        denominator = (torch.tensor(float(target.numel()), device=device) if mask is None
+                       else (~mask).sum()).to(cdtype)
     else:
-        denominator = torch.where(mask, 0.0, w64[tgt]).sum().to(cdtype)
+        wy64 = w64[tgt]
+        denominator = (wy64 if mask is None else torch.where(mask, 0.0, wy64)).sum().to(cdtype)
     scale = 1.0 / denominator if reduction == "mean" else torch.ones((), dtype=cdtype,
                                                                       device=device)
     row_offset = None
     if form == "kl":
         row_offset = class_entropy(a, s_vec.to(device), w64)[tgt].to(cdtype)
     return Plan(
-        target=tgt, ignored=ignored, ignored_mask=mask if has_ignored else None, a=a,
+        target=tgt, ignored=ignored, ignored_mask=mask, a=a,
         s=None if use_vec else s_scalar,
         ws=ws64.to(cdtype) if use_vec else None, wy=wy, c_sum=float(ws64.sum()),
         scale=scale, row_offset=row_offset, reduction=reduction, cdtype=cdtype,

@@ -14,8 +14,8 @@ convention).  Every categorical variant is written as q = a * onehot(y) + s with
 ``form="kl"`` returns KL(q || p) = CE - H(q) (OpenNMT); the gradient is the same.
 
 Small plain batches (uniform/off_target, no weight, up to `TORCH_DISPATCH_MAX_ELEMS`
-logits) take a shorter path: on the CPU one autograd node of torch's formula
-(`core.ml.small_ce`, fewer ops than torch's), elsewhere (or with an `ignore_index`) torch's
+logits) take a shorter path: on the CPU a soft-target dot product in three autograd nodes
+(`core.ml.small_ce`, fewer than torch's), elsewhere (or with an `ignore_index`) torch's
 `F.cross_entropy(label_smoothing=)` itself. Stacked trials (logits (T, B, K), one alpha per
 trial) run the fused kernel once per trial into one gradient buffer. The fused path
 (`core.ml.loss_kernel`) works through the rows in cache-sized chunks: one log-softmax per chunk
@@ -56,7 +56,7 @@ from core.ml.loss_kernel import (
     smoothing,
 )
 from core.ml.methods import *  # noqa: F403  (margin, focal, FLSD-53, confidence penalty)
-from core.ml.small_ce import SMALL_MAX_ELEMS, SmallSmoothedCE
+from core.ml.small_ce import SMALL_MAX_ELEMS, small_smoothed_ce
 from core.spec import FORMS, VARIANTS  # noqa: E402  (the spec's vocabularies, written once)
 
 REDUCTIONS = ("mean", "sum", "none")
@@ -102,7 +102,7 @@ def _torch_dispatch(logits: Any, target: Any, alpha: Any, variant: Any, prior: A
     out = None
     if logits.device.type == "cpu" and logits.numel() <= SMALL_MAX_ELEMS and ignore_index < 0:
         with contextlib.suppress(IndexError, RuntimeError):  # a target outside [0, K)
-            out = SmallSmoothedCE.apply(logits, target, eps, reduction)
+            out = small_smoothed_ce(logits, target, eps, reduction)
     if out is None:
         try:
             out = F.cross_entropy(logits, target, ignore_index=ignore_index,
