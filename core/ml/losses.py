@@ -56,7 +56,7 @@ from core.ml.loss_kernel import (
     smoothing,
 )
 from core.ml.methods import *  # noqa: F403  (margin, focal, FLSD-53, confidence penalty)
-from core.ml.small_ce import SMALL_MAX_ELEMS, small_smoothed_ce
+from core.ml.small_ce import SMALL_MAX_ELEMS, small_smoothed_ce, stacked_small_ce
 from core.spec import FORMS, VARIANTS  # noqa: E402  (the spec's vocabularies, written once)
 
 REDUCTIONS = ("mean", "sum", "none")
@@ -141,8 +141,8 @@ def _stacked(logits: Tensor, target: Tensor, alphas: Tensor, variant: str,
     check_length("weight", weight, k)
     target = check_target(target, k, ignore_index, binary=False)
     if weight is None and logits.numel() <= TORCH_DISPATCH_MAX_ELEMS:
-        return _stacked_composite(logits, target, alphas, variant, prior, form, ignore_index,
-                                  reduction)
+        return stacked_small_ce(logits, target, alphas, variant, prior, form, ignore_index,
+                                reduction)
     z = logits.contiguous()
     plans = [make_plan(target[i], k, float(alphas[i]), variant, prior, form, weight,
                        ignore_index, reduction, logits.dtype, logits.device) for i in range(t)]
@@ -150,42 +150,6 @@ def _stacked(logits: Tensor, target: Tensor, alphas: Tensor, variant: str,
         return StackedFusedSmoothedCE.apply(z, plans)
     with torch.no_grad():
         return torch.stack([fused(z[i], p, False)[0] for i, p in enumerate(plans)]).to(z.dtype)
-
-
-def _stacked_composite(logits: Tensor, target: Tensor, alphas: Tensor, variant: str,
-                       prior: Tensor | None, form: str, ignore_index: int, reduction: str
-                       ) -> Tensor:
-    """Small stacked batches in a few of torch's kernels (autograd): the same q per trial."""
-    cdtype = compute_dtype(logits.dtype)
-    k = logits.shape[2]
-    al = alphas.to(device=logits.device, dtype=cdtype).unsqueeze(1)  # (T, 1)
-    keep = target != ignore_index
-    y = target.masked_fill(~keep, 0).unsqueeze(2)
-    lp = torch.log_softmax(logits.to(cdtype), dim=2)
-    lp_y = lp.gather(2, y).squeeze(2)
-    if variant == "prior":
-        assert prior is not None
-        u = prior.to(device=logits.device, dtype=cdtype)
-        a, smooth = 1.0 - al, al * (lp @ u)
-    else:
-        gamma = al / k if variant == "uniform" else al / (k - 1)
-        a, smooth = 1.0 - al - (0.0 if variant == "uniform" else gamma), gamma * lp.sum(2)
-    rows = -(a * lp_y + smooth)
-    if form == "kl":
-        rows = rows - _stacked_entropy(alphas, variant, prior, k).to(rows)[
-            torch.arange(len(alphas), device=y.device)[:, None], y.squeeze(2)]
-    rows = rows * keep
-    if reduction == "none":
-        return rows.to(logits.dtype)
-    total = rows.sum(1)
-    return (total / keep.sum(1) if reduction == "mean" else total).to(logits.dtype)
-
-
-def _stacked_entropy(alphas: Tensor, variant: str, prior: Tensor | None, k: int) -> Tensor:
-    """H(q) (T, K) of every trial's soft target for every class (float64)."""
-    table = [soft_targets(torch.arange(k), k, float(a), variant, prior=prior) for a in alphas]
-    q = torch.stack(table)
-    return -torch.special.xlogy(q, q).sum(2)
 
 
 # --------------------------------------------------------------------------- front ends

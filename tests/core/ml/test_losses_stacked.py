@@ -96,6 +96,22 @@ def test_stacked_weight_ignore_and_per_trial_targets():
     assert bool((grad[:, ::5] == 0).all())
 
 
+@pytest.mark.parametrize("variant", ["uniform", "off_target", "prior"])
+@pytest.mark.parametrize("form", ["ce", "kl"])
+@pytest.mark.parametrize("reduction", ["mean", "sum", "none"])
+def test_stacked_ignored_rows_without_weights(variant, form, reduction):
+    z, y = _stacked_data(4, 30, 5, seed=3, per_trial_targets=True)
+    y[:, ::4] = -100
+    y[2, 1] = -100  # trials ignore different rows
+    kw = {"variant": variant, "form": form, "reduction": reduction,
+          "prior": PRIOR5 if variant == "prior" else None}
+    ref_v, ref_g = _per_trial(z, y, ALPHAS, **kw)
+    val, grad = _stacked(z, y, ALPHAS, **kw)
+    torch.testing.assert_close(val, ref_v, rtol=1e-12, atol=1e-12)
+    torch.testing.assert_close(grad, ref_g, rtol=1e-12, atol=1e-13)
+    assert bool((grad[:, ::4] == 0).all()) and bool((grad[2, 1] == 0).all())
+
+
 @pytest.mark.parametrize("form", ["ce", "kl"])
 @pytest.mark.parametrize("shape", ["TB", "TB1"])
 def test_stacked_binary(form, shape):
