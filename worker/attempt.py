@@ -120,13 +120,14 @@ def upload_class_names(dataset_id: str | None) -> list[str] | None:
     return with_db_retry(read, what="load dataset class names")
 
 
-def _owned_by(job_id: str, owner: str) -> bool:
-    """Whether the job is still running under our lease (after a commit of unknown outcome)."""
+def _owned_by(job_ids: list[str], owner: str) -> bool:
+    """Whether any of the jobs still runs under our lease (after a commit of unknown outcome)."""
     with session_scope() as session:
-        return job_service.is_owned(session, job_id=job_id, owner=owner)
+        return any(job_service.is_owned(session, job_id=i, owner=owner) for i in job_ids)
 
 
-def _transition(job_id: str, owner: str, what: str, apply: Callable[[Session], bool]) -> bool:
+def _transition(job_ids: list[str], owner: str, what: str, apply: Callable[[Session], bool]
+                ) -> bool:
     """Run an owner-checked transition; a commit whose outcome is unknown is checked first."""
     give_up = time.monotonic() + 60.0
     delay = 0.2
@@ -141,7 +142,7 @@ def _transition(job_id: str, owner: str, what: str, apply: Callable[[Session], b
         time.sleep(delay)
         delay = min(delay * 2, 3.0)
         try:
-            if not with_db_retry(lambda: _owned_by(job_id, owner), what=f"{what} check"):
+            if not with_db_retry(lambda: _owned_by(job_ids, owner), what=f"{what} check"):
                 return False  # it committed after all, or the lease went to another attempt
         except Exception as exc:  # noqa: BLE001 - give the transition itself another try
             logger.warning("%s: check failed (%s)", what, exc)
@@ -175,7 +176,7 @@ def end_attempt(
             effects(session, in_worker=True).announce_terminal(job_id)
         return done
 
-    return _transition(job_id, owner, f"end {status}", apply)
+    return _transition([job_id], owner, f"end {status}", apply)
 
 
 def fail(job: ClaimedJob, owner: str, exc: BaseException) -> None:
@@ -196,7 +197,7 @@ def release_group(jobs: list[ClaimedJob], owner: str) -> None:
         effects(session, in_worker=True).enqueue_group(released)
         return bool(released)
 
-    _transition(jobs[0].id, owner, "release", apply)
+    _transition([job.id for job in jobs], owner, "release", apply)
 
 
 def _result_document(
@@ -219,26 +220,52 @@ def store_result(
     job: ClaimedJob, owner: str, result: dict[str, Any], artifacts: dict[str, bytes]
 ) -> bool:
     """Artifacts, result, status and finished_at in one transaction (owner-checked)."""
-    names = [*artifacts, *figure_names(result)]  # figures: drawn by the API on first request
-    links = {name: f"/v1/jobs/{job.id}/artifacts/{name}" for name in names}
+    return store_results([(job, result, artifacts)], owner)[0]
+
+
+Finished = tuple[ClaimedJob, dict[str, Any], dict[str, bytes]]  # job, result, artifacts
+
+
+def store_results(finished: list[Finished], owner: str) -> list[bool]:
+    """`store_result` of several jobs (a stacked group's trials) in one transaction.
+
+    Each job is owner-checked on its own: one whose lease was lost stores nothing and is
+    False; the others are stored and announced together.
+    """
+    stored: dict[str, bool] = {}
 
     def apply(session: Session) -> bool:
-        document = _result_document(job, result, links)
-        if not job_service.complete_job(session, job_id=job.id, owner=owner, result=document):
-            return False  # the lease was lost: another attempt owns the job now
-        for name, data in artifacts.items():
-            store_job_artifact(session, job, name, data)
-        effects(session, in_worker=True).announce_terminal(job.id)
-        return True
+        stored.clear()
+        for job, result, artifacts in finished:
+            stored[job.id] = _store_in(session, job, owner, result, artifacts)
+        return any(stored.values())
 
-    if _transition(job.id, owner, "store result", apply):
-        return True
+    if not _transition([job.id for job, _, _ in finished], owner, "store result", apply):
+        stored.clear()  # nothing stored, or a commit of unknown outcome: verify each
 
-    def ours() -> bool:
-        with session_scope() as session:
-            return job_reads.succeeded_in_attempt(session, job_id=job.id, attempt=job.attempt)
+    def ours(job: ClaimedJob) -> Callable[[], bool]:  # a False may still have committed
+        def read() -> bool:
+            with session_scope() as session:
+                return job_reads.succeeded_in_attempt(session, job_id=job.id,
+                                                      attempt=job.attempt)
+        return read
 
-    return with_db_retry(ours, what="verify result")
+    return [stored.get(job.id) or with_db_retry(ours(job), what="verify result")
+            for job, _, _ in finished]
+
+
+def _store_in(session: Session, job: ClaimedJob, owner: str, result: dict[str, Any],
+              artifacts: dict[str, bytes]) -> bool:
+    """One job's result, artifacts and terminal announcement on `session`; False if not ours."""
+    names = [*artifacts, *figure_names(result)]  # figures: drawn by the API on first request
+    links = {name: f"/v1/jobs/{job.id}/artifacts/{name}" for name in names}
+    document = _result_document(job, result, links)
+    if not job_service.complete_job(session, job_id=job.id, owner=owner, result=document):
+        return False  # the lease was lost: another attempt owns the job now
+    for name, data in artifacts.items():
+        store_job_artifact(session, job, name, data)
+    effects(session, in_worker=True).announce_terminal(job.id)
+    return True
 
 
 def timeout_message(settings: Settings) -> str:

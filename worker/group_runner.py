@@ -92,8 +92,7 @@ def _train_group(jobs: list[ClaimedJob], owner: str, settings: Settings) -> Outc
         if lease.stop_reason == StopReason.SHUTDOWN:
             attempt.release_group(pending, owner)
             return {**outcomes, **{job.id: "released" for job in pending}}
-    for job in pending:
-        outcomes[job.id] = _store_trial(job, owner, lease.states[job.id], outputs.get(job.id))
+    outcomes.update(_store_trials(pending, owner, lease.states, outputs))
     discard_group_checkpoint(jobs)
     return outcomes
 
@@ -129,16 +128,27 @@ def _train_stacked(group: list[ClaimedJob], owner: str, lease: GroupLeaseKeeper)
     return {job.id: out for job, out in zip(group, results, strict=True)}
 
 
-def _store_trial(job: ClaimedJob, owner: str, state: str, output: Any) -> str:
-    """End one trial after the stacked run: its result, its cancel, or nothing (lease lost)."""
-    if state == LeaseState.LOST:
-        return StopReason.LEASE_LOST  # another attempt owns it: write nothing
-    if state == LeaseState.CANCEL:
-        attempt.end_attempt(job.id, owner, JobStatus.CANCELED)
-        return JobStatus.CANCELED
-    if output is None:
-        message = "the stacked trainer returned no output"
-        attempt.end_attempt(job.id, owner, JobStatus.FAILED, FailureReason.INTERNAL, message)
-        return JobStatus.FAILED
-    stored = attempt.store_result(job, owner, output.result, output.artifacts)
-    return JobStatus.SUCCEEDED if stored else StopReason.LEASE_LOST
+def _store_trials(group: list[ClaimedJob], owner: str, states: dict[str, str],
+                  outputs: dict[str, Any]) -> Outcomes:
+    """End the trials after the stacked run: the results in one transaction, cancels, and
+    nothing for a trial whose lease was lost."""
+    outcomes: Outcomes = {}
+    finished: list[attempt.Finished] = []
+    for job in group:
+        output = outputs.get(job.id)
+        if states[job.id] == LeaseState.LOST:
+            outcomes[job.id] = StopReason.LEASE_LOST  # another attempt owns it: write nothing
+        elif states[job.id] == LeaseState.CANCEL:
+            attempt.end_attempt(job.id, owner, JobStatus.CANCELED)
+            outcomes[job.id] = JobStatus.CANCELED
+        elif output is None:
+            message = "the stacked trainer returned no output"
+            attempt.end_attempt(job.id, owner, JobStatus.FAILED, FailureReason.INTERNAL, message)
+            outcomes[job.id] = JobStatus.FAILED
+        else:
+            finished.append((job, output.result, output.artifacts))
+    if finished:
+        stored = attempt.store_results(finished, owner)
+        for (job, _, _), ok in zip(finished, stored, strict=True):
+            outcomes[job.id] = JobStatus.SUCCEEDED if ok else StopReason.LEASE_LOST
+    return outcomes

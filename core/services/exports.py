@@ -128,13 +128,13 @@ def load_sweep(
 
 def sweep_of(session: Session, *, job_id: str) -> tuple[str | None, bool, dict[str, Any]]:
     """(sweep id, whether that sweep has finished, the job's spec) of a job."""
-    job = session.get(Job, job_id)
+    job = session.execute(select(Job.sweep_id, Job.spec).where(Job.id == job_id)).one_or_none()
     if job is None:
         return None, False, {}
     if job.sweep_id is None:
         return None, False, job.spec or {}
-    sweep = session.get(Sweep, job.sweep_id)
-    return job.sweep_id, bool(sweep and sweep.status in TERMINAL_STATUSES), job.spec or {}
+    status = session.scalar(select(Sweep.status).where(Sweep.id == job.sweep_id))
+    return job.sweep_id, status in TERMINAL_STATUSES, job.spec or {}
 
 
 def sweep_base_spec(session: Session, *, sweep_id: str) -> dict[str, Any]:

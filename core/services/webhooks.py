@@ -138,8 +138,8 @@ def schedule_terminal(job_id: str) -> bool:
     """After a terminal transition has committed: enqueue the webhook if the spec has one."""
     from core.db import session_scope
 
-    with session_scope() as session:
-        job = session.get(Job, job_id)
+    with session_scope() as session:  # two columns, not the whole row with its result
+        job = session.execute(select(Job.status, Job.spec).where(Job.id == job_id)).one_or_none()
         if job is None or job.status not in TERMINAL_STATUSES:
             return False
         if not (job.spec or {}).get("webhook_url"):
