@@ -41,4 +41,5 @@ def _on_shutdown(sig: str = "", how: str = "", **_: Any) -> None:
 
 
 import worker.exports  # noqa: E402,F401  (registers the export task)
+import worker.gpu  # noqa: E402,F401  (one GPU per pool child)
 import worker.tasks  # noqa: E402,F401  (registers the tasks)
