@@ -6,7 +6,7 @@ import json
 import math
 from typing import Annotated, Any, Literal
 
-from pydantic import AfterValidator, Field, field_validator
+from pydantic import AfterValidator, Field, ValidationError, field_validator
 
 from core.spec import METHOD_PARAMS, Arch, JobSpec, Strict, ValMetric, distinct_values
 from core.validation import check_alpha
@@ -146,6 +146,29 @@ def applicable_point(spec: dict[str, Any], point: dict[str, Any]) -> dict[str, A
         if "loss.alpha" in kept:
             kept["loss.alpha"] = 0.0
     return kept
+
+
+# What the stacked trainer takes (core.ml.sweep.can_stack also refuses models with buffers).
+STACKED_ARCHS = ("linear", "mlp", "transformer")  # cnn and resnet carry BatchNorm buffers
+
+
+def may_stack(spec: dict[str, Any]) -> bool:
+    """Whether trials of this resolved spec can train stacked; torch-free (the API groups by it).
+
+    A trial that cannot (BatchNorm nets, dropout, another loss method, a learning-rate
+    schedule) is enqueued on its own: a plain job with its own checkpoints and resume.
+    """
+    try:
+        job = JobSpec.model_validate(spec)  # a stored spec may predate fields: the spec's defaults
+    except ValidationError:
+        return False  # alone is always safe
+    return (job.model.arch in STACKED_ARCHS and job.model.dropout == 0
+            and job.loss.method == "label_smoothing" and job.training.schedule.name == "constant")
+
+
+def group_key(spec: dict[str, Any], job_id: str) -> str:
+    """The group a sweep trial is enqueued (and requeued) in: its stack_key, or its own id."""
+    return stack_key(spec) if may_stack(spec) else job_id
 
 
 def stack_key(spec: dict[str, Any]) -> str:

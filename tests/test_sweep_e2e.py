@@ -170,6 +170,20 @@ def test_alpha_sweep_and_arch_axis_end_to_end(client: Any, worker: Any) -> None:
     )
 
 
+def test_batchnorm_trials_run_as_plain_jobs_and_finish_the_sweep(client: Any, worker: Any) -> None:
+    body = {"base": {**BASE, "model": {"arch": "cnn", "hidden": [8]}, "training": {"epochs": 1}},
+            "alphas": [0.0, 0.2]}
+    submitted = client.post("/v1/sweeps", json=body)
+    assert submitted.status_code == 202 and submitted.json()["groups"] == 2  # one task each
+    sweep = wait_for_sweep(client, submitted.json()["id"])
+    assert sweep["status"] == "succeeded" and sweep["progress"]["done"] == 2
+    report = client.get(f"/v1/sweeps/{sweep['id']}/report").json()
+    assert {r["alpha"] for r in report["rows"]} == {0.0, 0.2}
+    jobs = client.get("/v1/jobs", params={"sweep_id": sweep["id"]}).json()["items"]
+    results = [client.get(f"/v1/jobs/{j['id']}/result").json() for j in jobs]
+    assert all(math.isfinite(r["test"]["ece"]) and r["test"]["ci95"] for r in results)
+
+
 def test_sweep_cancel_stops_running_trials(client: Any, worker: Any) -> None:
     body = {
         "base": {

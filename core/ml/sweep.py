@@ -21,8 +21,9 @@ Equality with standalone jobs (`run_experiment(specs[i])`), per trial:
   float tolerance (tests/core/ml/test_sweep.py measures it).
 
 Not stacked, run one after another through `run_experiment` instead: dropout > 0 (vmap'ed
-dropout cannot reproduce the standalone random stream), architectures outside
-`STACKABLE_ARCHS`, and models with buffers.
+dropout cannot reproduce the standalone random stream), what `core.sweep_spec.may_stack`
+refuses, and models with buffers. (The API enqueues trials `may_stack` refuses on their own, as
+plain jobs; this fallback serves a group that reaches a worker anyway.)
 
 Group checkpoints (core/ml/group_checkpoint.py): after every epoch but the last the state goes
 to `hooks.checkpoint`; `hooks.resume` goes on from one at epoch k+1, bit for bit like a run
@@ -66,11 +67,10 @@ from core.ml.train import (
     make_optimizer,
     resolve_device,
 )
-from core.sweep_spec import stack_key
+from core.sweep_spec import may_stack, stack_key
 
-__all__ = ["STACKABLE_ARCHS", "TrialHooks", "can_stack", "run_trials", "stack_key"]
+__all__ = ["TrialHooks", "can_stack", "run_trials", "stack_key"]
 
-STACKABLE_ARCHS = frozenset({"linear", "mlp", "cnn", "transformer"})
 _PREFIX = "net."
 
 
@@ -88,10 +88,7 @@ class TrialHooks:
 
 def can_stack(prep: PreparedExperiment) -> bool:
     """Whether trials of this prepared spec train stacked (else one after another)."""
-    return (prep.mcfg["arch"] in STACKABLE_ARCHS and prep.mcfg["dropout"] == 0.0
-            and prep.cfg.method == "label_smoothing"  # only label smoothing is stacked
-            and prep.cfg.schedule == "constant"  # the stacked loop has no lr schedule
-            and not any(True for _ in prep.build().buffers()))
+    return may_stack(prep.spec) and not any(True for _ in prep.build().buffers())
 
 
 def run_trials(

@@ -16,7 +16,7 @@ from core.models import Job, JobEvent
 from core.services import idempotency, jobs
 from core.services.effects import effects
 from core.states import FailureReason, JobStatus
-from core.sweep_spec import stack_key
+from core.sweep_spec import group_key
 from core.timeutil import as_utc, utcnow
 
 logger = logging.getLogger("softlabel.reconcile")
@@ -99,7 +99,7 @@ def reclaim_expired_leases(
                 fx.announce_terminal(job.id)
         elif jobs.requeue_expired(session, job=job):
             report.requeued.append(job.id)
-            key = (job.sweep_id, stack_key(job.spec)) if job.sweep_id else ("", job.id)
+            key = (job.sweep_id or "", group_key(job.spec, job.id) if job.sweep_id else job.id)
             report.groups.setdefault(key, []).append(job.id)
     session.flush()
     return report

@@ -24,7 +24,7 @@ from core.services.sweep_report import Trial, build_report
 from core.spec import JobSpec
 from core.states import TERMINAL_STATUSES, SweepStatus
 from core.storage import get_artifact
-from core.sweep_spec import SweepSpec, stack_key
+from core.sweep_spec import SweepSpec, group_key, may_stack, stack_key
 from core.timeutil import as_utc, utcnow
 
 logger = logging.getLogger("softlabel.sweeps")
@@ -94,7 +94,7 @@ def create_sweep(
             dataset_id=dataset_id,
             cost=costs.get(stack_key(spec)),
         )
-        groups.setdefault(stack_key(spec), []).append(job.id)
+        groups.setdefault(group_key(spec, job.id), []).append(job.id)
     return CreatedSweep(sweep=sweep, groups=list(groups.values()))
 
 
@@ -113,9 +113,6 @@ def _sweep_document(request: SweepSpec) -> dict[str, Any]:
     }
 
 
-# trained stacked (all trials at once); nets with BatchNorm buffers run one by one
-STACKED_ARCHS = ("linear", "mlp", "transformer")
-
 
 def _trial_costs(session: Session, *, tenant_id: str, specs: list[dict[str, Any]],
                  settings: Settings | None) -> dict[str, dict[str, Any]]:
@@ -130,10 +127,7 @@ def _trial_costs(session: Session, *, tenant_id: str, specs: list[dict[str, Any]
             continue
         parsed = JobSpec.model_validate(spec)
         cost = check_job_cost(session, tenant_id=tenant_id, spec=parsed, settings=settings)
-        stacked = (parsed.model.arch in STACKED_ARCHS and parsed.model.dropout == 0
-                   and parsed.loss.method == "label_smoothing"
-                   and parsed.training.schedule.name == "constant")  # as core.ml.sweep.can_stack
-        if stacked:
+        if may_stack(spec):  # one stacked model of all the group's trials
             enforce_caps(cost, settings=settings, trials=sizes[key])
         out[key] = cost.as_dict()
     return out

@@ -140,6 +140,33 @@ def test_stack_key_of_core_spec_matches_the_trainer() -> None:
     assert stack_key(spec) == ml_sweep.stack_key(spec)
 
 
+@pytest.mark.parametrize(("change", "stacks"), [
+    ({}, True),
+    ({"model": {"arch": "linear"}}, True),
+    ({"model": {"arch": "cnn", "hidden": [8]}}, False),  # BatchNorm buffers
+    ({"model": {"arch": "mlp", "hidden": [32], "dropout": 0.2}}, False),
+    ({"training": {"epochs": 2, "schedule": {"name": "cosine"}}}, False),
+    ({"loss": {"method": "focal", "gamma": 2.0}}, False),
+])
+def test_may_stack_is_the_trainers_rule_without_torch(change: dict, stacks: bool) -> None:
+    from core.ml import sweep as ml_sweep
+    from core.ml.experiment import prepare_experiment
+    from core.spec import JobSpec
+    from core.sweep_spec import may_stack
+
+    spec = JobSpec.model_validate({**BASE, **change}).resolved()
+    assert may_stack(spec) is stacks
+    assert ml_sweep.can_stack(prepare_experiment(spec)) is stacks
+
+
+def test_trials_that_cannot_stack_are_queued_one_task_each(client: Any) -> None:
+    body = {"base": {**BASE, "model": {"arch": "cnn", "hidden": [8]}, "training": {"epochs": 1}},
+            "alphas": [0.0, 0.1, 0.2]}
+    resp = client.post("/v1/sweeps", json=body)
+    assert resp.status_code == 202, resp.text
+    assert resp.json()["n_trials"] == 3 and resp.json()["groups"] == 3
+
+
 def test_other_tenants_sweep_is_404(client: Any) -> None:
     resp = client.post("/v1/sweeps", json={"base": BASE, "alphas": [0.1]})
     assert resp.status_code == 202
