@@ -99,7 +99,7 @@ def reclaim_expired_leases(
                 fx.announce_terminal(job.id)
         elif jobs.requeue_expired(session, job=job):
             report.requeued.append(job.id)
-            key = (job.sweep_id or "", group_key(job.spec, job.id) if job.sweep_id else job.id)
+            key = (job.sweep_id, group_key(job.spec, job.id)) if job.sweep_id else ("", job.id)
             report.groups.setdefault(key, []).append(job.id)
     session.flush()
     return report

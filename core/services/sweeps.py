@@ -113,7 +113,6 @@ def _sweep_document(request: SweepSpec) -> dict[str, Any]:
     }
 
 
-
 def _trial_costs(session: Session, *, tenant_id: str, specs: list[dict[str, Any]],
                  settings: Settings | None) -> dict[str, dict[str, Any]]:
     """Cost estimate per stack group, each trial and each stacked group checked against caps."""
