@@ -31,7 +31,7 @@ class InputNorm(nn.Module):
                  view: str = "image") -> None:
         super().__init__()
         self.mean, self.std, self.view = mean, std, view
-        self.channels_last = False  # set by the training loop on CUDA for conv nets
+        self.channels_last = False  # set by prepare_model_for for conv nets
 
     def forward(self, x: Tensor) -> Tensor:
         """Float, per-channel normalised batch in the same shape."""

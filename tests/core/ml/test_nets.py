@@ -71,3 +71,24 @@ def test_gru_and_transformer_layers_follow_hidden():
     assert gru.gru.num_layers == 3 and gru.gru.hidden_size == 12
     tr = build_model({"arch": "transformer", "hidden": [16, 16]}, 64, 10, (8, 8))
     assert len(tr.encoder.layers) == 2 and tr.pos.shape == (1, 9, 16)
+
+
+@pytest.mark.skipif(not torch.backends.mkldnn.is_available(), reason="needs oneDNN")
+def test_conv_nets_train_channels_last_on_the_cpu(digits):
+    from core.ml.placement import prepare_model_for
+
+    torch.manual_seed(0)
+    model = build_model({"arch": "cnn", "hidden": [16, 32]}, 64, 10, (8, 8))
+    plain = build_model({"arch": "cnn", "hidden": [16, 32]}, 64, 10, (8, 8))
+    plain.load_state_dict(model.state_dict())
+    prepare_model_for(model, torch.device("cpu"))
+    conv = [m for m in model.modules() if isinstance(m, torch.nn.Conv2d)][1]  # 16 in-channels
+    assert conv.weight.is_contiguous(memory_format=torch.channels_last)
+    assert not conv.weight.is_contiguous()
+    x = torch.from_numpy(to_view(digits.X_val[:7], view_for_arch("cnn"), (8, 8)))
+    model.eval()
+    plain.eval()
+    assert torch.allclose(model(x), plain(x), atol=1e-5)
+    mlp = build_model({"arch": "mlp", "hidden": [8]}, 64, 10, None)
+    prepare_model_for(mlp, torch.device("cpu"))
+    assert all(p.is_contiguous() for p in mlp.parameters())
