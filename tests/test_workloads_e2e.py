@@ -89,6 +89,7 @@ def test_every_layout_uploads_and_trains_a_cnn(client: Any, engine: Proc) -> Non
         stored = "NHW" if c == 1 else "NCHW"
         assert result["dataset"]["layout"] == stored and result["dataset"]["dtype"] == dtype
         assert result["dataset"]["channels"] == c
+        assert result["dataset"]["uploaded_layout"] == layout  # as sent, NHWC included
 
 
 def test_uint8_colour_set_of_tens_of_mb_stays_uint8(client: Any, engine: Proc) -> None:

@@ -108,16 +108,17 @@ def load_upload(dataset_id: str) -> tuple[np.ndarray, np.ndarray]:
     return arrays["X"], arrays["y"]
 
 
-def upload_class_names(dataset_id: str | None) -> list[str] | None:
-    """The class names stored with an uploaded dataset (None for builtin/synthetic data)."""
+def upload_facts(dataset_id: str | None) -> dict[str, Any]:
+    """An upload's class names and layout as sent, as run_experiment's keyword arguments."""
     if dataset_id is None:
-        return None
+        return {"class_names": None, "uploaded_layout": None}
 
-    def read() -> list[str] | None:
+    def read() -> tuple[list[str] | None, str | None]:
         with session_scope() as session:
-            return dataset_service.class_names_of(session, dataset_id=dataset_id)
+            return dataset_service.upload_facts_of(session, dataset_id=dataset_id)
 
-    return with_db_retry(read, what="load dataset class names")
+    names, layout = with_db_retry(read, what="load dataset facts")
+    return {"class_names": names, "uploaded_layout": layout}
 
 
 def _owned_by(job_ids: list[str], owner: str) -> bool:

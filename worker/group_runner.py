@@ -122,7 +122,7 @@ def _train_stacked(group: list[ClaimedJob], owner: str, lease: GroupLeaseKeeper)
             [j.spec for j in group],
             arrays=attempt.load_upload(first.dataset_id) if first.dataset_id else None,
             hooks=hooks,
-            class_names=attempt.upload_class_names(first.dataset_id),
+            **attempt.upload_facts(first.dataset_id),
         )
         writer.close(checkpoint=False)  # trained: the results make the checkpoint useless
     return {job.id: out for job, out in zip(group, results, strict=True)}

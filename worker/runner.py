@@ -18,7 +18,7 @@ from worker.attempt import (
     release_group,
     store_result,
     timeout_message,
-    upload_class_names,
+    upload_facts,
     worker_identity,
 )
 from worker.checkpoints import CheckpointWriter, close_quietly, read_checkpoint
@@ -88,7 +88,7 @@ def _train_and_store(job: ClaimedJob, owner: str, settings: Settings) -> str:
                 job.spec,
                 arrays=arrays,
                 hooks=hooks,
-                class_names=upload_class_names(job.dataset_id),
+                **upload_facts(job.dataset_id),
             )
             writer.finish()  # the progress rows, before the result
         except TrainingStopped as stop:

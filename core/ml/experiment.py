@@ -65,6 +65,7 @@ class PreparedExperiment:
     yva: torch.Tensor
     Xte: torch.Tensor
     yte: torch.Tensor
+    uploaded_layout: str | None = None  # an upload's layout as sent (NHWC, NCHW, NHW, NF)
 
     @property
     def fingerprint(self) -> dict[str, Any]:
@@ -90,6 +91,7 @@ def prepare_experiment(
     *,
     arrays: tuple[np.ndarray, np.ndarray] | None = None,
     class_names: list[str] | None = None,
+    uploaded_layout: str | None = None,
 ) -> PreparedExperiment:
     """Validate the spec, load, split and standardise the data and make the arch's tensor view."""
     job = parse_job_spec(spec)
@@ -136,7 +138,8 @@ def prepare_experiment(
     Xte, yte = tensors(data.X_test, data.y_test)
     return PreparedExperiment(spec=spec, job=job, cfg=cfg, data=data, names=names, mcfg=mcfg,
                               n_features=n_features, image_shape=image_shape,
-                              Xtr=Xtr, ytr=ytr, Xva=Xva, yva=yva, Xte=Xte, yte=yte)
+                              Xtr=Xtr, ytr=ytr, Xva=Xva, yva=yva, Xte=Xte, yte=yte,
+                              uploaded_layout=uploaded_layout)
 
 
 def run_experiment(
@@ -145,13 +148,16 @@ def run_experiment(
     arrays: tuple[np.ndarray, np.ndarray] | None = None,
     hooks: TrainHooks | None = None,
     class_names: list[str] | None = None,
+    uploaded_layout: str | None = None,
 ) -> ExperimentOutput:
     """Train and evaluate one resolved job spec; deterministic for a given spec on CPU.
 
     `arrays` are the (X, y) of an uploaded dataset (spec dataset.source == "upload");
-    `class_names` optionally names its classes. The caller's global torch RNG is left as it was.
+    `class_names` optionally names its classes, `uploaded_layout` says how X was laid out as
+    sent. The caller's global torch RNG is left as it was.
     """
-    prep = prepare_experiment(spec, arrays=arrays, class_names=class_names)
+    prep = prepare_experiment(spec, arrays=arrays, class_names=class_names,
+                              uploaded_layout=uploaded_layout)
     with torch.random.fork_rng(devices=[]):
         torch.manual_seed(prep.cfg.seed)
         model = prep.build()

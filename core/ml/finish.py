@@ -204,13 +204,14 @@ def _model_artifacts(prep: PreparedExperiment, model: torch.nn.Module, fitted: F
 
 
 def _dataset_block(prep: PreparedExperiment) -> dict[str, Any]:
-    """The result's `dataset` block: sizes, hash, classes and the stored layout."""
+    """The result's `dataset` block: sizes, hash, classes, the layout as uploaded and stored."""
     data, image_shape = prep.data, prep.image_shape
     return {
         "n_train": len(data.y_train), "n_val": len(data.y_val), "n_test": len(data.y_test),
         "n_classes": data.n_classes, "n_features": prep.n_features, "sha256": data.sha256,
         "label_noise_changed": data.label_noise_changed, "class_names": prep.names,
         "image_shape": list(image_shape) if image_shape else None,
+        "uploaded_layout": prep.uploaded_layout,
         **(prep.mcfg.get("stored") or {"layout": "NHW" if image_shape else "NF",
                                        "dtype": "float32", "channels": 1}),
     }

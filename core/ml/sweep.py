@@ -97,6 +97,7 @@ def run_trials(
     arrays: tuple[np.ndarray, np.ndarray] | None = None,
     hooks: TrialHooks | None = None,
     class_names: list[str] | None = None,
+    uploaded_layout: str | None = None,
 ) -> list[ExperimentOutput | None]:
     """Train trials with equal stack_key together; output i is like run_experiment(specs[i])'s."""
     if not specs:
@@ -105,10 +106,11 @@ def run_trials(
         raise ValueError("run_trials needs specs that differ only in loss.alpha, training.seed, "
                          "tags and webhook_url (equal stack_key)")
     hooks = hooks or TrialHooks()
-    first = prepare_experiment(specs[0], arrays=arrays, class_names=class_names)
+    first = prepare_experiment(specs[0], arrays=arrays, class_names=class_names,
+                               uploaded_layout=uploaded_layout)
     preps = [first.with_spec(s) for s in specs]
     if not can_stack(first):
-        return _run_sequential(specs, arrays, hooks, class_names)
+        return _run_sequential(specs, arrays, hooks, class_names, uploaded_layout)
     return _run_stacked(preps, hooks)
 
 
@@ -133,8 +135,8 @@ def _trial_train_hooks(i: int, hooks: TrialHooks) -> tuple[TrainHooks, list[bool
 
 
 def _run_sequential(specs: list[dict], arrays: tuple[np.ndarray, np.ndarray] | None,
-                    hooks: TrialHooks, class_names: list[str] | None
-                    ) -> list[ExperimentOutput | None]:
+                    hooks: TrialHooks, class_names: list[str] | None,
+                    uploaded_layout: str | None) -> list[ExperimentOutput | None]:
     """Run the trials one after another as standalone experiments (unstackable specs)."""
     outputs: list[ExperimentOutput | None] = []
     for i, spec in enumerate(specs):
@@ -144,7 +146,7 @@ def _run_sequential(specs: list[dict], arrays: tuple[np.ndarray, np.ndarray] | N
         train_hooks, canceled = _trial_train_hooks(i, hooks)
         try:
             outputs.append(run_experiment(spec, arrays=arrays, class_names=class_names,
-                                          hooks=train_hooks))
+                                          uploaded_layout=uploaded_layout, hooks=train_hooks))
         except TrainingStopped:
             if not canceled[0]:
                 raise

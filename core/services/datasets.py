@@ -172,11 +172,12 @@ def copy_arrays_to(session: Session, *, dataset_id: str, dest: Path) -> bool:
     return storage.copy_artifact_to(session, key=dataset_key(dataset_id), dest=dest)
 
 
-def class_names_of(session: Session, *, dataset_id: str) -> list[str] | None:
-    """The class names stored with an uploaded dataset, or None."""
+def upload_facts_of(session: Session, *, dataset_id: str) -> tuple[list[str] | None, str | None]:
+    """The class names and the layout X was uploaded in (NHWC, NCHW, NHW, NF), or Nones."""
     row = session.get(Dataset, dataset_id)
-    names = (row.info or {}).get("class_names") if row is not None else None
-    return [str(n) for n in names] if names else None
+    info = (row.info or {}) if row is not None else {}
+    names = info.get("class_names")
+    return ([str(n) for n in names] if names else None), info.get("layout")
 
 
 def get_dataset(session: Session, *, tenant_id: str, dataset_id: str) -> Dataset:

@@ -60,7 +60,7 @@ def test_digits_mlp_is_accurate_and_calibrated(digits_run):
         "n_train": 1259, "n_val": 269, "n_test": 269, "n_classes": 10, "n_features": 64,
         "sha256": r["dataset"]["sha256"], "label_noise_changed": 0,
         "class_names": [str(i) for i in range(10)], "image_shape": [8, 8],
-        "layout": "NHW", "dtype": "float32", "channels": 1}
+        "layout": "NHW", "dtype": "float32", "channels": 1, "uploaded_layout": None}
     assert len(r["dataset"]["sha256"]) == 64
     assert [h["epoch"] for h in r["history"]] == list(range(1, len(r["history"]) + 1))
     assert 1 <= r["best_epoch"] <= 15 and isinstance(r["stopped_early"], bool)
