@@ -118,8 +118,13 @@ def job_spec(epochs: int) -> dict[str, Any]:
     }
 
 
-def submit_and_wait(client: Any, spec: dict[str, Any], poll: float) -> dict[str, Any]:
-    """POST the spec, long-poll (`?wait=poll`) for a terminal status; the job, send time."""
+def submit_and_wait(client: Any, spec: dict[str, Any], poll: float, *,
+                    long_poll: bool = True) -> dict[str, Any]:
+    """POST the spec, wait for a terminal status; returns the job plus the send time.
+
+    `long_poll`: GETs with `?wait=poll` (as the client's wait() does: the client costs the
+    machine nothing while the worker trains); else a plain GET every `poll` seconds.
+    """
     sent = time.time()
     resp = client.post("/v1/jobs", json=spec)
     if resp.status_code != 202:
@@ -128,12 +133,13 @@ def submit_and_wait(client: Any, spec: dict[str, Any], poll: float) -> dict[str,
     deadline = time.monotonic() + 600
     etag: str | None = None
     while time.monotonic() < deadline:
-        # A long poll, as the client's wait() does: it answers when the job changes, so the
-        # client costs the machine nothing while the worker trains.
-        reply = client.get(f"/v1/jobs/{job_id}", params={"wait": f"{poll:g}"},
-                           headers={"If-None-Match": etag} if etag else {})
-        if reply.status_code == 304:
-            continue
+        if long_poll:
+            reply = client.get(f"/v1/jobs/{job_id}", params={"wait": f"{poll:g}"},
+                               headers={"If-None-Match": etag} if etag else {})
+            if reply.status_code == 304:
+                continue
+        else:
+            reply = client.get(f"/v1/jobs/{job_id}")
         etag = reply.headers.get("ETag")
         job = reply.json()
         if job["status"] == "queued" and time.time() - sent > LOST_AFTER_S:
@@ -148,6 +154,8 @@ def submit_and_wait(client: Any, spec: dict[str, Any], poll: float) -> dict[str,
             if job["status"] != "succeeded":
                 raise RuntimeError(f"job {job_id} ended {job['status']}: {job.get('failure')}")
             return {"job": job, "sent": sent, "seen": seen}
+        if not long_poll:
+            time.sleep(poll)
     raise RuntimeError(f"job {job_id} did not finish in time")
 
 
@@ -163,11 +171,12 @@ def run_direct(spec: dict[str, Any]) -> tuple[float, int, float]:
     return seconds, len(output.result["history"]), float(output.result["timing"]["train_s"])
 
 
-def api_sample(client: Any, spec: dict[str, Any], poll: float) -> dict[str, Any]:
+def api_sample(client: Any, spec: dict[str, Any], poll: float, *,
+               long_poll: bool = True) -> dict[str, Any]:
     """submit_and_wait, redone when the delivery was lost (that run's timing is void)."""
     for _ in range(3):
         try:
-            return submit_and_wait(client, spec, poll)
+            return submit_and_wait(client, spec, poll, long_poll=long_poll)
         except LostDelivery:
             continue
     raise RuntimeError("three deliveries in a row were lost; is something flushing Redis?")

@@ -103,7 +103,8 @@ def run_sweep(client: Any, epochs: int) -> dict[str, float]:
 
 def run_job(client: Any, epochs: int) -> dict[str, float]:
     """One job through the API; its times (seconds) split by step."""
-    done = api_sample(client, job_spec(ONE_JOB_ALPHA, epochs), poll=0.05)
+    # polled like the sweep in run_sweep: both sides of the ratio are waited on the same way
+    done = api_sample(client, job_spec(ONE_JOB_ALPHA, epochs), poll=0.1, long_poll=False)
     job = done["job"]
     result = client.get(f"/v1/jobs/{job['id']}/result").json()
     created, started, finished = (ts(job[k]) for k in ("created_at", "started_at", "finished_at"))
