@@ -41,7 +41,8 @@ class BlobBackend(Protocol):
     """Where the bytes of an artifact live (streamed in and out in CHUNK_BYTES pieces)."""
 
     def write(self, session: Session, row: Artifact, source: BinaryIO) -> None:
-        """Store everything read from `source` as the bytes of `row` (flushed, with an id)."""
+        """Store everything read from `source` as the bytes of `row` (flushing it if it needs
+        an id); a new row (no id yet) has no old bytes to remove."""
 
     def chunks(self, session: Session, row: Artifact) -> Iterator[bytes] | None:
         """The stored bytes in order, or None when there are none."""
@@ -179,7 +180,7 @@ def _put(
     row.tenant_id = tenant_id
     row.job_id = job_id
     row.content_type = content_type_for(key)
-    session.flush()
+    # no flush yet: a new artifact of one chunk is a single INSERT with its bytes
     reader = _Hashing(source)
     backend.write(session, row, reader)  # type: ignore[arg-type]
     row.size_bytes = reader.size
