@@ -65,7 +65,7 @@ class PreparedExperiment:
     yva: torch.Tensor
     Xte: torch.Tensor
     yte: torch.Tensor
-    uploaded_layout: str | None = None  # an upload's layout as sent (NHWC, NCHW, NHW, NF)
+    uploaded_layout: str | None = None  # an upload's layout as sent (NHWC, NCHW, NHW, NF, table)
 
     @property
     def fingerprint(self) -> dict[str, Any]:

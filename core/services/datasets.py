@@ -173,7 +173,7 @@ def copy_arrays_to(session: Session, *, dataset_id: str, dest: Path) -> bool:
 
 
 def upload_facts_of(session: Session, *, dataset_id: str) -> tuple[list[str] | None, str | None]:
-    """The class names and the layout X was uploaded in (NHWC, NCHW, NHW, NF), or Nones."""
+    """The class names and the layout X was uploaded in (NHWC, NCHW, NHW, NF, table), or Nones."""
     row = session.get(Dataset, dataset_id)
     info = (row.info or {}) if row is not None else {}
     names = info.get("class_names")
