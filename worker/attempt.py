@@ -38,7 +38,7 @@ from core.services import jobs as job_service
 from core.services import sweeps as sweep_service
 from core.services.effects import effects
 from core.services.jobs import ClaimedJob
-from core.states import FailureReason, JobStatus
+from core.states import FailureReason, JobStatus, StopReason
 from worker.checkpoints import store_job_artifact
 
 logger = logging.getLogger("softlabel.worker")
@@ -219,54 +219,60 @@ def _result_document(
 
 def store_result(
     job: ClaimedJob, owner: str, result: dict[str, Any], artifacts: dict[str, bytes]
-) -> bool:
-    """Artifacts, result, status and finished_at in one transaction (owner-checked)."""
+) -> str:
+    """Artifacts, result, status and finished_at in one transaction (owner-checked).
+
+    The outcome: succeeded; canceled (a cancel came while the job trained, so nothing of
+    the result is kept); or lease_lost (another attempt owns the job: nothing written).
+    """
     return store_results([(job, result, artifacts)], owner)[0]
 
 
 Finished = tuple[ClaimedJob, dict[str, Any], dict[str, bytes]]  # job, result, artifacts
 
 
-def store_results(finished: list[Finished], owner: str) -> list[bool]:
+def store_results(finished: list[Finished], owner: str) -> list[str]:
     """`store_result` of several jobs (a stacked group's trials) in one transaction.
 
-    Each job is owner-checked on its own: one whose lease was lost stores nothing and is
-    False; the others are stored and announced together.
+    Each job is owner-checked on its own: one whose lease was lost stores nothing, one with
+    a cancel request ends canceled; the others are stored, and all are announced together.
     """
-    stored: dict[str, bool] = {}
+    outcomes: dict[str, str] = {}
 
     def apply(session: Session) -> bool:
-        stored.clear()
+        outcomes.clear()
         for job, result, artifacts in finished:
-            stored[job.id] = _store_in(session, job, owner, result, artifacts)
-        return any(stored.values())
+            outcomes[job.id] = _store_in(session, job, owner, result, artifacts)
+        return any(o != StopReason.LEASE_LOST for o in outcomes.values())
 
     if not _transition([job.id for job, _, _ in finished], owner, "store result", apply):
-        stored.clear()  # nothing stored, or a commit of unknown outcome: verify each
+        outcomes.clear()  # nothing stored, or a commit of unknown outcome: verify each
 
-    def ours(job: ClaimedJob) -> Callable[[], bool]:  # a False may still have committed
-        def read() -> bool:
+    def ours(job: ClaimedJob) -> Callable[[], str]:  # a lost one may still have committed
+        def read() -> str:
             with session_scope() as session:
-                return job_reads.succeeded_in_attempt(session, job_id=job.id,
-                                                      attempt=job.attempt)
+                ended = job_reads.ended_in_attempt(session, job_id=job.id, attempt=job.attempt)
+            return ended or StopReason.LEASE_LOST
         return read
 
-    return [stored.get(job.id) or with_db_retry(ours(job), what="verify result")
+    return [outcomes.get(job.id) or with_db_retry(ours(job), what="verify result")
             for job, _, _ in finished]
 
 
 def _store_in(session: Session, job: ClaimedJob, owner: str, result: dict[str, Any],
-              artifacts: dict[str, bytes]) -> bool:
-    """One job's result, artifacts and terminal announcement on `session`; False if not ours."""
+              artifacts: dict[str, bytes]) -> str:
+    """One job's result, artifacts and terminal announcement on `session`; its outcome."""
     names = [*artifacts, *figure_names(result)]  # figures: drawn by the API on first request
     links = {name: f"/v1/jobs/{job.id}/artifacts/{name}" for name in names}
     document = _result_document(job, result, links)
-    if not job_service.complete_job(session, job_id=job.id, owner=owner, result=document):
-        return False  # the lease was lost: another attempt owns the job now
-    for name, data in artifacts.items():
-        store_job_artifact(session, job, name, data)
+    ended = job_service.complete_job(session, job_id=job.id, owner=owner, result=document)
+    if ended is None:
+        return StopReason.LEASE_LOST  # another attempt owns the job now: write nothing
+    if ended == JobStatus.SUCCEEDED:
+        for name, data in artifacts.items():
+            store_job_artifact(session, job, name, data)
     effects(session, in_worker=True).announce_terminal(job.id)
-    return True
+    return ended
 
 
 def timeout_message(settings: Settings) -> str:

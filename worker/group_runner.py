@@ -26,6 +26,10 @@ def execute_group(job_ids: list[str], *, settings: Settings, owner: str | None =
     """Train a group of stackable trials together; returns the outcome per claimed job id."""
     from celery.exceptions import SoftTimeLimitExceeded
 
+    import core.ml.sweep  # noqa: F401 - load torch before the lease clock starts
+    from core.ml.train import preload_training
+
+    preload_training()  # and what the first optimiser imports
     owner = owner or attempt.worker_identity()
     try:
         jobs = attempt.claim(job_ids, owner=owner, settings=settings, fair_share=True)
@@ -88,7 +92,7 @@ def _train_group(jobs: list[ClaimedJob], owner: str, settings: Settings) -> Outc
                 return {**outcomes, **_end_all(pending, owner, reason, message)}
             if not pending:
                 return outcomes
-        lease.renew_once()  # a cancel or a lost lease that came during the last epoch
+        # a cancel or a lost lease since the last heartbeat: the store's own owner checks
         if lease.stop_reason == StopReason.SHUTDOWN:
             attempt.release_group(pending, owner)
             return {**outcomes, **{job.id: "released" for job in pending}}
@@ -148,7 +152,6 @@ def _store_trials(group: list[ClaimedJob], owner: str, states: dict[str, str],
         else:
             finished.append((job, output.result, output.artifacts))
     if finished:
-        stored = attempt.store_results(finished, owner)
-        for (job, _, _), ok in zip(finished, stored, strict=True):
-            outcomes[job.id] = JobStatus.SUCCEEDED if ok else StopReason.LEASE_LOST
+        ended = attempt.store_results(finished, owner)
+        outcomes.update((job.id, end) for (job, _, _), end in zip(finished, ended, strict=True))
     return outcomes

@@ -43,7 +43,9 @@ def execute_job(job_id: str, *, settings: Settings, owner: str | None = None) ->
     from celery.exceptions import SoftTimeLimitExceeded
 
     import core.ml.experiment  # noqa: F401 - load torch before the lease clock starts
+    from core.ml.train import preload_training
 
+    preload_training()  # and what the first optimiser imports
     owner = owner or worker_identity()
     try:
         claimed = claim([job_id], owner=owner, settings=settings, fair_share=True)
@@ -103,11 +105,10 @@ def _train_and_store(job: ClaimedJob, owner: str, settings: Settings) -> str:
             close_quietly(writer)
             fail(job, owner, exc)
             return JobStatus.FAILED
-        lease.renew_once()  # a cancel or a lost lease that came during the last epoch
-        if lease.stop_reason:
+        if lease.stop_reason:  # a shutdown, or what the last heartbeat saw
             return _stopped(job, owner, lease.stop_reason)
-    stored = store_result(job, owner, output.result, output.artifacts)
-    return JobStatus.SUCCEEDED if stored else StopReason.LEASE_LOST
+    # A cancel or a lost lease since that heartbeat is the store's own owner check.
+    return store_result(job, owner, output.result, output.artifacts)
 
 
 def _stopped(job: ClaimedJob, owner: str, reason: str) -> str:

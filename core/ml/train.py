@@ -106,6 +106,15 @@ def resolve_device(name: str) -> torch.device:
     return torch.device(name)
 
 
+def preload_training() -> None:
+    """Import now what a process's first optimiser would import mid-training.
+
+    torch.optim's constructors are wrapped by `torch._disable_dynamo`, which imports
+    torch._dynamo on the first call: about a second, inside the first job's lease and train_s.
+    """
+    import torch._dynamo  # noqa: F401
+
+
 def make_optimizer(model: nn.Module | Iterable[Tensor], cfg: TrainConfig, *,
                    fused: bool | None = None) -> torch.optim.Optimizer:
     """SGD (with momentum), Adam or AdamW, all with cfg.weight_decay (a model or its tensors)."""

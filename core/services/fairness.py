@@ -10,6 +10,8 @@ on the tenant (Postgres), so concurrent workers cannot overshoot the cap togethe
 
 from __future__ import annotations
 
+from typing import Any
+
 from sqlalchemy import exists, func, select
 from sqlalchemy.orm import Session
 
@@ -28,20 +30,29 @@ def must_yield(session: Session, *, job_id: str, cap: int) -> bool:
     Call in the claim's transaction, right before the claim: it locks the tenant row
     (released at commit), so the count and the claim are atomic per tenant.
     """
-    tenant_id = session.scalar(select(Job.tenant_id).where(Job.id == job_id))
-    if tenant_id is None or cap <= 0:
+    if cap <= 0:
         return False
-    session.execute(select(Tenant.id).where(Tenant.id == tenant_id).with_for_update())
+    job_tenant = select(Job.tenant_id).where(Job.id == job_id).scalar_subquery()
+
+    def others_waiting(tenant: Any) -> Any:
+        return exists().where(
+            Job.status == "queued", Job.tenant_id != tenant, Job.cancel_requested.is_(False)
+        )
+
+    # Nobody else waits (the usual case): no lock and no count. A job of another tenant
+    # queued after this read is one that arrived after this claim.
+    if not session.scalar(select(others_waiting(job_tenant))):
+        return False
+    # The lock is its own statement: the counts below must be read after it is held.
+    tenant_id = session.scalar(select(Tenant.id).where(Tenant.id == job_tenant).with_for_update())
+    if tenant_id is None:
+        return False
     # Shares are counted in workers: a stacked sweep group (many trials, one lease owner)
     # occupies one worker, as does a single job.
-    running = session.scalar(
+    running = (
         select(func.count(func.distinct(Job.lease_owner)))
         .where(Job.tenant_id == tenant_id, Job.status == "running")
-    ) or 0
-    if running < cap:
-        return False
-    others_waiting = session.scalar(
-        select(exists().where(Job.status == "queued", Job.tenant_id != tenant_id,
-                              Job.cancel_requested.is_(False)))
+        .scalar_subquery()
     )
-    return bool(others_waiting)
+    at_cap, waiting = session.execute(select(running >= cap, others_waiting(tenant_id))).one()
+    return bool(at_cap and waiting)

@@ -134,11 +134,13 @@ def job_row(session: Session, *, tenant_id: str, job_id: str) -> Mapping[Any, An
     return session.execute(_JOB_BY_TENANT, params).mappings().first()
 
 
-def succeeded_in_attempt(session: Session, *, job_id: str, attempt: int) -> bool:
-    """Whether the job succeeded with `attempt`'s result (after a commit of unknown outcome)."""
+def ended_in_attempt(session: Session, *, job_id: str, attempt: int) -> JobStatus | None:
+    """Succeeded or canceled, if the job ended so in `attempt` (after an unknown commit)."""
     job = session.get(Job, job_id)
-    return (
-        job is not None
-        and job.status == JobStatus.SUCCEEDED
-        and (job.result or {}).get("attempt") == attempt
-    )
+    if job is None:
+        return None
+    if job.status == JobStatus.SUCCEEDED and (job.result or {}).get("attempt") == attempt:
+        return JobStatus.SUCCEEDED
+    if job.status == JobStatus.CANCELED and job.attempt == attempt:
+        return JobStatus.CANCELED
+    return None

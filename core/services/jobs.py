@@ -2,7 +2,7 @@
 
 Each transition is one conditional UPDATE (claim one job or a group, renew, record
 progress, finish, fail, cancel, release with or without using an attempt); no other module
-writes job.status, the lease or the attempt (tests/test_state_changes.py checks it).
+writes job.status, the lease or the attempt (tests/test_structure.py checks it).
 Services only flush: the request or task scope owns the transaction.
 """
 
@@ -100,11 +100,6 @@ def get_job(session: Session, *, tenant_id: str, job_id: str) -> Job:
     return job
 
 
-def get_job_by_id(session: Session, *, job_id: str) -> Job | None:
-    """A job by id regardless of tenant (workers only)."""
-    return session.get(Job, job_id)
-
-
 def count_active_jobs(session: Session, *, tenant_id: str) -> int:
     """Number of the tenant's queued or running jobs."""
     return int(
@@ -159,7 +154,7 @@ def claim_group(
     """
     if not job_ids:
         return []
-    session.execute(
+    rows = session.scalars(
         update(Job)
         .where(
             Job.id.in_(job_ids),
@@ -167,22 +162,20 @@ def claim_group(
             Job.cancel_requested.is_(False),
         )
         .values(**_claim_values(owner, lease_seconds))
-        .execution_options(synchronize_session=False)
-    )
-    rows = session.scalars(
-        select(Job)
-        .where(Job.id.in_(job_ids), Job.status == JobStatus.RUNNING, Job.lease_owner == owner)
-        .execution_options(populate_existing=True)
+        .returning(Job)
+        .execution_options(synchronize_session=False, populate_existing=True)
     )
     by_id = {job.id: job for job in rows}
     claimed = [_claimed(by_id[job_id]) for job_id in job_ids if job_id in by_id]
-    for job in claimed:
-        add_event(
-            session,
+    session.add_all(
+        JobEvent(
             job_id=job.id,
             kind="status",
             data={"status": JobStatus.RUNNING, "attempt": job.attempt, "worker": owner},
         )
+        for job in claimed
+    )
+    session.flush()  # one INSERT for the group's events
     return claimed
 
 
@@ -251,11 +244,15 @@ def _finish(
     status: JobStatus,
     values: dict[str, Any],
     event: dict[str, Any],
+    unless_canceled: bool = False,
 ) -> bool:
     now = utcnow()
+    owned = _owned_running(job_id, owner)
+    if unless_canceled:
+        owned = and_(owned, Job.cancel_requested.is_(False))
     result = session.execute(
         update(Job)
-        .where(_owned_running(job_id, owner))
+        .where(owned)
         .values(
             status=status,
             finished_at=now,
@@ -271,42 +268,38 @@ def _finish(
     return True
 
 
-def complete_job(session: Session, *, job_id: str, owner: str, result: dict[str, Any]) -> bool:
-    """running → succeeded with the result document (one transaction, owner-checked)."""
-    return _finish(
-        session,
-        job_id=job_id,
-        owner=owner,
-        status=JobStatus.SUCCEEDED,
-        values={"result": result},
-        event={},
-    )
+def complete_job(
+    session: Session, *, job_id: str, owner: str, result: dict[str, Any]
+) -> JobStatus | None:
+    """running → succeeded with the result document (owner-checked); None if not ours.
+
+    A cancel requested while the job trained (its last epoch included) wins: the job ends
+    canceled instead, without the result, and CANCELED says so. This is the worker's one
+    look at the job after training, so no lease renewal is needed before it.
+    """
+    if _finish(session, job_id=job_id, owner=owner, status=JobStatus.SUCCEEDED,
+               values={"result": result}, event={}, unless_canceled=True):
+        return JobStatus.SUCCEEDED
+    if finish_canceled(session, job_id=job_id, owner=owner):
+        return JobStatus.CANCELED
+    return None
 
 
 def fail_job(
     session: Session, *, job_id: str, owner: str, reason: FailureReason, message: str
 ) -> bool:
     """running → failed with a typed reason and a message saying what to change."""
-    return _finish(
-        session,
-        job_id=job_id,
-        owner=owner,
-        status=JobStatus.FAILED,
-        values={"failure_reason": reason, "failure_message": message},
-        event={"reason": reason, "message": message},
-    )
+    return _finish(session, job_id=job_id, owner=owner, status=JobStatus.FAILED,
+                   values={"failure_reason": reason, "failure_message": message},
+                   event={"reason": reason, "message": message})
 
 
 def finish_canceled(session: Session, *, job_id: str, owner: str) -> bool:
     """running → canceled once the worker has stopped."""
-    return _finish(
-        session,
-        job_id=job_id,
-        owner=owner,
-        status=JobStatus.CANCELED,
-        values={"failure_reason": FailureReason.CANCELED, "failure_message": CANCELED_MESSAGE},
-        event={"reason": FailureReason.CANCELED},
-    )
+    return _finish(session, job_id=job_id, owner=owner, status=JobStatus.CANCELED,
+                   values={"failure_reason": FailureReason.CANCELED,
+                           "failure_message": CANCELED_MESSAGE},
+                   event={"reason": FailureReason.CANCELED})
 
 
 def _back_to_queue(session: Session, *, job_id: str, owner: str, attempt: int | None) -> bool:

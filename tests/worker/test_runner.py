@@ -80,3 +80,30 @@ def test_commit_of_unknown_outcome_is_checked_before_retrying(db: str) -> None:
     assert _transition(job_id, "w1", "test", fail_after_commit) is False
     assert len(calls) == 1  # it looked, saw the job no longer running, and did not redo it
     assert count_status(job_id, "failed") == 1
+
+
+def test_a_cancel_after_the_last_heartbeat_ends_the_job_canceled_at_store(db: str) -> None:
+    """The store is the worker's one look at the job after training: a cancel wins there."""
+    from sqlalchemy import func, select
+
+    from core.models import Artifact
+    from worker.attempt import store_results
+
+    tenant, _ = make_tenant()
+    kept, canceled = create_job(tenant, SMALL), create_job(tenant, SMALL)
+    with session_scope() as s:
+        jobs = job_service.claim_group(s, job_ids=[kept, canceled], owner="w1", lease_seconds=30)
+    with session_scope() as s:  # the user cancels while the last epoch trains
+        job_service.cancel_job(s, tenant_id=tenant, job_id=canceled)
+    finished = [(job, {"test": {"ece": 0.1}}, {"model.bin": b"weights"}) for job in jobs]
+    assert store_results(finished, "w1") == ["succeeded", "canceled"]
+    assert job_row(kept).status == "succeeded" and job_row(kept).result is not None
+    row = job_row(canceled)
+    assert row.status == "canceled" and row.result is None and row.failure_reason == "canceled"
+    assert row.lease_owner is None and count_status(canceled, "canceled") == 1
+    with session_scope() as s:
+        query = select(Artifact.job_id, func.count()).where(Artifact.job_id.in_([kept, canceled]))
+        stored = {job_id: n for job_id, n in s.execute(query.group_by(Artifact.job_id))}
+    assert stored == {kept: 1}  # nothing of the canceled job's result is kept
+    # a second store (as after a commit of unknown outcome) changes nothing; it reads the end
+    assert store_results(finished[1:], "w1") == ["canceled"]

@@ -319,3 +319,25 @@ def test_checkpoint_of_tensors_sharing_storage(data):
     back = load_checkpoint(encode_checkpoint(ckpt))
     assert torch.equal(back["model"]["tied.b"], flat[6:])
     assert torch.equal(back["model"]["tied.a"], back["model"]["tied.c"])
+
+
+def test_preload_training_leaves_the_first_optimiser_nothing_to_import() -> None:
+    """The worker preloads before its lease clock: a fresh process's first optimiser imports
+    torch._dynamo (about a second) unless preload_training did it already."""
+    import subprocess
+    import sys
+
+    probe = (
+        "import sys, core.ml.experiment, core.ml.sweep\n"
+        "from core.ml.train import make_optimizer, preload_training\n"
+        "from core.ml.train_config import TrainConfig\n"
+        "import torch\n"
+        "assert 'torch._dynamo' not in sys.modules, 'already imported: nothing to preload'\n"
+        "preload_training()\n"
+        "before = set(sys.modules)\n"
+        "make_optimizer([torch.zeros(3, requires_grad=True)], TrainConfig(), fused=True)\n"
+        "print(sorted(set(sys.modules) - before))\n"
+    )
+    out = subprocess.run([sys.executable, "-c", probe], capture_output=True, text=True,
+                         timeout=120, check=True)
+    assert out.stdout.strip() == "[]", out.stdout
