@@ -262,7 +262,8 @@ def in_process(epochs: int) -> None:
     def resolved(alpha: float) -> dict[str, Any]:
         return JobSpec.model_validate(job_spec(alpha, epochs)).resolved()
 
-    run_experiment(resolved(ONE_JOB_ALPHA))  # warm-up
+    run_experiment(resolved(ONE_JOB_ALPHA))  # warm-up of both paths (first calls import
+    run_trials([resolved(a) for a in ALPHAS])  # and build what later calls reuse)
     print("\n== in process, by step (one run each) ==")
     profile_side("one job", lambda: [run_experiment(resolved(ONE_JOB_ALPHA))])
     profile_side("8-alpha stacked sweep", lambda: run_trials([resolved(a) for a in ALPHAS]))

@@ -52,6 +52,15 @@ class ExperimentOutput:
 
 def json_safe(obj: Any) -> Any:
     """Recursively turn tensors/numpy into Python values and NaN/inf into None."""
+    kind = type(obj)  # exact types first: a result document is thousands of plain floats
+    if kind is float:
+        return obj if math.isfinite(obj) else None
+    if kind is int or kind is str or kind is bool or obj is None:
+        return obj
+    if kind is dict:
+        return {str(k): json_safe(v) for k, v in obj.items()}
+    if kind is list:
+        return [json_safe(v) for v in obj]
     if isinstance(obj, dict):
         return {str(k): json_safe(v) for k, v in obj.items()}
     if isinstance(obj, list | tuple):
@@ -129,7 +138,8 @@ def _finish_trials(preps: list[PreparedExperiment], models: list[torch.nn.Module
     tests, scaled = _reports(test_logits, test_labels, temps, preps)
     posthoc_blocks = posthoc_reports(
         list(cal.posthoc), val_logits, val_labels, test_logits, test_labels, n_bins=n_bins,
-        alphas=[p.cfg.alpha for p in preps], temperatures=temps)
+        alphas=[p.cfg.alpha for p in preps], temperatures=temps,
+        temperature_tests=None if scaled is None else [b["test"] for b in scaled])
     outputs = []
     for i, (prep, model, fitted) in enumerate(zip(preps, models, fitteds, strict=True)):
         block = scaled[i] if scaled is not None else None

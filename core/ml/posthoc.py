@@ -31,6 +31,7 @@ from typing import Any
 import numpy as np
 import torch
 import torch.nn.functional as F
+from scipy.optimize import isotonic_regression
 from torch import Tensor
 
 from core.ml import calibration
@@ -215,17 +216,7 @@ def isotonic_fit(x: np.ndarray, y: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
     ux, inverse = np.unique(x, return_inverse=True)
     weight = np.bincount(inverse).astype(np.float64)
     mean = np.bincount(inverse, weights=y) / weight
-    values, weights, sizes = [], [], []
-    for m, w in zip(mean.tolist(), weight.tolist(), strict=True):
-        values.append(m)
-        weights.append(w)
-        sizes.append(1)
-        while len(values) > 1 and values[-2] > values[-1]:
-            w2 = weights[-2] + weights[-1]
-            values[-2] = (values[-2] * weights[-2] + values[-1] * weights[-1]) / w2
-            weights[-2], sizes[-2] = w2, sizes[-2] + sizes[-1]
-            del values[-1], weights[-1], sizes[-1]
-    return ux, np.repeat(values, sizes)
+    return ux, isotonic_regression(mean, weights=weight, increasing=True).x
 
 
 def _isotonic(z: Tensor, y: Tensor) -> Calibrator:

@@ -6,6 +6,8 @@ fitted for every trial in one search (`temperature.fit_temperatures`) and vector
 calibrated probabilities are one batched softmax; the other calibrators are fitted per trial
 (`posthoc.fit_calibrator`). The test reports of every method and trial are one
 `stacked_metrics.calibration_reports` call, the cross-fitted scores one call per method.
+A job's finish passes its `temperature_scaled` test reports in: the temperature method is the
+same T on the same test logits, so its test block is that report, not a second computation.
 """
 
 from __future__ import annotations
@@ -80,9 +82,12 @@ def _cross_fitted_rows(method: str, z: Tensor, y: Tensor, n_bins: int
 def posthoc_reports(methods: list[str], val_logits: Tensor, val_labels: Tensor,
                     test_logits: Tensor, test_labels: Tensor, *, n_bins: int = 15,
                     alphas: Sequence[float | None] | None = None,
-                    temperatures: list[float] | None = None) -> list[dict[str, Any]]:
+                    temperatures: list[float] | None = None,
+                    temperature_tests: list[dict[str, Any]] | None = None
+                    ) -> list[dict[str, Any]]:
     """The `posthoc` block of every trial; `temperatures`, if given, are the trials'
-    `fit_temperature(val_logits[t], val_labels)` (the temperature method's fits)."""
+    `fit_temperature(val_logits[t], val_labels)` (the temperature method's fits), and
+    `temperature_tests` their test reports already computed at those temperatures."""
     z, y = check_stacked(val_logits.detach().double(), val_labels, name="logits")
     x = test_logits.detach().double().cpu()
     t, _, k = z.shape
@@ -96,14 +101,21 @@ def posthoc_reports(methods: list[str], val_logits: Tensor, val_labels: Tensor,
                                     for s in scores_rows(torch.softmax(z, dim=2), y, n_bins)]
     fitted = [m for m in methods if not (m == "platt" and k != 2)]
     alpha = list(alphas) if alphas is not None else [None] * t
+    given = temperature_tests if temperatures is not None else None
     probs, params = [], []
+    tests: dict[str, list[dict[str, Any]]] = {}
     for method in fitted:
         fits = _fit_rows(method, z, y, temperatures if method == "temperature" else None)
+        params.append(fits.params)
+        if method == "temperature" and given is not None:
+            tests[method] = given
+            continue
         p = fits.probs(x).float()
         probs.append(p / p.sum(dim=2, keepdim=True))
-        params.append(fits.params)
     reports = (calibration_reports(torch.cat(probs), test_labels, n_bins, alphas=alpha * len(probs))
                if probs else [])
+    computed = [m for m in fitted if m not in tests]
+    tests.update({m: reports[j * t:(j + 1) * t] for j, m in enumerate(computed)})
     for method in methods:
         if method not in fitted:
             for block in blocks:
@@ -112,6 +124,6 @@ def posthoc_reports(methods: list[str], val_logits: Tensor, val_labels: Tensor,
         j = fitted.index(method)
         cv = _cross_fitted_rows(method, z, y, n_bins)
         for i, block in enumerate(blocks):
-            block["methods"][method] = {"params": params[j][i], "test": reports[j * t + i],
+            block["methods"][method] = {"params": params[j][i], "test": tests[method][i],
                                         "val_cv": cv[i]}
     return blocks

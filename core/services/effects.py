@@ -28,8 +28,7 @@ TerminalEffect = Callable[[list[str], bool], None]
 def _schedule_webhooks(job_ids: list[str], in_worker: bool) -> None:
     from core.services.webhooks import schedule_terminal
 
-    for job_id in job_ids:
-        schedule_terminal(job_id)
+    schedule_terminal(job_ids)
 
 
 def _finalize_sweeps(job_ids: list[str], in_worker: bool) -> None:

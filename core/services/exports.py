@@ -139,5 +139,5 @@ def sweep_of(session: Session, *, job_id: str) -> tuple[str | None, bool, dict[s
 
 def sweep_base_spec(session: Session, *, sweep_id: str) -> dict[str, Any]:
     """The base job spec of a sweep's request ({} when the sweep is gone)."""
-    sweep = session.get(Sweep, sweep_id)
-    return dict(((sweep.request or {}).get("base") or {}) if sweep else {})
+    request = session.scalar(select(Sweep.request).where(Sweep.id == sweep_id))  # no report
+    return dict((request or {}).get("base") or {})

@@ -316,8 +316,7 @@ def finalize_sweep_if_done(session: Session, *, sweep_id: str) -> bool:
     )
     if result.rowcount != 1:  # type: ignore[attr-defined]
         return False  # another worker wrote it; nothing of ours was added
-    session.flush()
-    session.refresh(sweep)
+    session.expire(sweep)  # reloaded only if this session reads it again
     logger.info("sweep finalized", extra={"sweep_id": sweep_id, "status": status})
     return True
 

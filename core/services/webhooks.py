@@ -134,23 +134,31 @@ def backoff_seconds(attempt: int, *, settings: Settings) -> float:
     return float(min(settings.webhook_backoff_seconds * 2 ** (attempt - 1), 3600.0))
 
 
-def schedule_terminal(job_id: str) -> bool:
-    """After a terminal transition has committed: enqueue the webhook if the spec has one."""
+def schedule_terminal(job_ids: list[str]) -> int:
+    """After terminal transitions have committed: enqueue the webhook of each job that has one.
+
+    One read of two columns for all the jobs (not the rows with their results); the number
+    of webhooks enqueued is returned.
+    """
     from core.db import session_scope
 
-    with session_scope() as session:  # two columns, not the whole row with its result
-        job = session.execute(select(Job.status, Job.spec).where(Job.id == job_id)).one_or_none()
+    with session_scope() as session:
+        rows = session.execute(
+            select(Job.id, Job.status, Job.spec).where(Job.id.in_(job_ids))).all()
+    by_id = {row.id: row for row in rows}
+    sent = 0
+    for job_id in job_ids:  # in the order the jobs ended
+        job = by_id.get(job_id)
         if job is None or job.status not in TERMINAL_STATUSES:
-            return False
+            continue
         if not (job.spec or {}).get("webhook_url"):
-            return False
-        event = f"job.{job.status}"
-    try:
-        enqueue_webhook(job_id, event, 1)
-    except Exception as exc:  # noqa: BLE001 - the job is done; a lost webhook is logged
-        logger.warning("could not enqueue webhook: %s", exc, extra={"job_id": job_id})
-        return False
-    return True
+            continue
+        try:
+            enqueue_webhook(job_id, f"job.{job.status}", 1)
+            sent += 1
+        except Exception as exc:  # noqa: BLE001 - the job is done; a lost webhook is logged
+            logger.warning("could not enqueue webhook: %s", exc, extra={"job_id": job_id})
+    return sent
 
 
 def enqueue_webhook(job_id: str, event: str, attempt: int, *, countdown: float = 0.0) -> None:

@@ -73,6 +73,29 @@ def test_digits_mlp_is_accurate_and_calibrated(digits_run):
     json.dumps(r, allow_nan=False)  # strictly JSON-safe
 
 
+def test_the_posthoc_temperature_block_is_the_temperature_scaled_report(digits_run):
+    """One T on the same test logits is computed once; a fresh post-hoc fit agrees with it."""
+    import io
+
+    from core.ml.posthoc import posthoc_report
+
+    r = digits_run.result
+    method = r["posthoc"]["methods"]["temperature"]
+    assert method["test"] == r["temperature_scaled"]["test"]
+    assert method["params"] == {"temperature": r["temperature_scaled"]["temperature"]}
+    npz = np.load(io.BytesIO(digits_run.artifacts["predictions.npz"]))
+    fresh = posthoc_report(["temperature"], torch.from_numpy(npz["val_logits"]),
+                           torch.from_numpy(npz["val_labels"]),
+                           torch.from_numpy(npz["test_logits"]),
+                           torch.from_numpy(npz["test_labels"]), alpha=0.1)
+    again = fresh["methods"]["temperature"]
+    assert again["params"]["temperature"] == pytest.approx(method["params"]["temperature"],
+                                                           rel=1e-6)
+    for key in ("accuracy", "nll", "brier", "ece", "ece_adaptive", "smooth_ece", "mce"):
+        assert again["test"][key] == pytest.approx(method["test"][key], rel=1e-5, abs=1e-7), key
+    assert again["test"]["ci95"]["ece"] == pytest.approx(method["test"]["ci95"]["ece"], abs=1e-5)
+
+
 def test_artifacts(digits_run):
     art = digits_run.artifacts
     assert set(art) == {"model.safetensors", "model.json", "predictions.npz"}
