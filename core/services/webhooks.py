@@ -137,8 +137,8 @@ def backoff_seconds(attempt: int, *, settings: Settings) -> float:
 def schedule_terminal(job_ids: list[str]) -> int:
     """After terminal transitions have committed: enqueue the webhook of each job that has one.
 
-    One read of two columns for all the jobs (not the rows with their results); the number
-    of webhooks enqueued is returned.
+    One read of the jobs' status and spec (not the rows with their results); the number of
+    webhooks enqueued is returned.
     """
     from core.db import session_scope
 

@@ -122,3 +122,40 @@ def test_terminal_states_are_delivered_signed_and_retried(
     assert 0 <= succeeded["metrics"]["ece"] <= 1 and 0 <= succeeded["metrics"]["accuracy"] <= 1
     assert by_event["job.canceled"]["job"]["id"] == canceled_id
     assert by_event["job.canceled"]["job"]["failure"]["reason"] == "canceled"
+
+
+def test_every_trial_of_a_stacked_sweep_is_announced(
+    client: Any, allow_private: None, tmp_path: Path
+) -> None:
+    """The trials of one stacked group end in one transaction; each gets its own webhook."""
+    import time
+
+    from tests.test_sweep_e2e import wait_for_sweep
+
+    receiver = Receiver()
+    worker = start_worker(tmp_path / "worker.log",
+                          env={"SOFTLABEL_WEBHOOK_ALLOW_PRIVATE": "true"})
+    try:
+        base = {"model": {"hidden": [16]}, "training": {"epochs": 2}, "webhook_url": receiver.url}
+        resp = client.post("/v1/sweeps", json={"base": base, "alphas": [0.0, 0.1, 0.2]})
+        assert resp.status_code == 202, resp.text
+        sweep_id = resp.json()["id"]
+        assert wait_for_sweep(client, sweep_id, timeout=120)["status"] == "succeeded"
+        trials = client.get("/v1/jobs", params={"sweep_id": sweep_id}).json()["items"]
+        assert len(trials) == 3
+        delivered: dict[str, list[Any]] = {}
+        deadline = time.monotonic() + 30
+        while time.monotonic() < deadline:
+            delivered = {t["id"]: [d["status_code"] for d in client.get(
+                f"/v1/jobs/{t['id']}/webhooks").json()["items"]] for t in trials}
+            if all(codes == [200] for codes in delivered.values()):
+                break
+            time.sleep(0.2)
+    finally:
+        stop_process(worker)
+        receiver.close()
+    assert all(codes == [200] for codes in delivered.values()), delivered
+    events = {json.loads(hit["body"])["job"]["id"]:
+              {k.lower(): v for k, v in hit["headers"].items()}["x-softlabel-event"]
+              for hit in receiver.received}
+    assert events == {t["id"]: "job.succeeded" for t in trials}
