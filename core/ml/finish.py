@@ -57,10 +57,6 @@ def json_safe(obj: Any) -> Any:
         return obj if math.isfinite(obj) else None
     if kind is int or kind is str or kind is bool or obj is None:
         return obj
-    if kind is dict:
-        return {str(k): json_safe(v) for k, v in obj.items()}
-    if kind is list:
-        return [json_safe(v) for v in obj]
     if isinstance(obj, dict):
         return {str(k): json_safe(v) for k, v in obj.items()}
     if isinstance(obj, list | tuple):
