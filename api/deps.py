@@ -2,8 +2,8 @@
 
 from __future__ import annotations
 
-from collections.abc import Iterator
-from typing import Annotated
+from collections.abc import Callable, Iterator
+from typing import Annotated, TypeVar, TypeVarTuple
 
 from anyio import CapacityLimiter, to_thread
 from anyio.lowlevel import RunVar
@@ -44,6 +44,15 @@ def db_limiter() -> CapacityLimiter:
         limiter = CapacityLimiter(DB_THREADS)
         _db_limiter.set(limiter)
         return limiter
+
+
+T = TypeVar("T")
+Args = TypeVarTuple("Args")
+
+
+async def in_db_thread(func: Callable[[*Args], T], *args: *Args) -> T:
+    """`func(*args)` (blocking DB work) in a worker thread, under the DB thread limiter."""
+    return await to_thread.run_sync(func, *args, limiter=db_limiter())
 
 
 SettingsDep = Annotated[Settings, Depends(get_settings)]

@@ -6,10 +6,9 @@ import json
 from collections.abc import Mapping
 from typing import Any
 
-from anyio import to_thread
 from fastapi import Request, Response
 
-from api.deps import bearer_token, db_limiter, request_settings, resolve_tenant
+from api.deps import bearer_token, in_db_thread, request_settings, resolve_tenant
 from api.longpoll import (
     ChangeListener,
     Fetched,
@@ -62,7 +61,7 @@ async def job_body(job_id: str, request: Request, listener: ChangeListener | Non
     pool = async_read_pool() if token is not None else None
     if token is None or pool is None:
         settings = request_settings(request)
-        row = await to_thread.run_sync(_load_job, request, settings, job_id, limiter=db_limiter())
+        row = await in_db_thread(_load_job, request, settings, job_id)
         if row is None:
             raise NotFoundError(f"Job {job_id} does not exist")
         return job_out_json(row)

@@ -5,7 +5,6 @@ from __future__ import annotations
 import logging
 from typing import Annotated, Any
 
-from anyio import to_thread
 from fastapi import APIRouter, Body, Header, Query, Request, Response, status
 from fastapi.responses import StreamingResponse
 
@@ -16,28 +15,18 @@ from api.deps import (
     SessionDep,
     SettingsDep,
     TenantDep,
-    db_limiter,
+    in_db_thread,
     request_settings,
     resolve_tenant,
 )
 from api.event_stream import open_event_stream
 from api.job_poll import get_job_response
 from api.problems import PROBLEMS, not_found
-from api.schemas import (
-    JobOut,
-    JobPage,
-    Problem,
-    WebhookDeliveryList,
-    WebhookDeliveryOut,
-)
+from api.schemas import JobOut, JobPage, Problem, WebhookDeliveryList, WebhookDeliveryOut
 from core import storage
 from core.config import Settings
 from core.db import session_scope
-from core.errors import (
-    ConflictError,
-    NotFoundError,
-    ValidationAppError,
-)
+from core.errors import ConflictError, NotFoundError, ValidationAppError
 from core.ml import figures
 from core.services import cost, job_reads, webhooks
 from core.services import jobs as job_service
@@ -284,9 +273,7 @@ async def job_events(
 ) -> StreamingResponse:
     """Status changes and per-epoch progress as Server-Sent Events, until the job ends."""
     settings = request_settings(request)
-    tenant_id = await to_thread.run_sync(
-        _owned_job_tenant, request, settings, job_id, limiter=db_limiter()
-    )
+    tenant_id = await in_db_thread(_owned_job_tenant, request, settings, job_id)
     return open_event_stream(
         tenant_id=tenant_id,
         job_id=job_id,

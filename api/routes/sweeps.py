@@ -6,7 +6,6 @@ import json
 import logging
 from typing import Annotated, Any
 
-from anyio import to_thread
 from fastapi import APIRouter, Body, Query, Request, Response, status
 
 from api.deps import (
@@ -17,7 +16,7 @@ from api.deps import (
     SettingsDep,
     TenantDep,
     bearer_token,
-    db_limiter,
+    in_db_thread,
     request_settings,
     resolve_tenant,
 )
@@ -154,7 +153,7 @@ def _sweep_by_id(sweep_id: str) -> Fetched | None:
 
 async def _fetch_sweep(sweep_id: str) -> Fetched | None:
     """The sweep's body by id, once per change for all of this process's waiters."""
-    return await to_thread.run_sync(_sweep_by_id, sweep_id, limiter=db_limiter())
+    return await in_db_thread(_sweep_by_id, sweep_id)
 
 
 @router.get(
@@ -179,7 +178,7 @@ async def get_sweep(
 
     async def load() -> bytes:
         ticket = listener.cache.ticket() if listener is not None else None
-        found = await to_thread.run_sync(_sweep_body, request, sweep_id, limiter=db_limiter())
+        found = await in_db_thread(_sweep_body, request, sweep_id)
         request.state.tenant_id = found.tenant_id  # whose fan-out bodies a long poll may take
         token = bearer_token(request)
         if listener is not None and token is not None and found.cacheable:

@@ -16,6 +16,23 @@ down_revision: str | None = None
 branch_labels: str | Sequence[str] | None = None
 depends_on: str | Sequence[str] | None = None
 
+# JSON on SQLite, JSONB on Postgres, as core.models declares it.
+JSON_DOC = sa.JSON().with_variant(postgresql.JSONB(astext_type=sa.Text()), "postgresql")
+
+
+def create_tenant_table(name: str, *items: sa.Column | sa.Constraint) -> None:
+    """Create a table keyed by `id` whose rows belong to a tenant (and go with it), plus `items`."""
+    op.create_table(
+        name,
+        sa.Column("id", sa.String(length=64), nullable=False),
+        sa.Column("tenant_id", sa.String(length=64), nullable=False),
+        *items,
+        sa.ForeignKeyConstraint(
+            ["tenant_id"], ["tenant.id"], name=op.f(f"fk_{name}_tenant_id_tenant"), ondelete="CASCADE"
+        ),
+        sa.PrimaryKeyConstraint("id", name=op.f(f"pk_{name}")),
+    )
+
 
 def upgrade() -> None:
     """Apply this revision."""
@@ -52,51 +69,29 @@ def upgrade() -> None:
         sa.PrimaryKeyConstraint("id", name=op.f("pk_tenant")),
         sa.UniqueConstraint("name", name=op.f("uq_tenant_name")),
     )
-    op.create_table(
+    create_tenant_table(
         "api_key",
-        sa.Column("id", sa.String(length=64), nullable=False),
-        sa.Column("tenant_id", sa.String(length=64), nullable=False),
         sa.Column("key_hash", sa.String(length=64), nullable=False),
         sa.Column("prefix", sa.String(length=16), nullable=False),
         sa.Column("name", sa.String(length=200), nullable=False),
         sa.Column("created_at", sa.DateTime(timezone=True), nullable=False),
         sa.Column("revoked_at", sa.DateTime(timezone=True), nullable=True),
-        sa.ForeignKeyConstraint(
-            ["tenant_id"],
-            ["tenant.id"],
-            name=op.f("fk_api_key_tenant_id_tenant"),
-            ondelete="CASCADE",
-        ),
-        sa.PrimaryKeyConstraint("id", name=op.f("pk_api_key")),
         sa.UniqueConstraint("key_hash", name=op.f("uq_api_key_key_hash")),
     )
     with op.batch_alter_table("api_key", schema=None) as batch_op:
         batch_op.create_index(batch_op.f("ix_api_key_tenant_id"), ["tenant_id"], unique=False)
 
-    op.create_table(
+    create_tenant_table(
         "dataset",
-        sa.Column("id", sa.String(length=64), nullable=False),
-        sa.Column("tenant_id", sa.String(length=64), nullable=False),
         sa.Column("name", sa.String(length=200), nullable=False),
         sa.Column("format", sa.String(length=16), nullable=False),
         sa.Column("sha256", sa.String(length=64), nullable=False),
         sa.Column("n_rows", sa.Integer(), nullable=False),
         sa.Column("n_features", sa.Integer(), nullable=False),
         sa.Column("n_classes", sa.Integer(), nullable=False),
-        sa.Column(
-            "info",
-            sa.JSON().with_variant(postgresql.JSONB(astext_type=sa.Text()), "postgresql"),
-            nullable=False,
-        ),
+        sa.Column("info", JSON_DOC, nullable=False),
         sa.Column("size_bytes", sa.BigInteger(), nullable=False),
         sa.Column("created_at", sa.DateTime(timezone=True), nullable=False),
-        sa.ForeignKeyConstraint(
-            ["tenant_id"],
-            ["tenant.id"],
-            name=op.f("fk_dataset_tenant_id_tenant"),
-            ondelete="CASCADE",
-        ),
-        sa.PrimaryKeyConstraint("id", name=op.f("pk_dataset")),
     )
     with op.batch_alter_table("dataset", schema=None) as batch_op:
         batch_op.create_index(batch_op.f("ix_dataset_tenant_id"), ["tenant_id"], unique=False)
@@ -109,85 +104,43 @@ def upgrade() -> None:
         sa.Column("path", sa.String(length=400), nullable=False),
         sa.Column("request_hash", sa.String(length=64), nullable=False),
         sa.Column("status_code", sa.Integer(), nullable=True),
-        sa.Column(
-            "response_body",
-            sa.JSON().with_variant(postgresql.JSONB(astext_type=sa.Text()), "postgresql"),
-            nullable=True,
-        ),
+        sa.Column("response_body", JSON_DOC, nullable=True),
         sa.Column("created_at", sa.DateTime(timezone=True), nullable=False),
         sa.Column("expires_at", sa.DateTime(timezone=True), nullable=False),
         sa.ForeignKeyConstraint(
-            ["tenant_id"],
-            ["tenant.id"],
-            name=op.f("fk_idempotency_key_tenant_id_tenant"),
+            ["tenant_id"], ["tenant.id"], name=op.f("fk_idempotency_key_tenant_id_tenant"),
             ondelete="CASCADE",
         ),
         sa.PrimaryKeyConstraint("tenant_id", "key", name=op.f("pk_idempotency_key")),
     )
-    op.create_table(
+    create_tenant_table(
         "sweep",
-        sa.Column("id", sa.String(length=64), nullable=False),
-        sa.Column("tenant_id", sa.String(length=64), nullable=False),
         sa.Column("status", sa.String(length=16), nullable=False),
-        sa.Column(
-            "request",
-            sa.JSON().with_variant(postgresql.JSONB(astext_type=sa.Text()), "postgresql"),
-            nullable=False,
-        ),
-        sa.Column(
-            "tags",
-            sa.JSON().with_variant(postgresql.JSONB(astext_type=sa.Text()), "postgresql"),
-            nullable=False,
-        ),
+        sa.Column("request", JSON_DOC, nullable=False),
+        sa.Column("tags", JSON_DOC, nullable=False),
         sa.Column("n_trials", sa.Integer(), nullable=False),
-        sa.Column(
-            "report",
-            sa.JSON().with_variant(postgresql.JSONB(astext_type=sa.Text()), "postgresql"),
-            nullable=True,
-        ),
+        sa.Column("report", JSON_DOC, nullable=True),
         sa.Column("created_at", sa.DateTime(timezone=True), nullable=False),
         sa.Column("finished_at", sa.DateTime(timezone=True), nullable=True),
-        sa.ForeignKeyConstraint(
-            ["tenant_id"], ["tenant.id"], name=op.f("fk_sweep_tenant_id_tenant"), ondelete="CASCADE"
-        ),
-        sa.PrimaryKeyConstraint("id", name=op.f("pk_sweep")),
     )
     with op.batch_alter_table("sweep", schema=None) as batch_op:
         batch_op.create_index(batch_op.f("ix_sweep_tenant_id"), ["tenant_id"], unique=False)
 
-    op.create_table(
+    create_tenant_table(
         "job",
-        sa.Column("id", sa.String(length=64), nullable=False),
-        sa.Column("tenant_id", sa.String(length=64), nullable=False),
         sa.Column("sweep_id", sa.String(length=64), nullable=True),
         sa.Column("dataset_id", sa.String(length=64), nullable=True),
         sa.Column("status", sa.String(length=16), nullable=False),
-        sa.Column(
-            "spec",
-            sa.JSON().with_variant(postgresql.JSONB(astext_type=sa.Text()), "postgresql"),
-            nullable=False,
-        ),
-        sa.Column(
-            "tags",
-            sa.JSON().with_variant(postgresql.JSONB(astext_type=sa.Text()), "postgresql"),
-            nullable=False,
-        ),
+        sa.Column("spec", JSON_DOC, nullable=False),
+        sa.Column("tags", JSON_DOC, nullable=False),
         sa.Column("attempt", sa.Integer(), nullable=False),
         sa.Column("max_attempts", sa.Integer(), nullable=False),
         sa.Column("lease_owner", sa.String(length=200), nullable=True),
         sa.Column("lease_expires_at", sa.DateTime(timezone=True), nullable=True),
-        sa.Column(
-            "progress",
-            sa.JSON().with_variant(postgresql.JSONB(astext_type=sa.Text()), "postgresql"),
-            nullable=False,
-        ),
+        sa.Column("progress", JSON_DOC, nullable=False),
         sa.Column("failure_reason", sa.String(length=32), nullable=True),
         sa.Column("failure_message", sa.Text(), nullable=True),
-        sa.Column(
-            "result",
-            sa.JSON().with_variant(postgresql.JSONB(astext_type=sa.Text()), "postgresql"),
-            nullable=True,
-        ),
+        sa.Column("result", JSON_DOC, nullable=True),
         sa.Column("cancel_requested", sa.Boolean(), nullable=False),
         sa.Column("created_at", sa.DateTime(timezone=True), nullable=False),
         sa.Column("queued_at", sa.DateTime(timezone=True), nullable=False),
@@ -204,10 +157,6 @@ def upgrade() -> None:
         sa.ForeignKeyConstraint(
             ["sweep_id"], ["sweep.id"], name=op.f("fk_job_sweep_id_sweep"), ondelete="CASCADE"
         ),
-        sa.ForeignKeyConstraint(
-            ["tenant_id"], ["tenant.id"], name=op.f("fk_job_tenant_id_tenant"), ondelete="CASCADE"
-        ),
-        sa.PrimaryKeyConstraint("id", name=op.f("pk_job")),
     )
     with op.batch_alter_table("job", schema=None) as batch_op:
         batch_op.create_index(batch_op.f("ix_job_dataset_id"), ["dataset_id"], unique=False)
@@ -225,11 +174,7 @@ def upgrade() -> None:
         ),
         sa.Column("job_id", sa.String(length=64), nullable=False),
         sa.Column("kind", sa.String(length=32), nullable=False),
-        sa.Column(
-            "data",
-            sa.JSON().with_variant(postgresql.JSONB(astext_type=sa.Text()), "postgresql"),
-            nullable=False,
-        ),
+        sa.Column("data", JSON_DOC, nullable=False),
         sa.Column("created_at", sa.DateTime(timezone=True), nullable=False),
         sa.ForeignKeyConstraint(
             ["job_id"], ["job.id"], name=op.f("fk_job_event_job_id_job"), ondelete="CASCADE"

@@ -19,14 +19,8 @@ depends_on: str | Sequence[str] | None = None
 
 def upgrade() -> None:
     """Add job.cost (the estimate made at submission)."""
-    op.add_column(
-        "job",
-        sa.Column(
-            "cost",
-            sa.JSON().with_variant(postgresql.JSONB(astext_type=sa.Text()), "postgresql"),
-            nullable=True,
-        ),
-    )
+    cost = sa.JSON().with_variant(postgresql.JSONB(astext_type=sa.Text()), "postgresql")
+    op.add_column("job", sa.Column("cost", cost, nullable=True))
 
 
 def downgrade() -> None:

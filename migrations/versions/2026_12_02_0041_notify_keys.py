@@ -26,39 +26,55 @@ JOB_COLUMNS = (
     " queued_at, started_at, finished_at, exports, tags, spec, cost, sweep_id, created_at,"
     " tenant_id"
 )
-OLD_JOB = ", ".join(f"OLD.{c.strip()}" for c in JOB_COLUMNS.split(","))
-NEW_JOB = ", ".join(f"NEW.{c.strip()}" for c in JOB_COLUMNS.split(","))
-UPGRADE_SQL = f"""
-CREATE OR REPLACE FUNCTION softlabel_notify_job() RETURNS trigger AS $$
-DECLARE changed boolean;
-BEGIN
+
+def row_list(prefix: str, columns: str) -> str:
+    """`OLD.a, OLD.b, …` for the comma-separated column names."""
+    return ", ".join(f"{prefix}.{c.strip()}" for c in columns.split(","))
+
+
+def job_trigger_sql(columns: str, *, deletions: bool) -> str:
+    """softlabel_notify_job() and its trigger: notify when any of `columns` changes.
+
+    With `deletions`, a deleted job (and its sweep) notifies too, and so does the sweep a job
+    moves out of.
+    """
+    on_delete = """
   IF TG_OP = 'DELETE' THEN
     PERFORM pg_notify('softlabel_job', OLD.id);
     IF OLD.sweep_id IS NOT NULL THEN
       PERFORM pg_notify('softlabel_sweep', OLD.sweep_id);
     END IF;
     RETURN NULL;
-  END IF;
+  END IF;""" if deletions else ""
+    moved_out = """
+    IF TG_OP = 'UPDATE' AND OLD.sweep_id IS DISTINCT FROM NEW.sweep_id
+       AND OLD.sweep_id IS NOT NULL THEN
+      PERFORM pg_notify('softlabel_sweep', OLD.sweep_id);
+    END IF;""" if deletions else ""
+    events = "INSERT OR UPDATE OR DELETE" if deletions else "INSERT OR UPDATE"
+    return f"""
+CREATE OR REPLACE FUNCTION softlabel_notify_job() RETURNS trigger AS $$
+DECLARE changed boolean;
+BEGIN{on_delete}
   IF TG_OP = 'INSERT' THEN
     changed := true;
   ELSE
-    changed := ({OLD_JOB}) IS DISTINCT FROM ({NEW_JOB});
+    changed := ({row_list("OLD", columns)}) IS DISTINCT FROM ({row_list("NEW", columns)});
   END IF;
   IF changed THEN
     PERFORM pg_notify('softlabel_job', NEW.id);
     IF NEW.sweep_id IS NOT NULL THEN
       PERFORM pg_notify('softlabel_sweep', NEW.sweep_id);
-    END IF;
-    IF TG_OP = 'UPDATE' AND OLD.sweep_id IS DISTINCT FROM NEW.sweep_id
-       AND OLD.sweep_id IS NOT NULL THEN
-      PERFORM pg_notify('softlabel_sweep', OLD.sweep_id);
-    END IF;
+    END IF;{moved_out}
   END IF;
   RETURN NULL;
 END $$ LANGUAGE plpgsql;
 DROP TRIGGER IF EXISTS job_notify ON job;
-CREATE TRIGGER job_notify AFTER INSERT OR UPDATE OR DELETE ON job
-  FOR EACH ROW EXECUTE FUNCTION softlabel_notify_job();
+CREATE TRIGGER job_notify AFTER {events} ON job
+  FOR EACH ROW EXECUTE FUNCTION softlabel_notify_job();"""
+
+
+UPGRADE_SQL = job_trigger_sql(JOB_COLUMNS, deletions=True) + """
 CREATE OR REPLACE FUNCTION softlabel_notify_sweep_deleted() RETURNS trigger AS $$
 BEGIN
   PERFORM pg_notify('softlabel_sweep', OLD.id);
@@ -98,31 +114,9 @@ DROP FUNCTION IF EXISTS softlabel_notify_truncate();
 DROP TRIGGER IF EXISTS api_key_notify ON api_key;
 DROP FUNCTION IF EXISTS softlabel_notify_key();
 DROP TRIGGER IF EXISTS sweep_notify_deleted ON sweep;
-DROP FUNCTION IF EXISTS softlabel_notify_sweep_deleted();
-CREATE OR REPLACE FUNCTION softlabel_notify_job() RETURNS trigger AS $$
-DECLARE changed boolean;
-BEGIN
-  IF TG_OP = 'INSERT' THEN
-    changed := true;
-  ELSE
-    changed := ({old}) IS DISTINCT FROM ({new});
-  END IF;
-  IF changed THEN
-    PERFORM pg_notify('softlabel_job', NEW.id);
-    IF NEW.sweep_id IS NOT NULL THEN
-      PERFORM pg_notify('softlabel_sweep', NEW.sweep_id);
-    END IF;
-  END IF;
-  RETURN NULL;
-END $$ LANGUAGE plpgsql;
-DROP TRIGGER IF EXISTS job_notify ON job;
-CREATE TRIGGER job_notify AFTER INSERT OR UPDATE ON job
-  FOR EACH ROW EXECUTE FUNCTION softlabel_notify_job();
-""".format(
-    old=", ".join(f"OLD.{c.strip()}" for c in OLD_VISIBLE.split(",")),
-    new=", ".join(f"NEW.{c.strip()}" for c in OLD_VISIBLE.split(",")),
-)
-
+DROP FUNCTION IF EXISTS softlabel_notify_sweep_deleted();""" + job_trigger_sql(
+    OLD_VISIBLE, deletions=False
+) + "\n"
 
 def upgrade() -> None:
     """Notify on every change of a job's JSON, on deletions, and on API key changes."""
