@@ -129,6 +129,9 @@ class CheckpointWriter:
         self._closing = False
         self._rows_now = False  # the last epoch's row is here: store the progress now
         self._last_epoch = False  # after it, the checkpoint waits for a stop (if any)
+        # When the writer next stores; before then it sleeps on a timer, so items arriving
+        # earlier need not wake it (a GIL handoff per epoch on the training thread).
+        self._next_at = time.monotonic() + CHECKPOINT_INTERVAL_S
         self._thread = threading.Thread(target=self._run, name=f"checkpoints-{job.id}", daemon=True)
 
     def __enter__(self) -> Self:
@@ -147,7 +150,7 @@ class CheckpointWriter:
         self._raise_if_failed()
         with self._cond:
             self._checkpoint = encode
-            self._cond.notify()
+            self._wake_if_due()
 
     def record_progress(self, row: dict[str, Any]) -> None:
         """Training thread: queue an epoch's progress row."""
@@ -160,6 +163,11 @@ class CheckpointWriter:
             self._rows.append(item)
             if epoch >= self.epochs:
                 self._rows_now = self._last_epoch = True
+            self._wake_if_due()
+
+    def _wake_if_due(self) -> None:
+        """Wake the writer (lock held) if it has something to do now, not at its next timer."""
+        if self._rows_now or time.monotonic() >= self._next_at:
             self._cond.notify()
 
     def _raise_if_failed(self) -> None:
@@ -196,7 +204,6 @@ class CheckpointWriter:
         record_progress_rows(self.job, self.owner, self.epochs, rows)
 
     def _run(self) -> None:
-        next_at = time.monotonic() + CHECKPOINT_INTERVAL_S
         while True:
             with self._cond:
                 while not (self._closing or self._rows_now):
@@ -204,9 +211,10 @@ class CheckpointWriter:
                         self._checkpoint is not None or bool(self._rows)
                     )
                     now = time.monotonic()
-                    if waiting and now >= next_at:
+                    if waiting and now >= self._next_at:
                         break
-                    self._cond.wait(next_at - now if waiting else None)
+                    # until the timer (items before it wait for it); after it, until an item
+                    self._cond.wait(self._next_at - now if now < self._next_at else None)
                 encode, rows = self._checkpoint, self._rows
                 if self._closing or not self._rows_now:
                     self._checkpoint = None
@@ -230,7 +238,8 @@ class CheckpointWriter:
                     self._checkpoint, self._rows = None, []
                 return
             spent = time.monotonic() - started
-            next_at = started + max(CHECKPOINT_INTERVAL_S, CHECKPOINT_DUTY * spent)
+            with self._cond:
+                self._next_at = started + max(CHECKPOINT_INTERVAL_S, CHECKPOINT_DUTY * spent)
 
 
 def close_quietly(writer: CheckpointWriter) -> None:

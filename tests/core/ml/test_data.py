@@ -35,6 +35,25 @@ def test_builtin_metadata_matches_data(name):
     assert shape == info.image_shape
 
 
+def test_a_builtin_set_is_parsed_once_and_each_caller_gets_its_own_arrays():
+    import sklearn.datasets
+
+    from core.ml import data
+
+    data._load_builtin_cached.cache_clear()
+    spec = {"source": "builtin", "name": "wine"}
+    X1, y1, _ = load_dataset(spec)
+    X1[:] = -1.0
+    y1[:] = -1
+    X2, y2, _ = load_dataset(spec)
+    names = data.class_names_for(spec, 3)
+    assert data._load_builtin_cached.cache_info().misses == 1  # data and names: one parse
+    fresh = sklearn.datasets.load_wine()
+    np.testing.assert_array_equal(X2, fresh.data.astype(np.float32))
+    np.testing.assert_array_equal(y2, fresh.target)
+    assert names == [str(c) for c in fresh.target_names]
+
+
 def test_synthetic_and_errors():
     spec = {"source": "synthetic", "classes": 4, "features": 6, "samples": 200,
             "separation": 2.0, "seed": 3}
