@@ -86,6 +86,32 @@ def test_paced_latest_wins_and_progress_never_ahead_of_the_checkpoint(
     assert _progress_epochs(job.id) == [1, 2, 3, 4, 5, 6]
 
 
+def _wait_stored(job: ClaimedJob, expected: bytes) -> bytes | None:
+    # generous: after a store the writer waits max(interval, 20 x the store's time)
+    deadline = time.monotonic() + 60
+    while _stored(job) != expected and time.monotonic() < deadline:
+        time.sleep(0.02)
+    return _stored(job)
+
+
+def test_a_slow_epoch_is_stored_at_once_and_a_fast_one_at_the_next_timer(
+    db: str, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    monkeypatch.setattr(checkpoints, "CHECKPOINT_INTERVAL_S", 0.3)
+    job = _claimed()
+    with CheckpointWriter(job, "w1", epochs=50) as writer:
+        time.sleep(0.5)  # an epoch longer than the interval: the writer's timer has passed
+        _hand_over(writer, 1)  # so this hand-over must wake it
+        assert _wait_stored(job, b"checkpoint of epoch 1") == b"checkpoint of epoch 1"
+        _hand_over(writer, 2)  # before the next timer: stored when it fires, unasked
+        assert _wait_stored(job, b"checkpoint of epoch 2") == b"checkpoint of epoch 2"
+        deadline = time.monotonic() + 60  # the rows follow their checkpoint, in a transaction
+        while len(_progress_epochs(job.id)) < 2 and time.monotonic() < deadline:
+            time.sleep(0.02)
+        assert _progress_epochs(job.id) == [1, 2]
+        writer.close(checkpoint=False, progress=False)
+
+
 def test_success_records_progress_but_not_the_last_checkpoint(db: str) -> None:
     job = _claimed()
     with CheckpointWriter(job, "w1", epochs=3) as writer:
